@@ -1,0 +1,1 @@
+"""Platform adapters: chat protocols in, the common event model out."""

@@ -1,0 +1,1 @@
+"""The chat-to-speech bot: policy, queue, control, commands and the app."""

@@ -1,0 +1,515 @@
+"""The config schema, its defaults (the only place they live) and the loader.
+
+`config/ishowtts.yaml` documents every key; loading validates it and turns any
+mistake into one `config error: <key path>: <what is allowed>` line per problem.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import os
+import re
+import string
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from adapters.events import EventKind, PaidKind, Role
+
+DEFAULT_CONFIG_PATH = Path("config/ishowtts.yaml")
+
+#: Secrets may live in the environment so the YAML file can be shared.
+SECRET_ENV_VARS: dict[str, tuple[str, ...]] = {
+    "ISHOWTTS_TWITCH_TOKEN": ("platforms", "twitch", "token"),
+    "ISHOWTTS_TWITCH_NICK": ("platforms", "twitch", "nick"),
+    "ISHOWTTS_BILIBILI_COOKIE": ("platforms", "bilibili", "cookie"),
+    "ISHOWTTS_WEB_TOKEN": ("web", "token"),
+}
+
+#: Chat commands under the `!tts` prefix; permissions are keyed by these names.
+COMMAND_NAMES = (
+    "voice",
+    "voices",
+    "skip",
+    "clear",
+    "pause",
+    "resume",
+    "mute",
+    "unmute",
+    "volume",
+    "mode",
+    "nick",
+    "status",
+)
+
+#: Permission entry that lets anyone in chat run a command.
+EVERYONE = "everyone"
+
+ReadMode = Literal["all", "command", "paid"]
+TEMPLATE_FIELDS = frozenset({"user", "amount", "text"})
+
+
+class ConfigError(Exception):
+    """A config the bot cannot start with; `str()` is the user-facing text."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TwitchConfig(_Section):
+    enabled: bool = False
+    channels: list[str] = Field(default_factory=list)
+    nick: str = ""
+    token: SecretStr = SecretStr("")
+    url: str = "wss://irc-ws.chat.twitch.tv:443"
+
+    @field_validator("channels")
+    @classmethod
+    def _channel_names(cls, value: list[str]) -> list[str]:
+        names = [c.strip().lstrip("#").lower() for c in value]
+        for name in names:
+            if not re.fullmatch(r"[a-z0-9_]{1,25}", name):
+                raise ValueError(
+                    f"must be Twitch logins (letters, digits, _; up to 25), got {name!r}"
+                )
+        return names
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TwitchConfig:
+        if self.enabled and not self.channels:
+            raise ValueError("channels: enabled but no channel given")
+        if self.token.get_secret_value() and not self.nick:
+            raise ValueError("nick: a token needs the bot account's login as nick")
+        return self
+
+
+class BilibiliConfig(_Section):
+    enabled: bool = False
+    room_id: int = Field(0, ge=0)
+    cookie: SecretStr = SecretStr("")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> BilibiliConfig:
+        if self.enabled and self.room_id == 0:
+            raise ValueError("room_id: enabled but no room id given")
+        return self
+
+
+class PlatformsConfig(_Section):
+    twitch: TwitchConfig = TwitchConfig()
+    bilibili: BilibiliConfig = BilibiliConfig()
+
+
+class Replacement(_Section):
+    pattern: str
+    replacement: str = ""
+    ignore_case: bool = True
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression ({exc}): {value!r}") from None
+        return value
+
+    def compiled(self) -> re.Pattern[str]:
+        return re.compile(self.pattern, re.IGNORECASE if self.ignore_case else 0)
+
+
+class Currency(_Section):
+    #: How the unit is read aloud ("500 bits", "30 yuan").
+    word: str
+    #: What one unit is worth in the reference currency, to rank paid messages.
+    value: float = Field(ge=0)
+
+
+class Templates(_Section):
+    chat: str = "{user} says {text}"
+    bits: str = "{user} cheered {amount}. {text}"
+    superchat: str = "{user} sent a super chat of {amount}. {text}"
+    sub: str = "{user} subscribed. {text}"
+    raid: str = "{user} is raiding!"
+    gift: str = "{user} sent {amount} in gifts. {text}"
+    guard: str = "{user} became a guard. {text}"
+
+    @field_validator("*")
+    @classmethod
+    def _placeholders(cls, value: str) -> str:
+        try:
+            names = {name for _, name, _, _ in string.Formatter().parse(value) if name is not None}
+        except ValueError as exc:
+            raise ValueError(f"broken template ({exc}): {value!r}") from None
+        unknown = names - TEMPLATE_FIELDS
+        if unknown:
+            first = sorted(unknown)[0]
+            allowed = ", ".join(f"{{{name}}}" for name in sorted(TEMPLATE_FIELDS))
+            raise ValueError(f"unknown placeholder {{{first}}}; allowed: {allowed}")
+        return value
+
+
+class Priorities(_Section):
+    """Priority level per class of message; higher is read first."""
+
+    privileged: int = Field(4, ge=0, le=100)
+    paid: int = Field(3, ge=0, le=100)
+    first_time: int = Field(2, ge=0, le=100)
+    member: int = Field(1, ge=0, le=100)
+    normal: int = Field(0, ge=0, le=100)
+
+
+def _default_currencies() -> dict[str, Currency]:
+    return {
+        "BITS": Currency(word="bits", value=0.01),
+        "USD": Currency(word="dollars", value=1.0),
+        "EUR": Currency(word="euros", value=1.08),
+        "GBP": Currency(word="pounds", value=1.27),
+        "CNY": Currency(word="yuan", value=0.14),
+    }
+
+
+class PolicyConfig(_Section):
+    read_mode: ReadMode = "all"
+    say_prefix: str = "!say"
+    announce_user: bool = True
+    max_chars: int = Field(200, gt=0, le=5000)
+    links: Literal["replace", "remove", "drop"] = "replace"
+    link_word: str = "link"
+    emotes: Literal["strip", "keep"] = "strip"
+    max_char_repeats: int = Field(3, ge=1, le=100)
+    max_word_repeats: int = Field(2, ge=1, le=100)
+    blocked_words: list[str] = Field(default_factory=list)
+    blocked_action: Literal["drop", "mask"] = "drop"
+    mask_word: str = "bleep"
+    replacements: list[Replacement] = Field(default_factory=list)
+    cooldown_s: float = Field(0.0, ge=0)
+    muted_users: list[str] = Field(default_factory=list)
+    ignored_users: list[str] = Field(
+        default_factory=lambda: ["nightbot", "streamelements", "streamlabs", "moobot", "fossabot"]
+    )
+    nicknames: dict[str, str] = Field(default_factory=dict)
+    speak_events: list[EventKind] = Field(
+        default_factory=lambda: [EventKind.SUB, EventKind.RAID, EventKind.GIFT, EventKind.GUARD]
+    )
+    min_paid: dict[PaidKind, float] = Field(default_factory=dict)
+    below_min: Literal["chat", "drop"] = "chat"
+    currencies: dict[str, Currency] = Field(default_factory=_default_currencies)
+    templates: Templates = Templates()
+    priorities: Priorities = Priorities()
+
+    @field_validator("blocked_words", "muted_users", "ignored_users")
+    @classmethod
+    def _no_blank(cls, value: list[str]) -> list[str]:
+        if any(not v.strip() for v in value):
+            raise ValueError("entries must not be empty")
+        return [v.strip() for v in value]
+
+    @field_validator("min_paid")
+    @classmethod
+    def _non_negative(cls, value: dict[PaidKind, float]) -> dict[PaidKind, float]:
+        for kind, amount in value.items():
+            if amount < 0:
+                raise ValueError(f"{kind.value}: must be >= 0, got {amount:g}")
+        return value
+
+    @field_validator("currencies")
+    @classmethod
+    def _upper_codes(cls, value: dict[str, Currency]) -> dict[str, Currency]:
+        return {code.upper(): cur for code, cur in value.items()}
+
+
+class QueueConfig(_Section):
+    max_size: int = Field(50, gt=0, le=10_000)
+    ttl_s: float = Field(120.0, gt=0)
+    #: Seconds of waiting that raise an item by one priority level; 0 turns ageing off.
+    aging_s: float = Field(60.0, ge=0)
+
+
+class EngineConfig(_Section):
+    model_path: Path | None = None
+    vocab_path: Path | None = None
+    vocoder_path: Path | None = None
+    device: str = "auto"
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
+    compile: bool = True
+    nfe_steps: int = Field(8, ge=1, le=128)
+    voices_dir: Path = Path("voices")
+    default_voice: str = "default"
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+            raise ValueError(f"must be auto, cpu, cuda or cuda:N, got {value!r}")
+        return value
+
+    @field_validator("default_voice")
+    @classmethod
+    def _voice_name(cls, value: str) -> str:
+        if not VOICE_NAME.fullmatch(value):
+            raise ValueError(f"must be a voice file name without extension, got {value!r}")
+        return value
+
+
+#: A voice is a file stem in voices/: no separators, so no path can escape it.
+VOICE_NAME = re.compile(r"[\w-]{1,64}")
+
+
+class AudioConfig(_Section):
+    #: Device name (or part of it) or index as `ishowtts devices` lists; null = system default.
+    output_device: str | int | None = None
+    volume: int = Field(80, ge=0, le=100)
+    fade_in_ms: float = Field(5.0, ge=0, le=1000)
+    fade_out_ms: float = Field(15.0, ge=0, le=1000)
+    target_lufs: float = Field(-18.0, ge=-70, le=0)
+    peak_ceiling_db: float = Field(-1.0, ge=-60, le=0)
+
+
+class WebConfig(_Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(8765, ge=1, le=65535)
+    token: SecretStr = SecretStr("")
+
+    @model_validator(mode="after")
+    def _token_off_loopback(self) -> WebConfig:
+        if self.enabled and not _is_loopback(self.host) and not self.token.get_secret_value():
+            raise ValueError(
+                f"token: binding to {self.host} (not loopback) needs a token "
+                "(set web.token or ISHOWTTS_WEB_TOKEN)"
+            )
+        return self
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class LoggingConfig(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+RoleName = Literal["broadcaster", "moderator", "vip", "subscriber", "guard", "everyone"]
+
+
+def _default_permissions() -> dict[str, list[RoleName]]:
+    return {name: ["broadcaster", "moderator"] for name in COMMAND_NAMES}
+
+
+class CommandsConfig(_Section):
+    prefix: str = "!tts"
+    permissions: dict[str, list[RoleName]] = Field(default_factory=_default_permissions)
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if not value or any(c.isspace() for c in value):
+            raise ValueError(f"must be one word, got {value!r}")
+        return value
+
+    @field_validator("permissions")
+    @classmethod
+    def _known_commands(cls, value: dict[str, list[RoleName]]) -> dict[str, list[RoleName]]:
+        for name in value:
+            if name not in COMMAND_NAMES:
+                raise ValueError(
+                    f"unknown command {name!r}; allowed: {', '.join(COMMAND_NAMES)}"
+                    + _did_you_mean(name, COMMAND_NAMES)
+                )
+        # Commands left out keep their default, so a file can override just one.
+        return {**_default_permissions(), **value}
+
+    def allowed_roles(self, command: str) -> frozenset[Role] | None:
+        """The roles that may run `command`, or None when anyone may."""
+        names = self.permissions[command]
+        if EVERYONE in names:
+            return None
+        return frozenset(Role(n) for n in names)
+
+
+class Config(_Section):
+    platforms: PlatformsConfig = PlatformsConfig()
+    policy: PolicyConfig = PolicyConfig()
+    queue: QueueConfig = QueueConfig()
+    engine: EngineConfig = EngineConfig()
+    audio: AudioConfig = AudioConfig()
+    web: WebConfig = WebConfig()
+    logging: LoggingConfig = LoggingConfig()
+    commands: CommandsConfig = CommandsConfig()
+
+
+def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
+    """Read, merge secrets from the environment, validate; raise ConfigError."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            [f"config error: {path}: file not found (copy config/ishowtts.yaml and edit it)"]
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"config error: {path}: cannot read ({exc})"]) from None
+    return parse_config(text, environ=environ, source=str(path))
+
+
+def parse_config(
+    text: str, environ: Mapping[str, str] | None = None, source: str = "<config>"
+) -> Config:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = ""
+        mark = getattr(exc, "problem_mark", None)
+        if mark is not None:
+            where = f" line {mark.line + 1}, column {mark.column + 1}:"
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([f"config error: {source}:{where} not valid YAML ({problem})"]) from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError([f"config error: {source}: must be a mapping of sections at top level"])
+    _apply_env(raw, os.environ if environ is None else environ)
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError([format_error(err) for err in exc.errors()]) from None
+
+
+def _apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
+    for var, key_path in SECRET_ENV_VARS.items():
+        value = environ.get(var, "")
+        if not value:
+            continue
+        node = raw
+        for key in key_path[:-1]:
+            child = node.get(key)
+            if not isinstance(child, dict):
+                if child is not None:
+                    break  # a wrong type here is reported by validation as it stands
+                child = node[key] = {}
+            node = child
+        else:
+            node[key_path[-1]] = value
+
+
+def format_error(err: Mapping[str, Any]) -> str:
+    """One pydantic error → `config error: a.b.c: what is allowed, got X`."""
+    loc: tuple[str | int, ...] = tuple(err["loc"])
+    kind: str = err["type"]
+    ctx: dict[str, Any] = err.get("ctx") or {}
+    got = f", got {_show(err.get('input'))}"
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(loc[:-1])
+        what = "unknown key"
+        if allowed:
+            what += f"; allowed: {', '.join(allowed)}" + _did_you_mean(str(loc[-1]), allowed)
+    elif kind == "missing":
+        what = "required key is missing"
+    elif kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        op, bound_key = {
+            "greater_than": (">", "gt"),
+            "greater_than_equal": (">=", "ge"),
+            "less_than": ("<", "lt"),
+            "less_than_equal": ("<=", "le"),
+        }[kind]
+        what = f"must be {op} {_show(ctx[bound_key])}{got}"
+    elif kind in ("int_type", "int_parsing", "int_from_float"):
+        what = f"must be a whole number{got}"
+    elif kind in ("float_type", "float_parsing"):
+        what = f"must be a number{got}"
+    elif kind in ("bool_type", "bool_parsing"):
+        what = f"must be true or false{got}"
+    elif kind == "string_type":
+        what = f"must be text{got}"
+    elif kind in ("list_type", "tuple_type"):
+        what = f"must be a list{got}"
+    elif kind in ("dict_type", "model_type", "model_attributes_type"):
+        what = f"must be a mapping of keys{got}"
+    elif kind in ("literal_error", "enum"):
+        what = f"must be one of {ctx.get('expected', '?')}{got}"
+    elif kind == "value_error":
+        what = str(ctx.get("error", err["msg"]))
+        # A model-level check names its own key first ("channels: …").
+        head, sep, rest = what.partition(": ")
+        if sep and re.fullmatch(r"\w+", head):
+            loc, what = (*loc, head), rest
+    else:
+        what = str(err["msg"])[:1].lower() + str(err["msg"])[1:] + got
+    path = ".".join(str(p) for p in loc) or "(top level)"
+    return f"config error: {path}: {what}"
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _did_you_mean(name: str, allowed: typing.Sequence[str]) -> str:
+    close = difflib.get_close_matches(name, allowed, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _allowed_keys(loc: tuple[str | int, ...]) -> list[str]:
+    """Field names of the section at `loc`, walking the schema's annotations."""
+    node: Any = Config
+    for part in loc:
+        node = _step(node, part)
+        if node is None:
+            return []
+    node = _unwrap_optional(node)
+    if isinstance(node, type) and issubclass(node, BaseModel):
+        return list(node.model_fields)
+    return []
+
+
+def _step(node: Any, part: str | int) -> Any:
+    node = _unwrap_optional(node)
+    if isinstance(node, type) and issubclass(node, BaseModel):
+        field = node.model_fields.get(str(part))
+        return None if field is None else field.annotation
+    origin = typing.get_origin(node)
+    args = typing.get_args(node)
+    if origin is list and args:
+        return args[0]
+    if origin is dict and len(args) == 2:
+        return args[1]
+    return None
+
+
+def _unwrap_optional(node: Any) -> Any:
+    if typing.get_origin(node) in (typing.Union, types.UnionType):
+        members = [a for a in typing.get_args(node) if a is not type(None)]
+        if len(members) == 1:
+            return members[0]
+    return node

@@ -1,0 +1,166 @@
+"""The bot's mutable state and every change to it, one method per action.
+
+Chat commands and (later) the web panel both call these methods, so an action
+behaves the same whoever asks. Methods never raise on bad input: they return
+a `Reply` saying what happened or why not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import structlog
+
+from adapters.events import Platform
+from bot import outcomes
+from bot.config import VOICE_NAME, Config, ReadMode
+from bot.policy import PolicyState, SpeakableItem, user_handle
+from bot.queue import SpeechQueue
+
+log = structlog.get_logger()
+
+READ_MODES: tuple[ReadMode, ...] = ("all", "command", "paid")
+
+#: Cuts items in flight (None: whatever is playing) ending them with the given
+#: outcome; returns whether anything was cut. Registered by the speaker.
+CutHandler = Callable[[Sequence[SpeakableItem] | None, str], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    ok: bool
+    text: str
+
+
+class Control:
+    def __init__(
+        self,
+        config: Config,
+        queue: SpeechQueue,
+        voice_names: Callable[[], Sequence[str]],
+    ) -> None:
+        self._queue = queue
+        self._voice_names = voice_names
+        self.voice = config.engine.default_voice
+        self.volume = config.audio.volume
+        self.policy_state = PolicyState(
+            read_mode=config.policy.read_mode,
+            muted={user_handle(n) for n in config.policy.muted_users},
+            nicknames={user_handle(k): v for k, v in config.policy.nicknames.items()},
+        )
+        self.connections: dict[Platform, bool] = {}
+        self._cut_handlers: list[CutHandler] = []
+        self._resumed = asyncio.Event()
+        self._resumed.set()
+
+    @property
+    def paused(self) -> bool:
+        return not self._resumed.is_set()
+
+    async def wait_resumed(self) -> None:
+        await self._resumed.wait()
+
+    def on_cut(self, handler: CutHandler) -> None:
+        self._cut_handlers.append(handler)
+
+    def cut(self, items: Sequence[SpeakableItem] | None, outcome: str) -> bool:
+        """Ask the speaker to stop items in flight; False when none was playing."""
+        return any([handler(items, outcome) for handler in self._cut_handlers])
+
+    def set_voice(self, name: str) -> Reply:
+        known = list(self._voice_names())
+        if not VOICE_NAME.fullmatch(name) or name not in known:
+            have = ", ".join(known) if known else "none installed"
+            return Reply(False, f"unknown voice {name!r} (have: {have})")
+        self.voice = name
+        return Reply(True, f"voice is now {name}")
+
+    def list_voices(self) -> Reply:
+        known = list(self._voice_names())
+        if not known:
+            return Reply(True, "no voices installed (add them to voices/)")
+        return Reply(True, "voices: " + ", ".join(known) + f" (current: {self.voice})")
+
+    def skip(self) -> Reply:
+        if self.cut(None, outcomes.SKIPPED):
+            return Reply(True, "skipped")
+        return Reply(False, "nothing is playing")
+
+    def clear(self) -> Reply:
+        gone = self._queue.remove_where(lambda _: True, outcomes.SKIPPED, "cleared")
+        return Reply(True, f"cleared {len(gone)} pending message(s)")
+
+    def pause(self) -> Reply:
+        if self.paused:
+            return Reply(False, "already paused")
+        self._resumed.clear()
+        return Reply(True, "paused")
+
+    def resume(self) -> Reply:
+        if not self.paused:
+            return Reply(False, "not paused")
+        self._resumed.set()
+        return Reply(True, "resumed")
+
+    def mute(self, user: str) -> Reply:
+        handle = user_handle(user)
+        if not handle:
+            return Reply(False, "usage: mute USER")
+        self.policy_state.muted.add(handle)
+        gone = self._queue.remove_where(
+            lambda i: user_handle(i.message.user_name) == handle, outcomes.SKIPPED, "muted"
+        )
+        return Reply(True, f"muted {handle} ({len(gone)} pending removed)")
+
+    def unmute(self, user: str) -> Reply:
+        handle = user_handle(user)
+        if handle not in self.policy_state.muted:
+            return Reply(False, f"{handle} is not muted")
+        self.policy_state.muted.discard(handle)
+        return Reply(True, f"unmuted {handle}")
+
+    def set_volume(self, volume: int) -> Reply:
+        if not 0 <= volume <= 100:
+            return Reply(False, f"volume must be 0-100, got {volume}")
+        self.volume = volume
+        return Reply(True, f"volume {volume}")
+
+    def set_mode(self, mode: str) -> Reply:
+        for allowed in READ_MODES:
+            if mode == allowed:
+                self.policy_state.read_mode = allowed
+                return Reply(True, f"read mode is now {allowed}")
+        return Reply(False, f"mode must be one of {', '.join(READ_MODES)}, got {mode!r}")
+
+    def set_nick(self, user: str, nick: str) -> Reply:
+        handle = user_handle(user)
+        nick = " ".join(nick.split())
+        if not handle:
+            return Reply(False, "usage: nick USER NAME")
+        if not nick:
+            self.policy_state.nicknames.pop(handle, None)
+            return Reply(True, f"{handle} has no nickname now")
+        self.policy_state.nicknames[handle] = nick
+        return Reply(True, f"{handle} will be read as {nick}")
+
+    def set_connection(self, platform: Platform, connected: bool) -> None:
+        self.connections[platform] = connected
+
+    def status(self) -> Reply:
+        links = ", ".join(
+            f"{p.value} {'connected' if up else 'disconnected'}"
+            for p, up in sorted(self.connections.items())
+        )
+        parts = [
+            "paused" if self.paused else "playing",
+            f"voice {self.voice}",
+            f"volume {self.volume}",
+            f"mode {self.policy_state.read_mode}",
+            f"queue {len(self._queue)}",
+            f"muted {len(self.policy_state.muted)}",
+        ]
+        if links:
+            parts.append(links)
+        return Reply(True, " | ".join(parts))

@@ -1,0 +1,217 @@
+"""Is a chat message speakable, how is it read, and how urgent is it.
+
+`SpeechPolicy.evaluate` is pure: the same message, config and state give the
+same answer, and it changes nothing. The caller records what it accepted.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from adapters.events import ChatMessage, EventKind, Platform, Role
+from bot import textnorm
+from bot.config import PolicyConfig, ReadMode
+
+#: Hostile input is cut to this many characters (times the length cap) before
+#: the regex passes run, so a 100 KB line costs no more than a long one.
+_PRE_CAP_FACTOR = 8
+
+#: Paid amounts rank within the paid level as value / (value + this), in the
+#: reference currency: monotonic, and always below the next level up.
+_PAID_HALF_POINT = 10.0
+
+PRIVILEGED_ROLES = frozenset({Role.BROADCASTER, Role.MODERATOR})
+MEMBER_ROLES = frozenset({Role.SUBSCRIBER, Role.GUARD})
+#: Events read in `paid` mode even without an amount attached.
+_PAID_MODE_EVENTS = frozenset({EventKind.SUB, EventKind.GIFT, EventKind.GUARD})
+
+
+def user_handle(name: str) -> str:
+    """How user names are compared: case-folded, without a leading @."""
+    return name.strip().lstrip("@").casefold()
+
+
+@dataclass
+class PolicyState:
+    """What the policy reads that changes at run time (owned by `bot.control`)."""
+
+    read_mode: ReadMode = "all"
+    muted: set[str] = field(default_factory=set)
+    nicknames: dict[str, str] = field(default_factory=dict)
+    user_voices: dict[str, str] = field(default_factory=dict)
+    last_accepted: dict[tuple[Platform, str], float] = field(default_factory=dict)
+
+    def record_accepted(self, item: SpeakableItem) -> None:
+        self.last_accepted[item.message.user_key] = item.message.received
+
+
+@dataclass(frozen=True, slots=True)
+class SpeakableItem:
+    message: ChatMessage
+    #: The cleaned message text alone.
+    text: str
+    #: The full line with the user announced, per the kind's template.
+    spoken: str
+    #: The line without the announcement, read when the same user spoke last.
+    spoken_plain: str
+    priority: float
+    voice: str | None = None
+
+    @property
+    def key(self) -> tuple[Platform, str]:
+        return (self.message.platform, self.message.message_id)
+
+    def speech(self, previous_user: tuple[Platform, str] | None) -> str:
+        """The line to say, given whose message was spoken just before."""
+        if previous_user == self.message.user_key:
+            return self.spoken_plain
+        return self.spoken
+
+
+@dataclass(frozen=True, slots=True)
+class Drop:
+    reason: str
+
+
+class SpeechPolicy:
+    """Filters, normalises and ranks chat messages for speech."""
+
+    def __init__(self, config: PolicyConfig, own_logins: Iterable[str] = ()) -> None:
+        self.config = config
+        self._ignored = {user_handle(n) for n in (*config.ignored_users, *own_logins) if n}
+        self._replacements = [(r.compiled(), r.replacement) for r in config.replacements]
+        self._blocked = _blocked_words_pattern(config.blocked_words)
+        self._say_prefix = re.compile(re.escape(config.say_prefix) + r"(?:\s+|$)", re.IGNORECASE)
+
+    def evaluate(self, message: ChatMessage, state: PolicyState) -> SpeakableItem | Drop:
+        cfg = self.config
+        handle = user_handle(message.user_name)
+        if handle in state.muted:
+            return Drop("muted")
+        if handle in self._ignored:
+            return Drop("ignored_user")
+        if message.emote_only and cfg.emotes == "strip":
+            return Drop("emote_only")
+        if message.event is not EventKind.CHAT and message.event not in cfg.speak_events:
+            return Drop("event_disabled")
+
+        paid = message.paid
+        if paid is not None and paid.amount < cfg.min_paid.get(paid.kind, 0.0):
+            if cfg.below_min == "drop":
+                return Drop("below_min")
+            paid = None
+        notable = paid is not None or message.event in _PAID_MODE_EVENTS
+
+        text = message.text
+        if cfg.emotes == "strip":
+            text = textnorm.remove_spans(text, message.emotes)
+        prefixed = self._say_prefix.match(text)
+        if prefixed:
+            text = text[prefixed.end() :]
+        elif text.lstrip().startswith("!"):
+            return Drop("command")
+        if state.read_mode == "command" and not prefixed and not notable:
+            return Drop("not_command")
+        if state.read_mode == "paid" and not notable:
+            return Drop("not_paid")
+
+        privileged = bool(message.roles & PRIVILEGED_ROLES)
+        if cfg.cooldown_s > 0 and not privileged and paid is None:
+            last = state.last_accepted.get(message.user_key)
+            if last is not None and message.received - last < cfg.cooldown_s:
+                return Drop("cooldown")
+
+        cleaned = self.clean_text(text)
+        if isinstance(cleaned, Drop):
+            return cleaned
+        if not cleaned and paid is None and message.event is EventKind.CHAT:
+            return Drop("empty")
+
+        template_key = paid.kind.value if paid is not None else message.event.value
+        template: str = getattr(cfg.templates, template_key)
+        user = self.spoken_name(message.user_name, state)
+        amount = self._amount_words(paid.amount, paid.currency) if paid is not None else ""
+        spoken = _fill(template, user=user, amount=amount, text=cleaned)
+        if template_key == "chat":
+            plain = _fill("{text}", user=user, amount=amount, text=cleaned)
+            if not cfg.announce_user:
+                spoken = plain
+        else:
+            plain = spoken
+        return SpeakableItem(
+            message=message,
+            text=cleaned,
+            spoken=spoken,
+            spoken_plain=plain,
+            priority=self._priority(message, privileged, paid is not None),
+            voice=state.user_voices.get(handle),
+        )
+
+    def clean_text(self, text: str) -> str | Drop:
+        """The normalisation pipeline, from raw chat text to a speakable line."""
+        cfg = self.config
+        text = textnorm.cap_length(text, cfg.max_chars * _PRE_CAP_FACTOR)
+        text = textnorm.clean_unicode(text)
+        if cfg.links == "drop" and textnorm.find_links(text):
+            return Drop("link")
+        text = textnorm.replace_links(text, cfg.link_word if cfg.links == "replace" else "")
+        if cfg.emotes == "strip":
+            text = textnorm.strip_emoji(text)
+        for pattern, replacement in self._replacements:
+            text = pattern.sub(replacement, text)
+        if self._blocked is not None:
+            if cfg.blocked_action == "drop":
+                if self._blocked.search(text):
+                    return Drop("blocked_word")
+            else:
+                text = self._blocked.sub(f" {cfg.mask_word} ", text)
+        text = textnorm.collapse_repeats(text, cfg.max_char_repeats, cfg.max_word_repeats)
+        text = textnorm.normalise_whitespace(text)
+        return textnorm.cap_length(text, cfg.max_chars)
+
+    def spoken_name(self, user_name: str, state: PolicyState) -> str:
+        handle = user_handle(user_name)
+        nick = state.nicknames.get(handle)
+        if nick:
+            return nick
+        name = textnorm.normalise_whitespace(textnorm.clean_unicode(user_name).replace("_", " "))
+        return name or "someone"
+
+    def _amount_words(self, amount: float, currency: str) -> str:
+        cur = self.config.currencies.get(currency.upper())
+        return f"{amount:g} {cur.word if cur else currency}"
+
+    def _priority(self, message: ChatMessage, privileged: bool, paid: bool) -> float:
+        levels = self.config.priorities
+        candidates = [float(levels.normal)]
+        if privileged:
+            candidates.append(levels.privileged)
+        if paid and message.paid is not None:
+            cur = self.config.currencies.get(message.paid.currency.upper())
+            value = message.paid.amount * cur.value if cur else 0.0
+            candidates.append(levels.paid + value / (value + _PAID_HALF_POINT))
+        if message.first_time:
+            candidates.append(levels.first_time)
+        if message.roles & MEMBER_ROLES:
+            candidates.append(levels.member)
+        return max(candidates)
+
+
+def _fill(template: str, *, user: str, amount: str, text: str) -> str:
+    return textnorm.normalise_whitespace(template.format(user=user, amount=amount, text=text))
+
+
+def _blocked_words_pattern(words: list[str]) -> re.Pattern[str] | None:
+    """Whole words for alphabetic scripts; plain substrings for CJK, which has no spaces."""
+    if not words:
+        return None
+    parts = []
+    for word in sorted(words, key=len, reverse=True):
+        escaped = re.escape(word)
+        if textnorm.is_cjk(word[0]) or textnorm.is_cjk(word[-1]):
+            parts.append(escaped)
+        else:
+            parts.append(rf"(?<!\w){escaped}(?!\w)")
+    return re.compile("|".join(parts), re.IGNORECASE)

@@ -1,0 +1,157 @@
+"""The speech queue: priority order with ageing, a hard bound, a time-to-live,
+and retraction. Every item that leaves it other than by `get` gets its one
+terminal log event here; items handed out are the speaker's to finish.
+
+The queue is a plain dict scanned per operation: it is bounded (`max_size`,
+at most 10,000), and ageing plus retraction by user make a heap's invariants
+cost more code than the scan costs time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from adapters.events import Platform
+from bot import outcomes
+from bot.config import QueueConfig
+from bot.policy import SpeakableItem
+
+Key = tuple[Platform, str]
+
+
+@dataclass(frozen=True, slots=True)
+class RetractResult:
+    #: Pending items removed (each logged as `tts.retracted`).
+    removed: tuple[SpeakableItem, ...]
+    #: Items already handed to the speaker (playing or being prepared) that
+    #: match: the speaker must cut them and log their end.
+    in_flight: tuple[SpeakableItem, ...]
+
+
+@dataclass(slots=True)
+class _Entry:
+    item: SpeakableItem
+    seq: int
+
+
+class SpeechQueue:
+    def __init__(self, config: QueueConfig, clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config
+        self._clock = clock
+        self._entries: dict[Key, _Entry] = {}
+        self._in_flight: dict[Key, SpeakableItem] = {}
+        self._seq = 0
+        self._ready = asyncio.Event()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def in_flight(self) -> tuple[SpeakableItem, ...]:
+        return tuple(self._in_flight.values())
+
+    def push(self, item: SpeakableItem) -> bool:
+        """Add an item; False when it was not kept (duplicate or overflow, both logged)."""
+        if item.key in self._entries or item.key in self._in_flight:
+            outcomes.log_outcome(outcomes.FILTERED, item.message, reason="duplicate")
+            return False
+        if len(self._entries) >= self.config.max_size:
+            self.expire()
+        if len(self._entries) >= self.config.max_size:
+            victim = min(self._entries.values(), key=lambda e: (e.item.priority, e.seq))
+            if item.priority < victim.item.priority:
+                outcomes.log_outcome(outcomes.OVERFLOW, item.message, max_size=self.config.max_size)
+                return False
+            del self._entries[victim.item.key]
+            outcomes.log_outcome(
+                outcomes.OVERFLOW, victim.item.message, max_size=self.config.max_size
+            )
+        self._seq += 1
+        self._entries[item.key] = _Entry(item, self._seq)
+        self._ready.set()
+        return True
+
+    def pop_nowait(self) -> SpeakableItem | None:
+        """The most urgent live item, now in flight until `done`; None when empty."""
+        self.expire()
+        if not self._entries:
+            return None
+        now = self._clock()
+        best = max(self._entries.values(), key=lambda e: (self._urgency(e, now), -e.seq))
+        del self._entries[best.item.key]
+        self._in_flight[best.item.key] = best.item
+        return best.item
+
+    async def get(self) -> SpeakableItem:
+        while True:
+            item = self.pop_nowait()
+            if item is not None:
+                return item
+            self._ready.clear()
+            await self._ready.wait()
+
+    def done(self, item: SpeakableItem) -> None:
+        """The speaker has finished with an item (and logged its end)."""
+        self._in_flight.pop(item.key, None)
+
+    def expire(self) -> int:
+        """Drop every item older than the TTL; the count dropped."""
+        now = self._clock()
+        stale = [
+            e.item
+            for e in self._entries.values()
+            if now - e.item.message.received > self.config.ttl_s
+        ]
+        for item in stale:
+            del self._entries[item.key]
+            age = round(now - item.message.received, 3)
+            outcomes.log_outcome(outcomes.EXPIRED, item.message, age_s=age)
+        return len(stale)
+
+    def retract(self, platform: Platform, message_ids: frozenset[str]) -> RetractResult:
+        return self._retract(
+            lambda i: i.message.platform == platform and i.message.message_id in message_ids,
+            reason="message_deleted",
+        )
+
+    def retract_user(self, platform: Platform, user_id: str) -> RetractResult:
+        return self._retract(
+            lambda i: i.message.platform == platform and i.message.user_id == user_id,
+            reason="user_cleared",
+        )
+
+    def retract_channel(self, platform: Platform, channel: str) -> RetractResult:
+        return self._retract(
+            lambda i: i.message.platform == platform and i.message.channel == channel,
+            reason="chat_cleared",
+        )
+
+    def remove_where(
+        self, predicate: Callable[[SpeakableItem], bool], event: str, reason: str
+    ) -> list[SpeakableItem]:
+        """Remove pending items a moderator action ends (clear, mute), logging each."""
+        gone = [e.item for e in self._entries.values() if predicate(e.item)]
+        for item in gone:
+            del self._entries[item.key]
+            outcomes.log_outcome(event, item.message, reason=reason)
+        return gone
+
+    def snapshot(self) -> list[SpeakableItem]:
+        """Pending items in the order they would be popped now."""
+        now = self._clock()
+        ordered = sorted(self._entries.values(), key=lambda e: (-self._urgency(e, now), e.seq))
+        return [e.item for e in ordered]
+
+    def _retract(self, predicate: Callable[[SpeakableItem], bool], reason: str) -> RetractResult:
+        removed = self.remove_where(predicate, outcomes.RETRACTED, reason)
+        hit = tuple(i for i in self._in_flight.values() if predicate(i))
+        return RetractResult(tuple(removed), hit)
+
+    def _urgency(self, entry: _Entry, now: float) -> float:
+        if self.config.aging_s <= 0:
+            return entry.item.priority
+        waited = max(0.0, now - entry.item.message.received)
+        return entry.item.priority + waited / self.config.aging_s

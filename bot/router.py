@@ -1,0 +1,83 @@
+"""Routes adapter events: commands to control, chat through the policy into the
+queue, retractions to the queue (and the speaker, for what is in flight)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import structlog
+
+from adapters.events import ChatEvent, ChatMessage, Connected, Disconnected, Retraction
+from bot import outcomes
+from bot.commands import is_command, run_command
+from bot.config import CommandsConfig
+from bot.control import Control, Reply
+from bot.policy import Drop, SpeechPolicy
+from bot.queue import RetractResult, SpeechQueue
+
+log = structlog.get_logger()
+
+#: Sends a command's reply back to the chat it came from, where the adapter can.
+ReplySink = Callable[[ChatMessage, Reply], None]
+
+
+class Router:
+    def __init__(
+        self,
+        policy: SpeechPolicy,
+        control: Control,
+        queue: SpeechQueue,
+        commands: CommandsConfig,
+        reply: ReplySink | None = None,
+    ) -> None:
+        self._policy = policy
+        self._control = control
+        self._queue = queue
+        self._commands = commands
+        self._reply = reply
+
+    async def run(self, events: asyncio.Queue[ChatEvent]) -> None:
+        while True:
+            event = await events.get()
+            try:
+                self.handle(event)
+            except Exception:
+                # One bad event must never stop the bot reading chat.
+                log.exception("router.error", event_type=type(event).__name__)
+
+    def handle(self, event: ChatEvent) -> None:
+        match event:
+            case ChatMessage():
+                self._message(event)
+            case Retraction():
+                self._retract(event)
+            case Connected():
+                self._control.set_connection(event.platform, True)
+            case Disconnected():
+                self._control.set_connection(event.platform, False)
+
+    def _message(self, message: ChatMessage) -> None:
+        if is_command(message.text, self._commands.prefix):
+            reply = run_command(message, self._control, self._commands)
+            outcomes.log_outcome(outcomes.FILTERED, message, reason="command")
+            if self._reply is not None:
+                self._reply(message, reply)
+            return
+        decision = self._policy.evaluate(message, self._control.policy_state)
+        if isinstance(decision, Drop):
+            outcomes.log_outcome(outcomes.FILTERED, message, reason=decision.reason)
+            return
+        if self._queue.push(decision):
+            self._control.policy_state.record_accepted(decision)
+
+    def _retract(self, event: Retraction) -> None:
+        result: RetractResult
+        if event.message_ids:
+            result = self._queue.retract(event.platform, event.message_ids)
+        elif event.user_id is not None:
+            result = self._queue.retract_user(event.platform, event.user_id)
+        else:
+            result = self._queue.retract_channel(event.platform, event.channel)
+        if result.in_flight:
+            self._control.cut(result.in_flight, outcomes.RETRACTED)

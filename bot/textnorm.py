@@ -1,0 +1,149 @@
+"""Text clean-up for speech: pure string functions the speech policy composes.
+
+Each function takes and returns `str` and knows nothing of chat or config, so
+the rules ("hahahahaha" → "hahaha", zalgo stripped, CJK left alone) can be
+read and tested one at a time.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+#: Categories that never carry speech: controls, format (zero-width, bidi
+#: overrides, soft hyphen…), surrogates, private use, unassigned.
+_DROP_CATEGORIES = frozenset({"Cf", "Cs", "Co", "Cn"})
+
+#: Real scripts stack at most about three marks on a letter (Thai, Vietnamese
+#: in NFD); a longer run is a "zalgo" flood and is removed whole.
+MAX_COMBINING_RUN = 3
+
+_URL = re.compile(
+    r"(?:https?://|www\.)\S+"
+    r"|\b[a-z0-9-]+(?:\.[a-z0-9-]+)*\.(?:com|net|org|tv|gg|io|ly|be|me|co|cn|uk|de|jp|ru|"
+    r"xyz|app|dev|live|info|link|site|shop)\b(?:/\S*)?",
+    re.IGNORECASE,
+)
+
+_EMOJI = re.compile(
+    "["
+    "\U0001f000-\U0001faff"  # mahjong … symbols & pictographs ext-A (incl. skin tones)
+    "\u2600-\u27bf"  # misc symbols, dingbats
+    "\u2b00-\u2bff"  # arrows & stars (⭐)
+    "\u2300-\u23ff"  # misc technical (⌚ ⏰)
+    "\u2190-\u21ff\u25a0-\u25ff"  # arrows, geometric shapes
+    "\u2934\u2935\u3030\u303d\u3297\u3299\u00a9\u00ae\u2122"
+    "\ufe0e\ufe0f\u200d\u20e3"  # variation selectors, ZWJ, keycap
+    "\U000e0020-\U000e007f"  # tag sequences (flags of regions)
+    "]+"
+)
+
+_WHITESPACE = re.compile(r"\s+")
+
+#: Sentence ends, ASCII and full-width/CJK.
+SENTENCE_END = frozenset(".!?。！？…")
+#: Softer breaks a long line may be cut at.
+CLAUSE_BREAK = frozenset(",;:，、；：")
+
+
+def clean_unicode(text: str) -> str:
+    """NFC, controls to spaces, invisible characters and mark floods removed."""
+    text = unicodedata.normalize("NFC", text)
+    out: list[str] = []
+    marks: list[str] = []
+    for ch in text:
+        cat = unicodedata.category(ch)
+        if cat in ("Mn", "Me"):
+            marks.append(ch)
+            continue
+        if marks:
+            if len(marks) <= MAX_COMBINING_RUN:
+                out.extend(marks)
+            marks.clear()
+        if cat == "Cc":
+            out.append(" ")
+        elif cat not in _DROP_CATEGORIES:
+            out.append(_fullwidth_alnum_to_ascii(ch))
+    if len(marks) <= MAX_COMBINING_RUN:
+        out.extend(marks)
+    return "".join(out)
+
+
+def _fullwidth_alnum_to_ascii(ch: str) -> str:
+    # Full-width letters and digits read like ASCII ones; full-width
+    # punctuation is kept, as CJK sentence splitting relies on it.
+    code = ord(ch)
+    if 0xFF10 <= code <= 0xFF19 or 0xFF21 <= code <= 0xFF3A or 0xFF41 <= code <= 0xFF5A:
+        return chr(code - 0xFEE0)
+    return ch
+
+
+def remove_spans(text: str, spans: tuple[tuple[int, int], ...]) -> str:
+    """Blank out inclusive code-point spans (Twitch emote positions); bad spans are ignored."""
+    if not spans:
+        return text
+    chars = list(text)
+    for start, end in spans:
+        if 0 <= start <= end < len(chars):
+            for i in range(start, end + 1):
+                chars[i] = " "
+    return "".join(chars)
+
+
+def find_links(text: str) -> bool:
+    return _URL.search(text) is not None
+
+
+def replace_links(text: str, word: str) -> str:
+    return _URL.sub(f" {word} " if word else " ", text)
+
+
+def strip_emoji(text: str) -> str:
+    return _EMOJI.sub(" ", text)
+
+
+def collapse_repeats(text: str, max_char_repeats: int, max_word_repeats: int) -> str:
+    """ "hahahahaha" → "hahaha", "lol lol lol lol" → "lol lol"; numbers are left alone."""
+    unit = re.compile(rf"(.{{1,4}}?)\1{{{max_char_repeats},}}", re.DOTALL)
+
+    def shorten(match: re.Match[str]) -> str:
+        piece = match.group(1)
+        if piece.isdigit():
+            return match.group(0)
+        return piece * max_char_repeats
+
+    text = unit.sub(shorten, text)
+    words = re.compile(rf"\b(\w+)(?:\s+\1\b){{{max_word_repeats},}}", re.IGNORECASE)
+    return words.sub(lambda m: " ".join([m.group(1)] * max_word_repeats), text)
+
+
+def normalise_whitespace(text: str) -> str:
+    return _WHITESPACE.sub(" ", text).strip()
+
+
+def is_cjk(ch: str) -> bool:
+    """Wide characters (Han, kana, hangul): each one is a word of its own for cutting."""
+    return unicodedata.east_asian_width(ch) in ("W", "F") and ch.isalnum()
+
+
+def cap_length(text: str, limit: int) -> str:
+    """Cut to at most `limit` characters at a sentence end, else a word boundary."""
+    if len(text) <= limit:
+        return text
+    sentence_cut = 0
+    clause_cut = 0
+    word_cut = 0
+    for i in range(1, limit + 1):
+        before, after = text[i - 1], text[i]
+        if before in SENTENCE_END and after not in SENTENCE_END:
+            sentence_cut = i
+        elif before in CLAUSE_BREAK:
+            clause_cut = i
+        if after.isspace() or before.isspace() or is_cjk(before) or is_cjk(after):
+            word_cut = i
+    for cut in (sentence_cut, clause_cut):
+        if cut >= limit // 2:
+            return text[:cut].strip()
+    if word_cut > 0:
+        return text[:word_cut].strip()
+    return text[:limit]

@@ -1,0 +1,1 @@
+"""Speech synthesis: the voice library and (from the engine issue on) F5-TTS."""

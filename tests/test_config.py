@@ -1,0 +1,227 @@
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bot.config import Config, ConfigError, load_config, parse_config
+
+SHIPPED = Path(__file__).resolve().parent.parent / "config" / "ishowtts.yaml"
+
+
+def error_lines(text: str, environ: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, environ=environ or {})
+    return info.value.lines
+
+
+def test_shipped_file_is_exactly_the_defaults() -> None:
+    # The YAML documents the defaults; if a key is added to the schema and not
+    # to the file (or the values drift), this fails.
+    assert yaml.safe_load(SHIPPED.read_text()) == Config().model_dump(mode="json")
+    assert load_config(SHIPPED, environ={}) == Config()
+
+
+def test_every_key_in_shipped_file_is_commented() -> None:
+    lines = SHIPPED.read_text().splitlines()
+    undocumented = []
+    for i, line in enumerate(lines):
+        if re.match(r"^\s*[\w]+:", line) and not lines[i - 1].lstrip().startswith("#"):
+            undocumented.append(line.strip())
+    assert undocumented == []
+
+
+def test_empty_file_gives_defaults() -> None:
+    assert parse_config("", environ={}) == Config()
+
+
+def test_bad_value_names_key_and_bound() -> None:
+    assert error_lines("queue:\n  max_size: -3\n") == [
+        "config error: queue.max_size: must be > 0, got -3"
+    ]
+
+
+def test_unknown_key_lists_allowed_and_suggests() -> None:
+    (line,) = error_lines("queue:\n  max_sise: 10\n")
+    assert line.startswith("config error: queue.max_sise: unknown key; allowed: max_size, ttl_s")
+    assert "did you mean 'max_size'?" in line
+
+
+def test_unknown_top_level_section() -> None:
+    (line,) = error_lines("plattforms: {}\n")
+    assert line.startswith("config error: plattforms: unknown key; allowed: platforms, policy")
+
+
+def test_unknown_key_inside_list_item() -> None:
+    (line,) = error_lines("policy:\n  replacements:\n    - {pattern: a, replace: b}\n")
+    assert line.startswith("config error: policy.replacements.0.replace: unknown key; allowed:")
+    assert "did you mean 'replacement'?" in line
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("queue:\n  max_size: lots\n", "queue.max_size: must be a whole number, got 'lots'"),
+        ("queue:\n  ttl_s: soon\n", "queue.ttl_s: must be a number, got 'soon'"),
+        ("web:\n  enabled: maybe\n", "web.enabled: must be true or false, got 'maybe'"),
+        ("policy:\n  link_word: 5\n", "policy.link_word: must be text, got 5"),
+        ("policy:\n  blocked_words: ugh\n", "policy.blocked_words: must be a list, got 'ugh'"),
+        ("queue: 5\n", "queue: must be a mapping of keys, got 5"),
+    ],
+)
+def test_wrong_types(text: str, expected: str) -> None:
+    assert error_lines(text) == [f"config error: {expected}"]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "policy:\n  read_mode: loud\n",
+            "policy.read_mode: must be one of 'all', 'command' or 'paid', got 'loud'",
+        ),
+        ("audio:\n  volume: 150\n", "audio.volume: must be <= 100, got 150"),
+        ("web:\n  port: 0\n", "web.port: must be >= 1, got 0"),
+        (
+            "engine:\n  device: gpu\n",
+            "engine.device: must be auto, cpu, cuda or cuda:N, got 'gpu'",
+        ),
+        (
+            "engine:\n  default_voice: ../../etc/passwd\n",
+            "engine.default_voice: must be a voice file name without extension, "
+            "got '../../etc/passwd'",
+        ),
+        (
+            "policy:\n  speak_events: [sub, dance]\n",
+            "policy.speak_events.1: must be one of 'chat', 'sub', 'raid', 'gift' or 'guard', "
+            "got 'dance'",
+        ),
+        ("policy:\n  min_paid: {bits: -1}\n", "policy.min_paid.bits: must be >= 0, got -1"),
+        (
+            "platforms:\n  twitch: {enabled: true}\n",
+            "platforms.twitch.channels: enabled but no channel given",
+        ),
+        (
+            "platforms:\n  twitch: {channels: ['#Bad Name']}\n",
+            "platforms.twitch.channels: must be Twitch logins (letters, digits, _; up to 25), "
+            "got 'bad name'",
+        ),
+        (
+            "platforms:\n  bilibili: {enabled: true}\n",
+            "platforms.bilibili.room_id: enabled but no room id given",
+        ),
+        (
+            "web:\n  host: 0.0.0.0\n",
+            "web.token: binding to 0.0.0.0 (not loopback) needs a token "
+            "(set web.token or ISHOWTTS_WEB_TOKEN)",
+        ),
+        (
+            "policy:\n  templates: {chat: '{user} {msg}'}\n",
+            "policy.templates.chat: unknown placeholder {msg}; allowed: {amount}, {text}, {user}",
+        ),
+        (
+            "commands:\n  permissions: {skipp: [everyone]}\n",
+            "commands.permissions: unknown command 'skipp'; allowed: voice, voices, skip, clear, "
+            "pause, resume, mute, unmute, volume, mode, nick, status (did you mean 'skip'?)",
+        ),
+        (
+            "commands:\n  permissions: {skip: [mods]}\n",
+            "commands.permissions.skip.0: must be one of 'broadcaster', 'moderator', 'vip', "
+            "'subscriber', 'guard' or 'everyone', got 'mods'",
+        ),
+    ],
+)
+def test_bad_values(text: str, expected: str) -> None:
+    assert error_lines(text) == [f"config error: {expected}"]
+
+
+def test_bad_regex_is_a_config_error_naming_the_item() -> None:
+    (line,) = error_lines("policy:\n  replacements:\n    - {pattern: '(unclosed'}\n")
+    assert line.startswith(
+        "config error: policy.replacements.0.pattern: not a valid regular expression"
+    )
+    assert "'(unclosed'" in line
+
+
+def test_several_errors_one_line_each() -> None:
+    lines = error_lines("queue:\n  max_size: 0\n  ttl_s: -1\n")
+    assert lines == [
+        "config error: queue.max_size: must be > 0, got 0",
+        "config error: queue.ttl_s: must be > 0, got -1",
+    ]
+
+
+def test_invalid_yaml_names_line() -> None:
+    (line,) = error_lines("queue:\n  max_size: [1,\n")
+    assert line.startswith("config error: <config>: line ")
+    assert "not valid YAML" in line
+
+
+def test_top_level_must_be_mapping() -> None:
+    assert error_lines("- a\n- b\n") == [
+        "config error: <config>: must be a mapping of sections at top level"
+    ]
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "nope.yaml")
+    assert info.value.lines == [
+        f"config error: {tmp_path / 'nope.yaml'}: file not found "
+        "(copy config/ishowtts.yaml and edit it)"
+    ]
+
+
+def test_file_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_bytes(b"queue:\n  max_size: \xff\xfe\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.lines[0].startswith(f"config error: {path}: cannot read")
+
+
+def test_secrets_from_environment_override_file() -> None:
+    config = parse_config(
+        "platforms:\n  twitch: {channels: [me], token: 'oauth:fromfile'}\n",
+        environ={
+            "ISHOWTTS_TWITCH_TOKEN": "oauth:fromenv",
+            "ISHOWTTS_TWITCH_NICK": "mybot",
+            "ISHOWTTS_BILIBILI_COOKIE": "SESSDATA=x",
+            "ISHOWTTS_WEB_TOKEN": "hunter2",
+        },
+    )
+    assert config.platforms.twitch.token.get_secret_value() == "oauth:fromenv"
+    assert config.platforms.twitch.nick == "mybot"
+    assert config.platforms.bilibili.cookie.get_secret_value() == "SESSDATA=x"
+    assert config.web.token.get_secret_value() == "hunter2"
+
+
+def test_empty_environment_variable_is_ignored() -> None:
+    config = parse_config("web: {token: fromfile}\n", environ={"ISHOWTTS_WEB_TOKEN": ""})
+    assert config.web.token.get_secret_value() == "fromfile"
+
+
+def test_web_token_from_env_allows_public_bind() -> None:
+    config = parse_config("web: {host: 0.0.0.0}\n", environ={"ISHOWTTS_WEB_TOKEN": "s3cret"})
+    assert config.web.host == "0.0.0.0"
+
+
+def test_secrets_are_masked_when_dumped() -> None:
+    config = parse_config("web: {token: hunter2}\n", environ={})
+    dumped = config.model_dump(mode="json")
+    assert dumped["web"]["token"] == "**********"
+    assert "hunter2" not in repr(config)
+
+
+def test_token_without_nick_is_refused() -> None:
+    assert error_lines("platforms:\n  twitch: {token: 'oauth:x'}\n") == [
+        "config error: platforms.twitch.nick: a token needs the bot account's login as nick"
+    ]
+
+
+def test_permissions_override_keeps_other_defaults() -> None:
+    config = parse_config("commands:\n  permissions: {status: [everyone]}\n", environ={})
+    assert config.commands.allowed_roles("status") is None
+    assert config.commands.permissions["skip"] == ["broadcaster", "moderator"]

@@ -1,0 +1,271 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from adapters.events import EventKind, Paid, PaidKind, Platform, Role
+from bot.config import PolicyConfig
+from bot.policy import Drop, PolicyState, SpeakableItem, SpeechPolicy
+from tests.factories import chat
+
+
+def policy(**overrides: Any) -> SpeechPolicy:
+    return SpeechPolicy(PolicyConfig.model_validate(overrides))
+
+
+def accept(
+    pol: SpeechPolicy, text: str, state: PolicyState | None = None, **fields: Any
+) -> SpeakableItem:
+    result = pol.evaluate(chat(text, **fields), state or PolicyState())
+    assert isinstance(result, SpeakableItem), result
+    return result
+
+
+def reason(pol: SpeechPolicy, text: str, state: PolicyState | None = None, **fields: Any) -> str:
+    result = pol.evaluate(chat(text, **fields), state or PolicyState())
+    assert isinstance(result, Drop), result
+    return result.reason
+
+
+def test_plain_chat_is_announced_with_user() -> None:
+    item = accept(policy(), "hello   world", user_name="Bob")
+    assert item.text == "hello world"
+    assert item.spoken == "Bob says hello world"
+    assert item.spoken_plain == "hello world"
+
+
+def test_user_not_announced_twice_in_a_row() -> None:
+    pol = policy()
+    first = accept(pol, "one", user_id="7", user_name="Bob")
+    second = accept(pol, "two", user_id="7", user_name="Bob")
+    assert first.speech(previous_user=None) == "Bob says one"
+    assert second.speech(previous_user=first.message.user_key) == "two"
+    other = accept(pol, "three", user_id="8", user_name="Ann")
+    assert other.speech(previous_user=first.message.user_key) == "Ann says three"
+
+
+def test_announce_user_off() -> None:
+    assert accept(policy(announce_user=False), "hi there").spoken == "hi there"
+
+
+def test_links_replaced_removed_or_dropped() -> None:
+    text = "look https://clips.twitch.tv/abc now"
+    assert accept(policy(), text).text == "look link now"
+    assert accept(policy(links="remove"), text).text == "look now"
+    assert accept(policy(link_word="a link"), text).text == "look a link now"
+    assert reason(policy(links="drop"), text) == "link"
+
+
+def test_twitch_emotes_removed_by_position_or_kept() -> None:
+    text = "🎉 好 Kappa gg PogChamp"
+    emotes = ((4, 8), (13, 20))
+    assert accept(policy(), text, emotes=emotes).text == "好 gg"
+    kept = accept(policy(emotes="keep"), text, emotes=emotes).text
+    assert kept == "🎉 好 Kappa gg PogChamp"
+
+
+def test_emote_only_danmaku_dropped_unless_kept() -> None:
+    assert reason(policy(), "[dog]", emote_only=True) == "emote_only"
+    assert accept(policy(emotes="keep"), "[dog]", emote_only=True).text == "[dog]"
+
+
+def test_emoji_only_message_becomes_empty_and_is_dropped() -> None:
+    assert reason(policy(), "😂😂😂 🔥") == "empty"
+
+
+def test_zalgo_and_invisibles_stripped() -> None:
+    zalgo = "".join(c + "\u0336\u0321\u032a\u032f\u0368" for c in "hello")
+    assert accept(policy(), zalgo + " \u200bworld\u202e").text == "hello world"
+
+
+def test_repeats_collapsed() -> None:
+    assert accept(policy(), "hahahahahaha lol lol lol lol").text == "hahaha lol lol"
+    assert accept(policy(max_char_repeats=2), "hahahaha").text == "haha"
+
+
+def test_mixed_cjk_english_japanese_kept_intact() -> None:
+    text = "主播好！今日はいい天気ですね, nice stream 한국어"
+    assert accept(policy(), text).text == text
+
+
+def test_fullwidth_handled() -> None:
+    assert accept(policy(), "ｇｇ　ｗｐ！！！！！").text == "gg wp！！！"
+
+
+def test_length_cap_cuts_at_boundary() -> None:
+    text = "This is the first sentence. " + "and then it goes on and on " * 20
+    item = accept(policy(max_chars=40), text)
+    assert item.text == "This is the first sentence."
+    item = accept(policy(max_chars=20), "alpha beta gamma delta epsilon")
+    assert item.text == "alpha beta gamma"
+    # The early cut of hostile input must not leave a word fragment either.
+    assert accept(policy(max_chars=20), "words " * 30).text == "words words"
+
+
+def test_hundred_kb_message_is_capped_fast() -> None:
+    item = accept(policy(), "spam " + "x y z " * 20_000)
+    assert len(item.text) <= 200
+
+
+def test_blocked_words_drop_or_mask() -> None:
+    pol = policy(blocked_words=["darn", "傻瓜"])
+    assert reason(pol, "well DARN it") == "blocked_word"
+    assert reason(pol, "你是傻瓜吗") == "blocked_word"
+    # Whole words only: "darnell" is a name.
+    assert accept(pol, "hi darnell").text == "hi darnell"
+    masked = policy(blocked_words=["darn"], blocked_action="mask")
+    assert accept(masked, "darn, Darn it").text == "bleep , bleep it"
+
+
+def test_regex_replacements_in_order() -> None:
+    pol = policy(
+        replacements=[
+            {"pattern": r"\bgg\b", "replacement": "good game"},
+            {"pattern": r"good game", "replacement": "great game", "ignore_case": False},
+            {"pattern": r"(\d+)k\b", "replacement": r"\1 thousand"},
+        ]
+    )
+    assert accept(pol, "GG 5k").text == "great game 5 thousand"
+
+
+def test_commands_never_spoken() -> None:
+    assert reason(policy(), "!uptime") == "command"
+    assert reason(policy(), "  !tts skip") == "command"
+
+
+def test_say_prefix_removed_in_any_mode() -> None:
+    assert accept(policy(), "!say hello").text == "hello"
+    assert accept(policy(), "!SAY hello").text == "hello"
+    assert reason(policy(), "!sayhello") == "command"
+
+
+def test_command_mode_reads_only_prefixed_and_paid() -> None:
+    state = PolicyState(read_mode="command")
+    pol = policy()
+    assert reason(pol, "just chatting", state) == "not_command"
+    assert accept(pol, "!say read me", state).text == "read me"
+    bits = Paid(100, "BITS", PaidKind.BITS)
+    assert accept(pol, "cheer", state, paid=bits).text == "cheer"
+
+
+def test_paid_mode_reads_paid_and_subs_only() -> None:
+    state = PolicyState(read_mode="paid")
+    pol = policy()
+    assert reason(pol, "hello", state) == "not_paid"
+    assert accept(pol, "sc", state, paid=Paid(30, "CNY", PaidKind.SUPERCHAT)).text == "sc"
+    assert accept(pol, "yay", state, event=EventKind.SUB).spoken.endswith("subscribed. yay")
+    assert reason(pol, "", state, event=EventKind.RAID) == "not_paid"
+
+
+def test_minimum_paid_amounts() -> None:
+    small = Paid(50, "BITS", PaidKind.BITS)
+    as_chat = accept(policy(min_paid={"bits": 100}), "hi", paid=small, user_name="Bob")
+    assert as_chat.spoken == "Bob says hi"
+    assert as_chat.priority == 0
+    assert reason(policy(min_paid={"bits": 100}, below_min="drop"), "hi", paid=small) == "below_min"
+    state = PolicyState(read_mode="paid")
+    assert reason(policy(min_paid={"bits": 100}), "hi", state, paid=small) == "not_paid"
+    enough = accept(policy(min_paid={"bits": 100}), "hi", paid=Paid(100, "BITS", PaidKind.BITS))
+    assert enough.priority > 3
+
+
+def test_templates_per_kind() -> None:
+    pol = policy()
+    bits = accept(pol, "go team", user_name="Bob", paid=Paid(500, "BITS", PaidKind.BITS))
+    assert bits.spoken == "Bob cheered 500 bits. go team"
+    sc = accept(pol, "加油", user_name="小明", paid=Paid(30, "CNY", PaidKind.SUPERCHAT))
+    assert sc.spoken == "小明 sent a super chat of 30 yuan. 加油"
+    raid = accept(pol, "", user_name="Raider", event=EventKind.RAID)
+    assert raid.spoken == "Raider is raiding!"
+    sub = accept(pol, "", user_name="Bob", event=EventKind.SUB)
+    assert sub.spoken == "Bob subscribed."
+    # Only plain chat drops the name for a repeat speaker; events always say who.
+    assert sub.speech(previous_user=sub.message.user_key) == "Bob subscribed."
+    custom = policy(templates={"chat": "{text}, from {user}"})
+    assert accept(custom, "hi", user_name="Bob").spoken == "hi, from Bob"
+
+
+def test_events_not_listed_are_dropped() -> None:
+    assert reason(policy(speak_events=["sub"]), "", event=EventKind.RAID) == "event_disabled"
+
+
+def test_nickname_map_from_config_and_state() -> None:
+    pol = policy(nicknames={"xX_Gamer42_Xx": "Gamer"})
+    state = PolicyState(nicknames={"xx_gamer42_xx": "Gamer"})
+    assert accept(pol, "hi", state, user_name="xX_Gamer42_Xx").spoken == "Gamer says hi"
+    # Without a nickname, underscores are read as spaces.
+    assert accept(pol, "hi", user_name="big_fan_99").spoken == "big fan 99 says hi"
+
+
+def test_muted_and_ignored_users() -> None:
+    state = PolicyState(muted={"troll"})
+    assert reason(policy(), "hi", state, user_name="Troll") == "muted"
+    assert reason(policy(), "hi", user_name="Nightbot") == "ignored_user"
+    assert reason(policy(), "hi", user_name="StreamElements") == "ignored_user"
+    own = SpeechPolicy(PolicyConfig(), own_logins=["mybot"])
+    assert isinstance(own.evaluate(chat("hi", user_name="MyBot"), PolicyState()), Drop)
+
+
+def test_per_user_cooldown() -> None:
+    pol = policy(cooldown_s=10)
+    state = PolicyState()
+    first = accept(pol, "one", state, user_id="7", received=100.0)
+    state.record_accepted(first)
+    assert reason(pol, "two", state, user_id="7", received=105.0) == "cooldown"
+    assert accept(pol, "three", state, user_id="7", received=110.5).text == "three"
+    # Another user is not affected; the same id on another platform is another user.
+    assert accept(pol, "x", state, user_id="8", received=105.0)
+    assert accept(pol, "x", state, user_id="7", platform=Platform.BILIBILI, received=105.0)
+    # Moderators and paid messages are exempt.
+    assert accept(pol, "m", state, user_id="7", received=101.0, roles=frozenset({Role.MODERATOR}))
+    assert accept(
+        pol, "p", state, user_id="7", received=101.0, paid=Paid(1, "USD", PaidKind.SUPERCHAT)
+    )
+
+
+def test_evaluate_does_not_change_state() -> None:
+    state = PolicyState()
+    accept(policy(cooldown_s=10), "hi", state)
+    assert state.last_accepted == {}
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"roles": frozenset({Role.BROADCASTER})}, 4),
+        ({"roles": frozenset({Role.MODERATOR}), "paid": Paid(1000, "USD", PaidKind.SUPERCHAT)}, 4),
+        ({"first_time": True}, 2),
+        ({"roles": frozenset({Role.SUBSCRIBER})}, 1),
+        ({"roles": frozenset({Role.GUARD})}, 1),
+        ({"roles": frozenset({Role.SUBSCRIBER}), "first_time": True}, 2),
+        ({}, 0),
+    ],
+)
+def test_priority_levels(fields: dict[str, Any], expected: int) -> None:
+    assert accept(policy(), "hi", **fields).priority == expected
+
+
+def test_paid_ranked_by_amount_across_currencies() -> None:
+    pol = policy()
+
+    def prio(amount: float, currency: str) -> float:
+        return accept(pol, "hi", paid=Paid(amount, currency, PaidKind.SUPERCHAT)).priority
+
+    # 100 bits ($1) < 30 yuan ($4.2) < $5 < $100; all above first-time, below mods.
+    order = [prio(100, "BITS"), prio(30, "CNY"), prio(5, "USD"), prio(100, "USD")]
+    assert order == sorted(order)
+    assert len(set(order)) == 4
+    assert all(3 <= p < 4 for p in order)
+
+
+def test_configured_priority_levels() -> None:
+    pol = policy(priorities={"first_time": 0, "member": 2})
+    assert accept(pol, "hi", first_time=True).priority == 0
+    assert accept(pol, "hi", roles=frozenset({Role.SUBSCRIBER})).priority == 2
+
+
+def test_voice_override_from_state() -> None:
+    state = PolicyState(user_voices={"bob": "alice"})
+    assert accept(policy(), "hi", state, user_name="Bob").voice == "alice"
+    assert accept(policy(), "hi", state, user_name="Ann").voice is None
