@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import structlog
 
 from adapters.events import ChatMessage, Role
-from bot.config import COMMAND_NAMES, CommandsConfig
+from bot.config import COMMAND_NAMES, VOICE_NAME, CommandsConfig
 from bot.control import Control, Reply
 
 log = structlog.get_logger()
@@ -63,6 +63,8 @@ def parse_command(text: str, prefix: str) -> Command | CommandError:
         return usage
     if name == "volume" and not _is_volume(args[0]):
         return usage
+    if name == "voice" and not VOICE_NAME.fullmatch(args[0]):
+        return usage
     return Command(name, (args[0],))
 
 
@@ -97,14 +99,18 @@ def run_command(message: ChatMessage, control: Control, config: CommandsConfig) 
         log.info("tts.command_refused", command=parsed.name, reason="not_allowed", **fields)
         return Reply(False, f"{parsed.name}: not allowed for you")
     reply = _apply(parsed, control)
-    log.info(
-        "tts.command",
-        command=parsed.name,
-        args=list(parsed.args),
-        ok=reply.ok,
-        reply=reply.text,
-        **fields,
-    )
+    if reply.ok:
+        log.info(
+            "tts.command", command=parsed.name, args=list(parsed.args), reply=reply.text, **fields
+        )
+    else:
+        log.info(
+            "tts.command_refused",
+            command=parsed.name,
+            reason="rejected",
+            detail=reply.text,
+            **fields,
+        )
     return reply
 
 

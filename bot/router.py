@@ -45,6 +45,8 @@ class Router:
             except Exception:
                 # One bad event must never stop the bot reading chat.
                 log.exception("router.error", event_type=type(event).__name__)
+                if isinstance(event, ChatMessage):
+                    outcomes.log_outcome(outcomes.FILTERED, event, reason="internal_error")
 
     def handle(self, event: ChatEvent) -> None:
         match event:

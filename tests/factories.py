@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import time
 from typing import Any
 
 from adapters.events import ChatMessage, Platform
@@ -20,7 +21,7 @@ def chat(text: str = "hello there", **fields: Any) -> ChatMessage:
         "user_id": f"u{n}",
         "user_name": f"viewer{n}",
         "text": text,
-        "received": 1000.0,
+        "received": time.monotonic(),
     }
     base.update(fields)
     return ChatMessage(**base)

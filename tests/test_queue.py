@@ -26,6 +26,7 @@ class Clock:
 
 
 def item(priority: float = 0, **fields: Any) -> SpeakableItem:
+    fields.setdefault("received", 1000.0)  # Clock() starts there
     message = chat("hi", **fields)
     return SpeakableItem(message, "hi", "hi", "hi", priority)
 

@@ -1,0 +1,128 @@
+"""The `ishowtts` command as a user runs it: a real subprocess each time."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def ishowtts(*args: str) -> list[str]:
+    exe = shutil.which("ishowtts")
+    return [exe, *args] if exe else [sys.executable, "-m", "bot.cli", *args]
+
+
+def run(
+    *args: str, cwd: Path = ROOT, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ishowtts(*args),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_check_config_prints_effective_config_with_secrets_masked(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("platforms:\n  twitch: {enabled: true, channels: [me], nick: mybot}\n")
+    result = run("check-config", str(config), env={"ISHOWTTS_TWITCH_TOKEN": "oauth:supersecret"})
+    assert result.returncode == 0, result.stderr
+    assert "supersecret" not in result.stdout
+    assert "token: '**********'" in result.stdout
+    assert "channels:\n    - me" in result.stdout
+
+
+def test_check_config_default_path_is_the_shipped_file() -> None:
+    result = run("check-config")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("# config/ishowtts.yaml: OK")
+
+
+def test_bad_config_stops_with_one_line_and_exit_2(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("queue:\n  max_size: -3\n")
+    for command in (["check-config", str(config)], ["run", "--config", str(config)]):
+        result = run(*command)
+        assert result.returncode == 2
+        assert result.stderr == "config error: queue.max_size: must be > 0, got -3\n"
+        assert "Traceback" not in result.stderr
+
+
+def test_voices_lists_library(tmp_path: Path) -> None:
+    voices = tmp_path / "voices"
+    voices.mkdir()
+    (voices / "alice.wav").write_bytes(b"RIFF")
+    (voices / "alice.txt").write_text("hello")
+    (voices / "bob.flac").write_bytes(b"fLaC")
+    (voices / "notes.md").write_text("not a voice")
+    config = tmp_path / "c.yaml"
+    config.write_text(f"engine: {{voices_dir: {voices}, default_voice: alice}}\n")
+    result = run("voices", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "alice  alice.wav  (default)"
+    assert lines[1] == "bob  bob.flac  (missing transcript bob.txt)"
+    assert len([line for line in lines if "notes" in line]) == 0
+
+
+def test_voices_empty_library_says_what_to_do(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(f"engine: {{voices_dir: {tmp_path / 'none'}}}\n")
+    result = run("voices", "--config", str(config))
+    assert result.returncode == 0
+    assert "no voices in" in result.stdout
+    assert "NAME.wav and NAME.txt" in result.stdout
+
+
+def test_devices_lists_outputs_of_the_sound_server(pulse_server: None) -> None:
+    result = run("devices")
+    assert result.returncode == 0, result.stderr
+    # PortAudio reaches PulseAudio through ALSA's pulse plugin.
+    assert any(" pulse " in line and "Hz" in line for line in result.stdout.splitlines())
+    assert "audio.output_device" in result.stdout
+
+
+def test_run_logs_json_and_exits_0_on_sigterm(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("platforms:\n  twitch: {enabled: true, channels: [me]}\n")
+    proc = subprocess.Popen(
+        ishowtts("run", "--config", str(config)),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    started = json.loads(proc.stderr.readline())
+    assert started["event"] == "bot.started"
+    assert started["platforms"] == ["twitch"]
+    unavailable = json.loads(proc.stderr.readline())
+    assert unavailable["event"] == "bot.adapter_unavailable"
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=10) == 0
+    rest = [json.loads(line) for line in proc.stderr.read().splitlines()]
+    assert [e["event"] for e in rest] == ["bot.stopped"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_run_stops_cleanly_on_signal(tmp_path: Path, sig: signal.Signals) -> None:
+    proc = subprocess.Popen(
+        ishowtts("run"), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert proc.stderr is not None
+    assert json.loads(proc.stderr.readline())["event"] == "bot.started"
+    proc.send_signal(sig)
+    assert proc.wait(timeout=10) == 0

@@ -1,0 +1,218 @@
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from adapters.events import Role
+from bot import outcomes
+from bot.commands import Command, CommandError, is_command, may_run, parse_command, run_command
+from bot.config import CommandsConfig, Config
+from bot.control import Control
+from bot.policy import SpeakableItem
+from bot.queue import SpeechQueue
+from tests.factories import chat
+
+MOD = frozenset({Role.MODERATOR})
+VIEWER: frozenset[Role] = frozenset()
+
+
+def make_control(**cfg: Any) -> tuple[Control, SpeechQueue]:
+    config = Config.model_validate(cfg)
+    queue = SpeechQueue(config.queue)
+    return Control(config, queue, lambda: ["alice", "bob"]), queue
+
+
+def queued(queue: SpeechQueue, user: str) -> SpeakableItem:
+    message = chat("hi", user_name=user)
+    item = SpeakableItem(message, "hi", "hi", "hi", 0)
+    queue.push(item)
+    return item
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("!tts skip", Command("skip")),
+        ("!TTS Skip please", Command("skip")),
+        ("!tts voice alice", Command("voice", ("alice",))),
+        ("!tts volume 40", Command("volume", ("40",))),
+        ("!tts mode paid", Command("mode", ("paid",))),
+        ("!tts mute @Troll", Command("mute", ("@Troll",))),
+        ("!tts nick xX_Gamer_Xx The Gamer", Command("nick", ("xX_Gamer_Xx", "The Gamer"))),
+        ("!tts status", Command("status")),
+    ],
+)
+def test_parse(text: str, expected: Command) -> None:
+    assert parse_command(text, "!tts") == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("!tts", "usage: !tts voice|voices|skip"),
+        ("!tts dance", "unknown command 'dance'"),
+        ("!tts voice", "usage: !tts voice NAME"),
+        ("!tts voice a b", "usage: !tts voice NAME"),
+        ("!tts volume loud", "usage: !tts volume 0-100"),
+        ("!tts volume 101", "usage: !tts volume 0-100"),
+        ("!tts volume -5", "usage: !tts volume 0-100"),
+        ("!tts volume ²", "usage: !tts volume 0-100"),
+        ("!tts mute", "usage: !tts mute USER"),
+        ("!tts nick bob", "usage: !tts nick USER NAME"),
+    ],
+)
+def test_parse_errors(text: str, reason: str) -> None:
+    result = parse_command(text, "!tts")
+    assert isinstance(result, CommandError)
+    assert result.reason.startswith(reason)
+
+
+def test_is_command() -> None:
+    assert is_command("!tts skip", "!tts")
+    assert is_command("!TTS", "!tts")
+    assert not is_command("!ttsskip", "!tts")
+    assert not is_command("say !tts skip", "!tts")
+    assert not is_command("", "!tts")
+
+
+def test_permissions_by_role_not_name() -> None:
+    config = CommandsConfig()
+    assert may_run("skip", MOD, config)
+    assert may_run("skip", frozenset({Role.BROADCASTER}), config)
+    assert not may_run("skip", frozenset({Role.SUBSCRIBER, Role.VIP}), config)
+    open_status = CommandsConfig.model_validate({"permissions": {"status": ["everyone"]}})
+    assert may_run("status", VIEWER, open_status)
+    vips = CommandsConfig.model_validate({"permissions": {"skip": ["vip"]}})
+    assert may_run("skip", frozenset({Role.VIP}), vips)
+    assert not may_run("skip", MOD, vips)
+
+
+def test_viewer_named_like_the_streamer_is_refused() -> None:
+    control, _ = make_control()
+    message = chat("!tts pause", user_name="streamer", roles=VIEWER)
+    with capture_logs() as logs:
+        reply = run_command(message, control, CommandsConfig())
+    assert not reply.ok
+    assert not control.paused
+    assert logs[0]["event"] == "tts.command_refused"
+    assert logs[0]["reason"] == "not_allowed"
+    assert logs[0]["command"] == "pause"
+
+
+def test_bad_command_is_a_logged_refusal_not_an_exception() -> None:
+    control, _ = make_control()
+    bad = ("!tts", "!tts explode", "!tts volume 9000", "!tts voice ../../etc", "!tts unmute x")
+    for text in bad:
+        with capture_logs() as logs:
+            reply = run_command(chat(text, roles=MOD), control, CommandsConfig())
+        assert not reply.ok
+        assert logs[0]["event"] == "tts.command_refused", text
+
+
+def test_mod_commands_change_state_and_log() -> None:
+    control, _ = make_control()
+    cfg = CommandsConfig()
+
+    def run(text: str) -> str:
+        with capture_logs() as logs:
+            reply = run_command(chat(text, roles=MOD), control, cfg)
+        expected = "tts.command" if reply.ok else "tts.command_refused"
+        assert [e["event"] for e in logs] == [expected]
+        return reply.text
+
+    assert run("!tts voice bob") == "voice is now bob"
+    assert control.voice == "bob"
+    assert run("!tts voice carol") == "unknown voice 'carol' (have: alice, bob)"
+    assert control.voice == "bob"
+    assert run("!tts voices") == "voices: alice, bob (current: bob)"
+    run("!tts volume 35")
+    assert control.volume == 35
+    run("!tts pause")
+    assert control.paused
+    run("!tts resume")
+    assert not control.paused
+    run("!tts mode command")
+    assert control.policy_state.read_mode == "command"
+    run("!tts nick xX_Gamer_Xx The Gamer")
+    assert control.policy_state.nicknames == {"xx_gamer_xx": "The Gamer"}
+    status = run("!tts status")
+    assert status == "playing | voice bob | volume 35 | mode command | queue 0 | muted 0"
+
+
+def test_voice_name_cannot_escape_voices_dir() -> None:
+    control, _ = make_control()
+    assert not control.set_voice("../../x").ok
+    assert not control.set_voice("alice/../bob").ok
+    assert control.voice == "default"
+
+
+def test_mute_removes_pending_and_unmute() -> None:
+    control, queue = make_control()
+    troll = queued(queue, "Troll")
+    other = queued(queue, "Nice")
+    with capture_logs() as logs:
+        reply = control.mute("@TROLL")
+    assert reply.ok
+    assert "troll" in control.policy_state.muted
+    assert [i.message.message_id for i in queue.snapshot()] == [other.message.message_id]
+    assert logs == [
+        {
+            "event": outcomes.SKIPPED,
+            "log_level": "info",
+            "msg_id": troll.message.message_id,
+            "platform": "twitch",
+            "user": "Troll",
+            "reason": "muted",
+        }
+    ]
+    assert control.unmute("troll").ok
+    assert not control.unmute("troll").ok
+
+
+def test_clear_ends_all_pending_as_skipped() -> None:
+    control, queue = make_control()
+    for name in ("a", "b", "c"):
+        queued(queue, name)
+    with capture_logs() as logs:
+        assert control.clear().text == "cleared 3 pending message(s)"
+    assert len(queue) == 0
+    assert [e["event"] for e in logs] == [outcomes.SKIPPED] * 3
+
+
+def test_skip_asks_the_speaker() -> None:
+    control, _ = make_control()
+    # No speaker registered: nothing can be playing.
+    assert control.skip().text == "nothing is playing"
+    cuts: list[tuple[Sequence[SpeakableItem] | None, str]] = []
+
+    def handler(items: Sequence[SpeakableItem] | None, outcome: str) -> bool:
+        cuts.append((items, outcome))
+        return True
+
+    control.on_cut(handler)
+    assert control.skip().ok
+    assert cuts == [(None, outcomes.SKIPPED)]
+
+
+def test_initial_state_from_config() -> None:
+    control, _ = make_control(
+        policy={"muted_users": ["@Spam"], "nicknames": {"Bob_": "Robert"}, "read_mode": "paid"},
+        audio={"volume": 55},
+        engine={"default_voice": "alice"},
+    )
+    assert control.policy_state.muted == {"spam"}
+    assert control.policy_state.nicknames == {"bob_": "Robert"}
+    assert control.policy_state.read_mode == "paid"
+    assert control.volume == 55
+    assert control.voice == "alice"
+
+
+def test_control_validates_direct_calls() -> None:
+    control, _ = make_control()
+    assert not control.set_volume(101).ok
+    assert not control.set_mode("loud").ok
+    assert not control.mute("  ").ok
+    assert control.volume == 80
