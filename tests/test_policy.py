@@ -3,9 +3,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from adapters.events import EventKind, Paid, PaidKind, Platform, Role
-from bot.config import PolicyConfig
+from bot.config import PolicyConfig, ReadMode
 from bot.policy import Drop, PolicyState, SpeakableItem, SpeechPolicy
 from tests.factories import chat
 
@@ -269,3 +271,26 @@ def test_voice_override_from_state() -> None:
     state = PolicyState(user_voices={"bob": "alice"})
     assert accept(policy(), "hi", state, user_name="Bob").voice == "alice"
     assert accept(policy(), "hi", state, user_name="Ann").voice is None
+
+
+@given(
+    text=st.text(max_size=2000),
+    name=st.text(max_size=40),
+    emotes=st.lists(st.tuples(st.integers(-5, 2100), st.integers(-5, 2100)), max_size=5),
+    mode=st.sampled_from(["all", "command", "paid"]),
+)
+@settings(max_examples=300, deadline=None)
+def test_any_input_gives_an_item_or_a_drop(
+    text: str, name: str, emotes: list[tuple[int, int]], mode: ReadMode
+) -> None:
+    pol = policy(
+        max_chars=120, blocked_words=["bad"], replacements=[{"pattern": "x+", "replacement": "y"}]
+    )
+    result = pol.evaluate(
+        chat(text, user_name=name, emotes=tuple(emotes)), PolicyState(read_mode=mode)
+    )
+    if isinstance(result, SpeakableItem):
+        assert 0 < len(result.text) <= 120 or result.message.paid is not None
+        assert result.text == result.text.strip()
+    else:
+        assert isinstance(result, Drop) and result.reason
