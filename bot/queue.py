@@ -49,10 +49,6 @@ class SpeechQueue:
     def __len__(self) -> int:
         return len(self._entries)
 
-    @property
-    def in_flight(self) -> tuple[SpeakableItem, ...]:
-        return tuple(self._in_flight.values())
-
     def push(self, item: SpeakableItem) -> bool:
         """Add an item; False when it was not kept (duplicate or overflow, both logged)."""
         if item.key in self._entries or item.key in self._in_flight:
