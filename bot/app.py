@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Coroutine
+from typing import Any
 
 import structlog
 
-from adapters.events import ChatEvent
+from adapters.events import ChatEvent, ChatMessage, Platform
+from adapters.twitch.client import TwitchClient
 from bot.config import Config
-from bot.control import Control
+from bot.control import Control, Reply
 from bot.policy import SpeechPolicy
 from bot.queue import SpeechQueue
 from bot.router import Router
@@ -31,10 +34,36 @@ class Bot:
         self.control = Control(config, self.queue, self.voice_names)
         own = [config.platforms.twitch.nick] if config.platforms.twitch.nick else []
         self.policy = SpeechPolicy(config.policy, own_logins=own)
-        self.router = Router(self.policy, self.control, self.queue, config.commands)
+        self.router = Router(
+            self.policy, self.control, self.queue, config.commands, reply=self.reply
+        )
+        self.twitch = (
+            TwitchClient(config.platforms.twitch, self.events)
+            if config.platforms.twitch.enabled
+            else None
+        )
 
     def voice_names(self) -> list[str]:
         return [v.name for v in discover_voices(self.config.engine.voices_dir)]
+
+    def reply(self, message: ChatMessage, reply: Reply) -> None:
+        """Answer a chat command in the chat it came from, where that is possible."""
+        if message.platform is Platform.TWITCH and self.twitch is not None:
+            self.twitch.reply(message, reply.text)
+
+    def adapters(self) -> dict[str, Coroutine[Any, Any, None]]:
+        runs: dict[str, Coroutine[Any, Any, None]] = {}
+        if self.twitch is not None:
+            runs["twitch"] = self.twitch.run()
+        return runs
+
+
+async def _guarded(name: str, run: Coroutine[Any, Any, None]) -> None:
+    """One adapter failing must not take the others (or the bot) down."""
+    try:
+        await run
+    except Exception:
+        log.exception("adapter.crashed", platform=name)
 
 
 async def run_bot(config: Config) -> int:
@@ -54,13 +83,16 @@ async def run_bot(config: Config) -> int:
     log.info("bot.started", platforms=enabled, voices=bot.voice_names(), voice=bot.control.voice)
     if not enabled:
         log.warning("bot.no_platforms", hint="enable platforms.twitch or platforms.bilibili")
+    adapters = bot.adapters()
     for name in enabled:
-        # The chat adapters and the speech engine are separate issues still
-        # being built; say so plainly rather than pretend to be connected.
-        log.warning("bot.adapter_unavailable", platform=name, reason="not in this release yet")
+        if name not in adapters:
+            # Built in a later release; say so rather than pretend to be connected.
+            log.warning("bot.adapter_unavailable", platform=name, reason="not in this release yet")
     async with asyncio.TaskGroup() as tasks:
-        router = tasks.create_task(bot.router.run(bot.events))
+        running = [tasks.create_task(bot.router.run(bot.events))]
+        running += [tasks.create_task(_guarded(n, r)) for n, r in adapters.items()]
         await stop.wait()
-        router.cancel()
+        for task in running:
+            task.cancel()
     log.info("bot.stopped", pending=len(bot.queue))
     return 0

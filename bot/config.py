@@ -150,7 +150,7 @@ class Templates(_Section):
     superchat: str = "{user} sent a super chat of {amount}. {text}"
     sub: str = "{user} subscribed. {text}"
     raid: str = "{user} is raiding!"
-    gift: str = "{user} sent {amount} in gifts. {text}"
+    gift: str = "{user} gifted {amount}. {text}"
     guard: str = "{user} became a guard. {text}"
 
     @field_validator("*")
@@ -181,6 +181,7 @@ class Priorities(_Section):
 def _default_currencies() -> dict[str, Currency]:
     return {
         "BITS": Currency(word="bits", value=0.01),
+        "SUBS": Currency(word="subs", value=5.0),
         "USD": Currency(word="dollars", value=1.0),
         "EUR": Currency(word="euros", value=1.08),
         "GBP": Currency(word="pounds", value=1.27),

@@ -96,7 +96,7 @@ def test_devices_lists_outputs_of_the_sound_server(pulse_server: None) -> None:
 
 def test_run_logs_json_and_exits_0_on_sigterm(tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
-    config.write_text("platforms:\n  twitch: {enabled: true, channels: [me]}\n")
+    config.write_text("platforms:\n  bilibili: {enabled: true, room_id: 1}\n")
     proc = subprocess.Popen(
         ishowtts("run", "--config", str(config)),
         cwd=ROOT,
@@ -107,7 +107,7 @@ def test_run_logs_json_and_exits_0_on_sigterm(tmp_path: Path) -> None:
     assert proc.stderr is not None
     started = json.loads(proc.stderr.readline())
     assert started["event"] == "bot.started"
-    assert started["platforms"] == ["twitch"]
+    assert started["platforms"] == ["bilibili"]
     unavailable = json.loads(proc.stderr.readline())
     assert unavailable["event"] == "bot.adapter_unavailable"
     time.sleep(0.2)

@@ -1,0 +1,193 @@
+"""The asyncio shell around the Twitch codec: one WebSocket, kept alive.
+
+It connects, logs in (anonymously or with a token), joins, answers PINGs,
+pings a silent server itself, and reconnects with backoff. Everything it
+decodes goes on the bot's event queue; a bad line is logged and skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import secrets
+import time
+from collections.abc import Callable
+
+import structlog
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import WebSocketException
+
+from adapters.backoff import Backoff
+from adapters.events import ChatEvent, ChatMessage, Connected, Disconnected, Platform, Retraction
+from adapters.ratelimit import SlidingWindow
+from adapters.twitch import codec
+from bot.config import TwitchConfig
+
+log = structlog.get_logger()
+
+#: Twitch PINGs about every 5 minutes; silence longer than this means a dead link.
+IDLE_PING_S = 240.0
+PONG_TIMEOUT_S = 10.0
+#: Twitch drops lines from a non-moderator sender past 20 per 30 s.
+SEND_LIMIT = (20, 30.0)
+OUTBOX_SIZE = 20
+DEFAULT_BACKOFF = Backoff()
+
+
+class LoginFailedError(Exception):
+    """Bad credentials: retrying would only get the account locked out."""
+
+
+class StaleConnectionError(Exception):
+    pass
+
+
+class TwitchClient:
+    def __init__(
+        self,
+        config: TwitchConfig,
+        events: asyncio.Queue[ChatEvent],
+        *,
+        idle_ping_s: float = IDLE_PING_S,
+        pong_timeout_s: float = PONG_TIMEOUT_S,
+        backoff: Backoff = DEFAULT_BACKOFF,
+        rand: Callable[[], float] = random.random,
+        send_limit: tuple[int, float] = SEND_LIMIT,
+    ) -> None:
+        self.config = config
+        self.url = config.url
+        self.channels = list(config.channels)
+        self.token = config.token.get_secret_value()
+        self.nick = (
+            config.nick or f"{codec.ANONYMOUS_PREFIX}{random.randint(10000, 99999)}"
+        ).lower()
+        self.authenticated = bool(self.token)
+        self.connected = False
+        self._events = events
+        self._idle_ping_s = idle_ping_s
+        self._pong_timeout_s = pong_timeout_s
+        self._backoff = backoff
+        self._rand = rand
+        self._outbox: asyncio.Queue[str] = asyncio.Queue(maxsize=OUTBOX_SIZE)
+        self._send_budget = SlidingWindow(*send_limit)
+
+    def reply(self, message: ChatMessage, text: str) -> None:
+        """Queue a chat reply to `message`; anonymous sessions can only log it."""
+        if not self.authenticated:
+            log.info(
+                "twitch.reply_not_sent", reason="anonymous", channel=message.channel, text=text
+            )
+            return
+        line = codec.privmsg(message.channel, text, reply_to=message.message_id)
+        try:
+            self._outbox.put_nowait(line)
+        except asyncio.QueueFull:
+            log.warning("twitch.reply_dropped", reason="outbox full", channel=message.channel)
+
+    async def run(self) -> None:
+        """Stay connected until cancelled, or until the login is refused."""
+        attempt = 0
+        while True:
+            session_start: float | None = None
+            reconnect_now = False
+            try:
+                async with connect(
+                    self.url, proxy=None, open_timeout=10, max_size=2**20, compression=None
+                ) as ws:
+                    session_start = time.monotonic()
+                    reconnect_now = await self._session(ws)
+                    reason = "server asked to reconnect"
+            except LoginFailedError as exc:
+                log.error(
+                    "twitch.login_failed",
+                    reason=str(exc),
+                    hint="check platforms.twitch.nick and the token (ISHOWTTS_TWITCH_TOKEN)",
+                )
+                await self._lost(f"login failed: {exc}")
+                return
+            except (OSError, WebSocketException, TimeoutError, StaleConnectionError) as exc:
+                reason = _describe(exc)
+            lasted = None if session_start is None else time.monotonic() - session_start
+            attempt = 0 if reconnect_now else self._backoff.next_attempt(attempt, lasted)
+            delay = 0.0 if reconnect_now else self._backoff.delay(attempt - 1, self._rand())
+            await self._lost(reason, retry_in_s=round(delay, 3))
+            await asyncio.sleep(delay)
+
+    async def _lost(self, reason: str, **fields: object) -> None:
+        log.warning("twitch.disconnected", reason=reason, **fields)
+        if self.connected:
+            self.connected = False
+            for channel in self.channels:
+                await self._events.put(Disconnected(Platform.TWITCH, channel, reason))
+
+    async def _session(self, ws: ClientConnection) -> bool:
+        """Run one connection; True when the server asked us to reconnect."""
+        decoder = codec.TwitchCodec(self.nick)
+        for line in codec.handshake(self.nick, self.token, self.channels):
+            await ws.send(line)
+        sender = asyncio.create_task(self._send_loop(ws))
+        try:
+            ping_token = ""
+            while True:
+                try:
+                    async with asyncio.timeout(
+                        self._pong_timeout_s if ping_token else self._idle_ping_s
+                    ):
+                        frame = await ws.recv(decode=False)
+                except TimeoutError:
+                    if ping_token:
+                        raise StaleConnectionError(
+                            f"no PONG within {self._pong_timeout_s:g} s"
+                        ) from None
+                    ping_token = secrets.token_hex(4)
+                    await ws.send(codec.ping(ping_token))
+                    continue
+                ping_token = ""  # any traffic proves the link is alive
+                for event in decoder.feed(frame, time.monotonic()):
+                    if await self._handle(ws, event):
+                        return True
+        finally:
+            sender.cancel()
+
+    async def _handle(self, ws: ClientConnection, event: codec.TwitchEvent) -> bool:
+        match event:
+            case ChatMessage() | Retraction():
+                await self._events.put(event)
+            case codec.SendLine(line=line):
+                await ws.send(line)
+            case codec.Joined(channel=channel):
+                self.connected = True
+                log.info(
+                    "twitch.connected",
+                    channel=channel,
+                    nick=self.nick,
+                    authenticated=self.authenticated,
+                )
+                await self._events.put(Connected(Platform.TWITCH, channel))
+            case codec.ReconnectRequested():
+                return True
+            case codec.LoginFailed(reason=reason):
+                raise LoginFailedError(reason)
+            case codec.Notice(msg_id=msg_id, text=text):
+                log.info("twitch.notice", msg_id=msg_id, text=text)
+            case codec.DecodeFailed(error=error, excerpt=excerpt):
+                log.warning("twitch.decode_error", error=error, line=excerpt)
+        return False
+
+    async def _send_loop(self, ws: ClientConnection) -> None:
+        while True:
+            line = await self._outbox.get()
+            wait = self._send_budget.wait_s(time.monotonic())
+            if wait > 0:
+                await asyncio.sleep(wait)
+            self._send_budget.record(time.monotonic())
+            try:
+                await ws.send(line)
+            except WebSocketException as exc:
+                log.warning("twitch.reply_dropped", reason=_describe(exc))
+                return
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
