@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -126,3 +127,40 @@ def test_run_stops_cleanly_on_signal(tmp_path: Path, sig: signal.Signals) -> Non
     assert json.loads(proc.stderr.readline())["event"] == "bot.started"
     proc.send_signal(sig)
     assert proc.wait(timeout=10) == 0
+
+
+async def test_run_reads_twitch_chat_from_loopback_server(tmp_path: Path) -> None:
+    from tests.twitch.fake_server import FakeTwitch
+
+    async with FakeTwitch() as server:
+        config = tmp_path / "c.yaml"
+        config.write_text(
+            f"platforms:\n  twitch: {{enabled: true, channels: [chan], url: '{server.url}'}}\n"
+        )
+        proc = await asyncio.create_subprocess_exec(
+            *ishowtts("run", "--config", str(config)),
+            cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        assert proc.stderr is not None
+        seen: list[dict[str, object]] = []
+
+        async def until(event: str) -> dict[str, object]:
+            async with asyncio.timeout(20):
+                while True:
+                    assert proc.stderr is not None
+                    line = await proc.stderr.readline()
+                    assert line, f"bot exited before {event}: {seen}"
+                    seen.append(json.loads(line))
+                    if seen[-1]["event"] == event:
+                        return seen[-1]
+
+        connected = await until("twitch.connected")
+        assert connected["channel"] == "chan"
+        assert connected["authenticated"] is False
+        await server.send("@id=x1;user-id=1;display-name=V :v!v@v PRIVMSG #chan :!tts skip")
+        refused = await until("tts.command_refused")
+        assert refused["reason"] == "not_allowed"
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 10) == 0
