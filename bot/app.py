@@ -11,6 +11,7 @@ import structlog
 
 from adapters.events import ChatEvent, ChatMessage, Platform
 from adapters.twitch.client import TwitchClient
+from bot import outcomes
 from bot.config import Config
 from bot.control import Control, Reply
 from bot.policy import SpeechPolicy
@@ -94,5 +95,7 @@ async def run_bot(config: Config) -> int:
         await stop.wait()
         for task in running:
             task.cancel()
-    log.info("bot.stopped", pending=len(bot.queue))
+    # Whatever was still waiting gets its end logged: nothing vanishes silently.
+    dropped = bot.queue.remove_where(lambda _: True, outcomes.SKIPPED, "shutdown")
+    log.info("bot.stopped", pending=len(dropped))
     return 0

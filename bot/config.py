@@ -93,6 +93,13 @@ class TwitchConfig(_Section):
                 )
         return names
 
+    @field_validator("url")
+    @classmethod
+    def _websocket_url(cls, value: str) -> str:
+        if not re.fullmatch(r"wss?://[^\s/]+(/\S*)?", value):
+            raise ValueError(f"must be a ws:// or wss:// address, got {value!r}")
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> TwitchConfig:
         if self.enabled and not self.channels:

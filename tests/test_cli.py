@@ -162,5 +162,16 @@ async def test_run_reads_twitch_chat_from_loopback_server(tmp_path: Path) -> Non
         await server.send("@id=x1;user-id=1;display-name=V :v!v@v PRIVMSG #chan :!tts skip")
         refused = await until("tts.command_refused")
         assert refused["reason"] == "not_allowed"
+        await server.send("@id=x2;user-id=1;display-name=V :v!v@v PRIVMSG #chan :hello stream")
+        await server.send("PING :tmi.twitch.tv")
+        assert await server.wait_line("PONG") == "PONG :tmi.twitch.tv"
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 10) == 0
+        assert proc.stderr is not None
+        rest = [json.loads(line) for line in (await proc.stderr.read()).splitlines()]
+        # Still queued at shutdown (nothing speaks yet): it gets its end logged.
+        assert [(e["event"], e.get("msg_id"), e.get("reason")) for e in rest] == [
+            ("tts.filtered", "x1", "command"),
+            ("tts.skipped", "x2", "shutdown"),
+            ("bot.stopped", None, None),
+        ]

@@ -109,6 +109,11 @@ def test_wrong_types(text: str, expected: str) -> None:
             "got 'bad name'",
         ),
         (
+            "platforms:\n  twitch: {url: 'irc.chat.twitch.tv:6697'}\n",
+            "platforms.twitch.url: must be a ws:// or wss:// address, "
+            "got 'irc.chat.twitch.tv:6697'",
+        ),
+        (
             "platforms:\n  bilibili: {enabled: true}\n",
             "platforms.bilibili.room_id: enabled but no room id given",
         ),
