@@ -97,7 +97,7 @@ def run_command(message: ChatMessage, control: Control, config: CommandsConfig) 
         return Reply(False, parsed.reason)
     if not may_run(parsed.name, message.roles, config):
         log.info("tts.command_refused", command=parsed.name, reason="not_allowed", **fields)
-        return Reply(False, f"{parsed.name}: not allowed for you")
+        return Reply(False, f"{parsed.name}: not allowed for you", public=False)
     reply = _apply(parsed, control)
     if reply.ok:
         log.info(

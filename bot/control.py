@@ -32,6 +32,8 @@ CutHandler = Callable[[Sequence[SpeakableItem] | None, str], bool]
 class Reply:
     ok: bool
     text: str
+    #: Said in chat; False for refusals to viewers, so trolls cannot make the bot spam.
+    public: bool = True
 
 
 class Control:

@@ -63,7 +63,7 @@ class Router:
         if is_command(message.text, self._commands.prefix):
             reply = run_command(message, self._control, self._commands)
             outcomes.log_outcome(outcomes.FILTERED, message, reason="command")
-            if self._reply is not None:
+            if self._reply is not None and reply.public:
                 self._reply(message, reply)
             return
         decision = self._policy.evaluate(message, self._control.policy_state)

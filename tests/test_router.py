@@ -43,6 +43,9 @@ def test_command_is_applied_replied_and_ends_as_filtered() -> None:
     assert replies == [(cmd.message_id, Reply(True, "paused"))]
     assert [e["event"] for e in logs] == ["tts.command", outcomes.FILTERED]
     assert len(bot.queue) == 0
+    # A viewer trying a mod command gets no answer in chat (only the log).
+    bot.router.handle(chat("!tts skip", roles=frozenset()))
+    assert len(replies) == 1
 
 
 def test_accepted_message_starts_cooldown() -> None:
