@@ -259,6 +259,8 @@ def to_events(msg: IrcMessage, own_nick: str, received: float) -> list[TwitchEve
     """Map one parsed line to what it means for the bot."""
     match msg.command:
         case "PRIVMSG":
+            if _from_shared_chat(msg):
+                return []
             return [_privmsg(msg, received)]
         case "USERNOTICE":
             notice = _usernotice(msg, received)
@@ -350,6 +352,12 @@ def _message_id(msg: IrcMessage) -> str:
     if not message_id:
         raise DecodeError(f"{msg.command} without an id tag (is the tags capability on?)")
     return message_id
+
+
+def _from_shared_chat(msg: IrcMessage) -> bool:
+    """Shared Chat relays a partner channel's messages: not this stream's chat to read."""
+    source = msg.tags.get("source-room-id", "")
+    return bool(source) and source != msg.tags.get("room-id", "")
 
 
 def _privmsg(msg: IrcMessage, received: float) -> ChatMessage:

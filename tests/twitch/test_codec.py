@@ -259,6 +259,13 @@ def test_malformed_emotes_ignored_message_kept() -> None:
     assert event.emotes == ()
 
 
+def test_shared_chat_from_partner_channel_is_not_read() -> None:
+    relayed = "@id=x;room-id=1;source-room-id=2;user-id=9 :a!a@a PRIVMSG #c :from next door"
+    own = "@id=y;room-id=1;source-room-id=1;user-id=9 :a!a@a PRIVMSG #c :from here"
+    assert events_of(relayed) == []
+    assert isinstance(one(own), ChatMessage)
+
+
 def test_missing_display_name_falls_back_to_login() -> None:
     event = one("@id=x;display-name=;user-id=1 :lurker!lurker@lurker PRIVMSG #c :hi")
     assert isinstance(event, ChatMessage)
