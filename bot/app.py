@@ -9,6 +9,7 @@ from typing import Any
 
 import structlog
 
+from adapters.bilibili.client import BilibiliClient
 from adapters.events import ChatEvent, ChatMessage, Platform
 from adapters.twitch.client import TwitchClient
 from bot import outcomes
@@ -43,6 +44,11 @@ class Bot:
             if config.platforms.twitch.enabled
             else None
         )
+        self.bilibili = (
+            BilibiliClient(config.platforms.bilibili, self.events)
+            if config.platforms.bilibili.enabled
+            else None
+        )
 
     def voice_names(self) -> list[str]:
         return [v.name for v in discover_voices(self.config.engine.voices_dir)]
@@ -56,6 +62,8 @@ class Bot:
         runs: dict[str, Coroutine[Any, Any, None]] = {}
         if self.twitch is not None:
             runs["twitch"] = self.twitch.run()
+        if self.bilibili is not None:
+            runs["bilibili"] = self.bilibili.run()
         return runs
 
 
@@ -85,10 +93,6 @@ async def run_bot(config: Config) -> int:
     if not enabled:
         log.warning("bot.no_platforms", hint="enable platforms.twitch or platforms.bilibili")
     adapters = bot.adapters()
-    for name in enabled:
-        if name not in adapters:
-            # Built in a later release; say so rather than pretend to be connected.
-            log.warning("bot.adapter_unavailable", platform=name, reason="not in this release yet")
     async with asyncio.TaskGroup() as tasks:
         running = [tasks.create_task(bot.router.run(bot.events))]
         running += [tasks.create_task(_guarded(n, r)) for n, r in adapters.items()]

@@ -113,6 +113,18 @@ class BilibiliConfig(_Section):
     enabled: bool = False
     room_id: int = Field(0, ge=0)
     cookie: SecretStr = SecretStr("")
+    home_url: str = "https://www.bilibili.com/"
+    api_url: str = "https://api.bilibili.com"
+    live_api_url: str = "https://api.live.bilibili.com"
+    fallback_host: str = "broadcastlv.chat.bilibili.com"
+    ws_scheme: Literal["wss", "ws"] = "wss"
+
+    @field_validator("home_url", "api_url", "live_api_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", value):
+            raise ValueError(f"must be an http:// or https:// address, got {value!r}")
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> BilibiliConfig:

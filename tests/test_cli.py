@@ -95,9 +95,9 @@ def test_devices_lists_outputs_of_the_sound_server(pulse_server: None) -> None:
     assert "audio.output_device" in result.stdout
 
 
-def test_run_logs_json_and_exits_0_on_sigterm(tmp_path: Path) -> None:
+def test_run_without_platforms_warns_and_exits_0_on_sigterm(tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
-    config.write_text("platforms:\n  bilibili: {enabled: true, room_id: 1}\n")
+    config.write_text("logging: {level: info}\n")
     proc = subprocess.Popen(
         ishowtts("run", "--config", str(config)),
         cwd=ROOT,
@@ -108,9 +108,10 @@ def test_run_logs_json_and_exits_0_on_sigterm(tmp_path: Path) -> None:
     assert proc.stderr is not None
     started = json.loads(proc.stderr.readline())
     assert started["event"] == "bot.started"
-    assert started["platforms"] == ["bilibili"]
-    unavailable = json.loads(proc.stderr.readline())
-    assert unavailable["event"] == "bot.adapter_unavailable"
+    assert started["platforms"] == []
+    warning = json.loads(proc.stderr.readline())
+    assert warning["event"] == "bot.no_platforms"
+    assert warning["level"] == "warning"
     time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=10) == 0

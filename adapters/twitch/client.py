@@ -17,9 +17,9 @@ import structlog
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import WebSocketException
 
-from adapters.backoff import Backoff
 from adapters.events import ChatEvent, ChatMessage, Connected, Disconnected, Platform, Retraction
 from adapters.ratelimit import SlidingWindow
+from adapters.reconnect import Backoff, describe
 from adapters.twitch import codec
 from bot.config import TwitchConfig
 
@@ -106,7 +106,7 @@ class TwitchClient:
                 await self._lost(f"login failed: {exc}")
                 return
             except (OSError, WebSocketException, TimeoutError, StaleConnectionError) as exc:
-                reason = _describe(exc)
+                reason = describe(exc)
             lasted = None if session_start is None else time.monotonic() - session_start
             attempt = 0 if reconnect_now else self._backoff.next_attempt(attempt, lasted)
             delay = 0.0 if reconnect_now else self._backoff.delay(attempt - 1, self._rand())
@@ -184,10 +184,5 @@ class TwitchClient:
             try:
                 await ws.send(line)
             except WebSocketException as exc:
-                log.warning("twitch.reply_dropped", reason=_describe(exc))
+                log.warning("twitch.reply_dropped", reason=describe(exc))
                 return
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -9,8 +9,8 @@ from typing import Any, TypeVar
 import pytest
 from structlog.testing import capture_logs
 
-from adapters.backoff import Backoff
 from adapters.events import ChatEvent, ChatMessage, Connected, Disconnected, Platform
+from adapters.reconnect import Backoff
 from adapters.twitch.client import TwitchClient
 from bot import outcomes
 from bot.app import Bot

@@ -1,4 +1,4 @@
-"""Reconnect timing shared by the platform clients."""
+"""Reconnect policy shared by the platform clients: timing, and how a loss is described."""
 
 from __future__ import annotations
 
@@ -27,3 +27,9 @@ class Backoff:
         if session_s is not None and session_s >= self.stable_s:
             return 0
         return attempt + 1
+
+
+def describe(exc: BaseException) -> str:
+    """A one-line reason for `*.disconnected` logs."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

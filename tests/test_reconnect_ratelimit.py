@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-from adapters.backoff import Backoff
 from adapters.ratelimit import SlidingWindow
+from adapters.reconnect import Backoff
 
 
 def test_backoff_doubles_caps_and_jitters() -> None:

@@ -1,0 +1,193 @@
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any, TypeVar
+
+import pytest
+from structlog.testing import capture_logs
+
+from adapters.bilibili import codec
+from adapters.bilibili.client import BilibiliClient
+from adapters.events import ChatEvent, ChatMessage, Connected, Disconnected, Platform
+from adapters.reconnect import Backoff
+from bot import outcomes
+from bot.app import Bot
+from bot.config import BilibiliConfig, Config
+from tests.bilibili import fixtures as fx
+from tests.bilibili.fake_server import BUVID, TOKEN, FakeBilibili
+
+FAST = Backoff(base_s=0.05, cap_s=0.2, jitter_s=0.0, stable_s=60)
+E = TypeVar("E")
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[FakeBilibili]:
+    async with FakeBilibili() as fake:
+        yield fake
+
+
+class Running:
+    def __init__(self, client: BilibiliClient, events: asyncio.Queue[ChatEvent]) -> None:
+        self.client = client
+        self.events = events
+
+    async def next(self, kind: type[E], timeout: float = 5) -> E:
+        async with asyncio.timeout(timeout):
+            while True:
+                event = await self.events.get()
+                if isinstance(event, kind):
+                    return event
+
+
+@pytest.fixture
+async def start(server: FakeBilibili) -> AsyncIterator[Any]:
+    tasks: list[asyncio.Task[None]] = []
+
+    def _start(config: dict[str, Any] | None = None, **kwargs: Any) -> Running:
+        events: asyncio.Queue[ChatEvent] = asyncio.Queue()
+        kwargs.setdefault("backoff", FAST)
+        cfg = BilibiliConfig.model_validate(server.config(**(config or {})))
+        client = BilibiliClient(cfg, events, **kwargs)
+        tasks.append(asyncio.create_task(client.run()))
+        return Running(client, events)
+
+    yield _start
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_bootstrap_auth_heartbeat_and_brotli_danmaku(
+    server: FakeBilibili, start: Any
+) -> None:
+    with capture_logs() as logs:
+        run = start(heartbeat_s=0.1)
+        assert await run.next(Connected) == Connected(Platform.BILIBILI, str(fx.ROOM))
+    # The short room id was resolved, getDanmuInfo was WBI-signed, the token used.
+    (query,) = server.danmu_info_queries
+    assert query["id"] == str(fx.ROOM) and query["type"] == "0"
+    assert query["wts"].isdigit() and len(query["w_rid"]) == 32
+    assert server.auth_bodies == [
+        {
+            "uid": 0,
+            "roomid": fx.ROOM,
+            "protover": 3,
+            "platform": "web",
+            "type": 2,
+            "key": TOKEN,
+            "buvid": BUVID,
+        }
+    ]
+    assert f"buvid3={BUVID}" in server.cookies_seen[0]
+    boot = next(e for e in logs if e["event"] == "bilibili.bootstrapped")
+    assert (boot["room_id"], boot["short_id"], boot["logged_in"]) == (fx.ROOM, 1, False)
+
+    await server.send(fx.brotli_batch(fx.danmaku(id_str="d1", text="你好"), fx.interact_word()))
+    message = await run.next(ChatMessage)
+    assert (message.message_id, message.text, message.channel) == ("d1", "你好", str(fx.ROOM))
+    await asyncio.sleep(0.35)
+    assert server.heartbeats >= 3
+    assert len(server.connections) == 1
+
+
+async def test_logged_in_cookie_gives_uid(server: FakeBilibili, start: Any) -> None:
+    run = start(config={"cookie": "SESSDATA=abc%2C123; bili_jct=x"})
+    await run.next(Connected)
+    assert server.auth_bodies[0]["uid"] == 99
+    assert "SESSDATA=abc%2C123" in server.cookies_seen[0]
+
+
+async def test_drop_reconnects_and_superchat_deletion_retracts(server: FakeBilibili) -> None:
+    config = Config.model_validate({"platforms": {"bilibili": server.config()}})
+    bot = Bot(config)
+    assert bot.bilibili is not None
+    with capture_logs() as logs:
+        tasks = [
+            asyncio.create_task(bot.bilibili.run()),
+            asyncio.create_task(bot.router.run(bot.events)),
+        ]
+        await server.wait_connections(1)
+        await server.send(fx.brotli_batch(fx.superchat(sc_id=9001, price=50)))
+        async with asyncio.timeout(5):
+            while len(bot.queue) < 1:
+                await asyncio.sleep(0.01)
+        server.drop()
+        await server.wait_connections(2)
+        async with asyncio.timeout(5):
+            while not bot.control.connections.get(Platform.BILIBILI):
+                await asyncio.sleep(0.01)
+        await server.send(fx.brotli_batch(fx.superchat_delete(9001), fx.danmaku(id_str="after")))
+        async with asyncio.timeout(5):
+            while not any(e["event"] == outcomes.RETRACTED for e in logs) or len(bot.queue) < 1:
+                await asyncio.sleep(0.01)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    assert [i.message.message_id for i in bot.queue.snapshot()] == ["after"]
+    ends = [(e["event"], e["msg_id"]) for e in logs if e["event"] in outcomes.TERMINAL_EVENTS]
+    assert ends == [(outcomes.RETRACTED, "sc:9001")]
+    assert [e["event"] for e in logs if e["event"].startswith("bilibili.")].count(
+        "bilibili.connected"
+    ) == 2
+    # The token is reused across a plain reconnect.
+    assert len(server.danmu_info_queries) == 1
+
+
+async def test_auth_rejection_fetches_a_new_token(server: FakeBilibili, start: Any) -> None:
+    server.auth_code = -101
+    with capture_logs() as logs:
+        start()
+        await server.wait_connections(2)
+        server.auth_code = 0
+        await server.wait_connections(3)
+    assert len(server.danmu_info_queries) >= 2
+    reasons = [e["reason"] for e in logs if e["event"] == "bilibili.disconnected"]
+    assert reasons[0] == "auth rejected (code -101); fetching a new token"
+
+
+async def test_silent_server_is_dropped_and_reconnected(server: FakeBilibili, start: Any) -> None:
+    server.answer_heartbeats = False
+    run = start(heartbeat_s=10, receive_timeout_s=0.3)
+    await run.next(Connected)
+    lost = await run.next(Disconnected)
+    assert lost.reason == "StaleConnectionError: no data within 0.3 s"
+    await run.next(Connected)
+    assert len(server.auth_bodies) == 2
+
+
+async def test_malformed_frames_are_logged_and_the_connection_kept(
+    server: FakeBilibili, start: Any
+) -> None:
+    with capture_logs() as logs:
+        run = start()
+        await run.next(Connected)
+        for frame in (
+            b"\x00" * 10,
+            codec.HEADER.pack(100, 16, 0, 5, 0) + b"{}",
+            b"not a packet at all, quite long enough",
+            "a text frame",
+        ):
+            await server.send(frame)
+        await server.send(fx.message_packet({"cmd": "SOMETHING_NEW"}))
+        await server.send(fx.message_packet(fx.danmaku(id_str="still-ok")))
+        assert (await run.next(ChatMessage)).message_id == "still-ok"
+    errors = [e["error"] for e in logs if e["event"] == "bilibili.decode_error"]
+    assert len(errors) == 3
+    assert any(e["event"] == "bilibili.text_frame_ignored" for e in logs)
+    assert [e["cmd"] for e in logs if e["event"] == "bilibili.unknown_command"] == ["SOMETHING_NEW"]
+    assert len(server.connections) == 1
+
+
+async def test_bootstrap_failure_falls_back_to_default_host(
+    server: FakeBilibili, start: Any
+) -> None:
+    server.get_info_status = 412
+    with capture_logs() as logs:
+        run = start()
+        await run.next(Connected)
+    failed = next(e for e in logs if e["event"] == "bilibili.bootstrap_failed")
+    assert "HTTP 412" in failed["reason"]
+    # Degraded: the configured id, no token.
+    assert server.auth_bodies[0]["roomid"] == 1
+    assert "key" not in server.auth_bodies[0]
