@@ -265,6 +265,17 @@ class QueueConfig(_Section):
     aging_s: float = Field(60.0, ge=0)
 
 
+class ArchConfig(_Section):
+    """The F5-TTS transformer's shape; defaults are the published F5TTS_v1_Base."""
+
+    dim: int = Field(1024, gt=0)
+    depth: int = Field(22, gt=0)
+    heads: int = Field(16, gt=0)
+    ff_mult: int = Field(2, gt=0)
+    text_dim: int = Field(512, gt=0)
+    conv_layers: int = Field(4, ge=0)
+
+
 class EngineConfig(_Section):
     model_path: Path | None = None
     vocab_path: Path | None = None
@@ -273,8 +284,12 @@ class EngineConfig(_Section):
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
     compile: bool = True
     nfe_steps: int = Field(8, ge=1, le=128)
+    cfg_strength: float = Field(2.0, ge=0, le=10)
+    sway_sampling: float = Field(-1.0, ge=-1, le=1)
+    cross_fade_ms: float = Field(50.0, ge=0, le=500)
     voices_dir: Path = Path("voices")
     default_voice: str = "default"
+    arch: ArchConfig = ArchConfig()
 
     @field_validator("device")
     @classmethod

@@ -1,17 +1,37 @@
-"""The voice library on disk: `voices/<name>.<wav|flac|ogg>` + `<name>.txt`.
+"""The voice library on disk: `voices/<name>.<wav|flac|ogg>` + `<name>.txt`
+(+ optional `<name>.yaml` with speed, volume, nfe_steps).
 
-Discovery only (which voices exist, by file); reading and validating the clips
-belongs to the synthesis engine.
+A voice is checked and prepared the way F5-TTS wants its reference (mono,
+24 kHz, quiet clips raised to the model's loudness, at most about 12 s) once,
+then served from a cache keyed by the files' content hash.
 """
 
 from __future__ import annotations
 
+import hashlib
+import threading
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bot.config import VOICE_NAME
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
+SAMPLE_RATE = 24_000
+#: F5-TTS raises quieter references to this RMS (and quietens its output back).
+TARGET_RMS = 0.1
+MIN_SECONDS = 1.0
+MAX_SECONDS = 12.0
+#: Where to look for a pause to cut an overlong clip.
+TRIM_SEARCH_FROM_S = 6.0
+SILENCE_RMS = 1e-4
+
+
+class VoiceError(Exception):
+    """A voice that cannot be used; the message says which file and what to do."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +41,33 @@ class VoiceFiles:
     transcript: Path
     #: Optional per-voice settings (speed, volume, NFE override).
     settings: Path | None
+
+
+class VoiceSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    speed: float = Field(1.0, ge=0.3, le=3.0)
+    volume: float = Field(1.0, ge=0.0, le=2.0)
+    nfe_steps: int | None = Field(None, ge=1, le=128)
+
+
+@dataclass(frozen=True, slots=True)
+class Voice:
+    name: str
+    #: Mono float32 at 24 kHz, raised to TARGET_RMS if it was quieter.
+    audio: np.ndarray
+    text: str
+    #: The clip's own RMS before raising, to give the output the same loudness.
+    rms: float
+    settings: VoiceSettings
+    #: Content hash of the voice's files: the key for anything derived from it.
+    digest: str
+    #: Set when the clip was cut to fit.
+    trimmed_from_s: float | None = None
+
+    @property
+    def seconds(self) -> float:
+        return len(self.audio) / SAMPLE_RATE
 
 
 def discover_voices(directory: Path) -> list[VoiceFiles]:
@@ -42,3 +89,151 @@ def discover_voices(directory: Path) -> list[VoiceFiles]:
             settings=settings if settings.is_file() else None,
         )
     return list(found.values())
+
+
+class VoiceLibrary:
+    """Thread-safe access to prepared voices, re-read only when their files change."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._lock = threading.Lock()
+        self._cache: dict[str, tuple[tuple[object, ...], Voice]] = {}
+        #: How often a prepared voice was served from the cache (for tests and logs).
+        self.hits = 0
+
+    def names(self) -> list[str]:
+        return [v.name for v in discover_voices(self.directory)]
+
+    def files(self, name: str) -> VoiceFiles:
+        if not VOICE_NAME.fullmatch(name):
+            raise VoiceError(f"voice name {name!r} is not allowed (letters, digits, _ and - only)")
+        for voice in discover_voices(self.directory):
+            if voice.name == name:
+                return voice
+        have = ", ".join(self.names()) or "none"
+        raise VoiceError(f"voice {name!r} not found in {self.directory}/ (have: {have})")
+
+    def get(self, name: str) -> Voice:
+        files = self.files(name)
+        stamp = _stamp(files)
+        with self._lock:
+            cached = self._cache.get(name)
+            if cached is not None and cached[0] == stamp:
+                self.hits += 1
+                return cached[1]
+        digest = _digest(files)
+        with self._lock:
+            cached = self._cache.get(name)
+            if cached is not None and cached[1].digest == digest:
+                self._cache[name] = (stamp, cached[1])  # touched, not changed
+                self.hits += 1
+                return cached[1]
+        voice = prepare_voice(files, digest)
+        with self._lock:
+            self._cache[name] = (stamp, voice)
+        return voice
+
+
+def _stamp(files: VoiceFiles) -> tuple[object, ...]:
+    parts: list[object] = []
+    for path in (files.audio, files.transcript, files.settings):
+        if path is not None and path.exists():
+            st = path.stat()
+            parts += [st.st_mtime_ns, st.st_size]
+        else:
+            parts.append(None)
+    return tuple(parts)
+
+
+def _digest(files: VoiceFiles) -> str:
+    h = hashlib.sha256()
+    for path in (files.audio, files.transcript, files.settings):
+        h.update(b"\0")
+        if path is not None and path.is_file():
+            h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def prepare_voice(files: VoiceFiles, digest: str = "") -> Voice:
+    """Read, check and normalise one voice; VoiceError says what is wrong."""
+    import soundfile as sf
+
+    if not files.transcript.is_file():
+        raise VoiceError(
+            f"voice {files.name!r}: missing transcript {files.transcript} "
+            "(write exactly what the clip says into it)"
+        )
+    try:
+        text = " ".join(files.transcript.read_text(encoding="utf-8").split())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise VoiceError(f"voice {files.name!r}: cannot read {files.transcript} ({exc})") from None
+    if not text:
+        raise VoiceError(f"voice {files.name!r}: {files.transcript} is empty")
+    settings = _read_settings(files)
+    try:
+        data, rate = sf.read(str(files.audio), dtype="float32", always_2d=True)
+    except Exception as exc:
+        raise VoiceError(f"voice {files.name!r}: unreadable audio {files.audio} ({exc})") from None
+    audio = data.mean(axis=1).astype(np.float32)
+    if rate != SAMPLE_RATE:
+        audio = resample(audio, rate, SAMPLE_RATE)
+    seconds = len(audio) / SAMPLE_RATE
+    if seconds < MIN_SECONDS:
+        raise VoiceError(
+            f"voice {files.name!r}: clip {files.audio} is {seconds:.2f} s; it needs at least "
+            f"{MIN_SECONDS:g} s (5-12 s of clear speech works best)"
+        )
+    rms = float(np.sqrt(np.mean(np.square(audio, dtype=np.float64))))
+    if rms < SILENCE_RMS:
+        raise VoiceError(f"voice {files.name!r}: clip {files.audio} is silent")
+    trimmed_from = None
+    if seconds > MAX_SECONDS:
+        audio = audio[: trim_point(audio)]
+        trimmed_from = seconds
+        rms = float(np.sqrt(np.mean(np.square(audio, dtype=np.float64))))
+    if rms < TARGET_RMS:
+        audio = audio * (TARGET_RMS / rms)
+    return Voice(
+        name=files.name,
+        audio=audio.astype(np.float32),
+        text=text,
+        rms=rms,
+        settings=settings,
+        digest=digest or _digest(files),
+        trimmed_from_s=trimmed_from,
+    )
+
+
+def _read_settings(files: VoiceFiles) -> VoiceSettings:
+    if files.settings is None:
+        return VoiceSettings()
+    try:
+        raw = yaml.safe_load(files.settings.read_text(encoding="utf-8")) or {}
+        return VoiceSettings.model_validate(raw)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, ValidationError) as exc:
+        first = str(exc).splitlines()
+        detail = " ".join(first[:3]) if first else type(exc).__name__
+        raise VoiceError(
+            f"voice {files.name!r}: bad settings in {files.settings}: {detail}"
+        ) from None
+
+
+def trim_point(audio: np.ndarray) -> int:
+    """A sample index at most MAX_SECONDS in, at the quietest 20 ms after TRIM_SEARCH_FROM_S."""
+    frame = SAMPLE_RATE // 50
+    start = int(TRIM_SEARCH_FROM_S * SAMPLE_RATE) // frame
+    stop = int(MAX_SECONDS * SAMPLE_RATE) // frame
+    frames = audio[: stop * frame].reshape(-1, frame)[start:]
+    energy = np.sqrt(np.mean(np.square(frames, dtype=np.float64), axis=1))
+    # Latest of the quietest frames (within 10 % of the minimum) keeps the most speech.
+    quiet = np.flatnonzero(energy <= energy.min() * 1.1 + 1e-9)
+    return int((start + quiet[-1]) * frame + frame // 2)
+
+
+def resample(audio: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
+    import torch
+    import torchaudio.functional as AF
+
+    tensor = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))
+    out: np.ndarray = AF.resample(tensor, from_rate, to_rate).numpy()
+    return out

@@ -1,0 +1,251 @@
+"""The speech engine: text + voice → 24 kHz float32 chunks, one per sentence.
+
+All torch work happens on one dedicated thread. The asyncio side calls
+`engine.stream(text, voice)` and iterates; leaving the iteration early (a
+skip) stops the work at the next sampling step. A failed request logs
+`engine.error` and raises `SynthesisError` to its caller; the engine stays up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import structlog
+import torch
+
+from bot.config import EngineConfig
+from engine import chunking, sampler
+from engine.checkpoints import HOP_LENGTH, SAMPLE_RATE, ModelFiles, load_f5, load_vocos, read_vocab
+from engine.voices import TARGET_RMS, Voice, VoiceLibrary, VoiceSettings
+
+log = structlog.get_logger()
+
+WARMUP_TEXT = "Hello there, this is a warm up."
+
+
+class SynthesisError(Exception):
+    """One request failed (bad voice, bad text, out of memory…); the engine is fine."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Reference:
+    mel: torch.Tensor  # (1, frames, n_mels) on the device, model dtype
+    text: str  # the transcript as the model reads it (trailing space after ASCII)
+    frames: int
+
+
+@dataclass
+class _Job:
+    text: str
+    voice: str
+    loop: asyncio.AbstractEventLoop
+    out: asyncio.Queue[np.ndarray | BaseException | None]
+    cancel: threading.Event = field(default_factory=threading.Event)
+    seed: int | None = None
+
+
+def resolve_device(config: EngineConfig) -> tuple[str, torch.dtype]:
+    device = config.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    names = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+    if config.dtype == "auto":
+        dtype = torch.float16 if device.startswith("cuda") else torch.float32
+    else:
+        dtype = names[config.dtype]
+    return device, dtype
+
+
+class Engine:
+    def __init__(self, config: EngineConfig, voices: VoiceLibrary, files: ModelFiles) -> None:
+        self.config = config
+        self.voices = voices
+        self.files = files
+        self.device, self.dtype = resolve_device(config)
+        self.ready: Future[None] = Future()
+        self.steps_run = 0  # sampling steps since start (tests watch cancellation with it)
+        self._jobs: queue.Queue[_Job | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._main, name="ishowtts-engine", daemon=True)
+        self._references: dict[str, _Reference] = {}
+        self._model: Any = None
+        self._vocoder: Any = None
+        self._vocab: dict[str, int] = {}
+
+    # asyncio side ------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    async def wait_ready(self) -> None:
+        """Until the model is loaded (and warmed up); raises if loading failed."""
+        await asyncio.wrap_future(self.ready)
+
+    async def stream(
+        self, text: str, voice: str, seed: int | None = None
+    ) -> AsyncIterator[np.ndarray]:
+        """Audio for `text` in `voice`, one chunk per sentence as each is ready."""
+        job = _Job(text, voice, asyncio.get_running_loop(), asyncio.Queue(), seed=seed)
+        self._jobs.put(job)
+        try:
+            while True:
+                item = await job.out.get()
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    raise SynthesisError(str(item)) from item
+                yield item
+        finally:
+            job.cancel.set()
+
+    def close(self) -> None:
+        self._jobs.put(None)
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
+
+    # inference thread ---------------------------------------------------------
+    def _main(self) -> None:
+        try:
+            started = time.perf_counter()
+            self._vocab = read_vocab(self.files.vocab)
+            model = load_f5(self.files, self.config.arch, self.device, self.dtype)
+            self._vocoder = load_vocos(self.files, self.device)
+            loaded = time.perf_counter()
+            if self.config.compile and self.device.startswith("cuda"):
+                model.transformer = torch.compile(model.transformer)
+            self._model = model
+            self._warm_up()
+            log.info(
+                "engine.ready",
+                device=self.device,
+                dtype=str(self.dtype).removeprefix("torch."),
+                load_s=round(loaded - started, 2),
+                warmup_s=round(time.perf_counter() - loaded, 2),
+            )
+            self.ready.set_result(None)
+        except BaseException as exc:
+            self.ready.set_exception(exc)
+            return
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            self._run(job)
+
+    def _warm_up(self) -> None:
+        """One synthesis before going live, so no first-request cost lands on air."""
+        rng = np.random.default_rng(0)
+        audio = (rng.standard_normal(SAMPLE_RATE * 2) * 0.05).astype(np.float32)
+        voice = Voice("warmup", audio, "This is a test.", 0.05, VoiceSettings(), "warmup")
+        for _ in self._synthesize(WARMUP_TEXT, voice, threading.Event(), seed=0):
+            pass
+        self._references.pop("warmup", None)
+
+    def _run(self, job: _Job) -> None:
+        def emit(item: np.ndarray | BaseException | None) -> None:
+            job.loop.call_soon_threadsafe(job.out.put_nowait, item)
+
+        try:
+            voice = self.voices.get(job.voice)
+            for chunk in self._synthesize(job.text, voice, job.cancel, job.seed):
+                emit(chunk)
+            emit(None)
+        except sampler.Cancelled:
+            log.info("engine.cancelled", voice=job.voice)
+            emit(None)
+        except Exception as exc:
+            log.error("engine.error", voice=job.voice, text_len=len(job.text), error=str(exc))
+            if isinstance(exc, torch.cuda.OutOfMemoryError):
+                torch.cuda.empty_cache()
+            emit(exc)
+
+    def _synthesize(
+        self, text: str, voice: Voice, cancel: threading.Event, seed: int | None
+    ) -> Any:
+        ref = self._reference(voice)
+        speed = voice.settings.speed
+        steps = voice.settings.nfe_steps or self.config.nfe_steps
+        pieces = chunking.split_text(
+            text, chunking.max_chunk_bytes(voice.text, voice.seconds, speed)
+        )
+        fade = int(self.config.cross_fade_ms / 1000 * SAMPLE_RATE)
+        tail: np.ndarray | None = None
+        for index, piece in enumerate(pieces):
+            if cancel.is_set():
+                raise sampler.Cancelled
+            wave = self._chunk(ref, piece, voice, steps, cancel, seed)
+            last = index == len(pieces) - 1
+            wave, tail = _cross_fade(tail, wave, fade, keep_tail=not last)
+            if len(wave):
+                yield wave
+
+    def _chunk(
+        self,
+        ref: _Reference,
+        piece: str,
+        voice: Voice,
+        steps: int,
+        cancel: threading.Event,
+        seed: int | None,
+    ) -> np.ndarray:
+        ids = sampler.text_ids(ref.text + piece, self._vocab, torch.device(self.device))
+        frames = chunking.duration_frames(ref.frames, ref.text, piece, voice.settings.speed)
+
+        def stop() -> bool:
+            self.steps_run += 1
+            return cancel.is_set()
+
+        mel = sampler.sample(
+            self._model,
+            ref.mel,
+            ids,
+            frames,
+            seed=seed,
+            steps=steps,
+            cfg_strength=self.config.cfg_strength,
+            sway=self.config.sway_sampling,
+            should_stop=stop,
+        )
+        generated = mel[:, ref.frames :, :].float().permute(0, 2, 1)
+        with torch.inference_mode():
+            wave: np.ndarray = self._vocoder.decode(generated)[0].cpu().numpy()
+        gain = voice.settings.volume
+        if voice.rms < TARGET_RMS:
+            gain *= voice.rms / TARGET_RMS
+        return (wave * gain).astype(np.float32)
+
+    def _reference(self, voice: Voice) -> _Reference:
+        cached = self._references.get(voice.digest)
+        if cached is not None:
+            return cached
+        audio = torch.from_numpy(voice.audio)[None].to(self.device)
+        with torch.inference_mode():
+            mel = self._model.mel_spec(audio).permute(0, 2, 1).to(self.dtype)
+        text = voice.text + " " if len(voice.text[-1].encode("utf-8")) == 1 else voice.text
+        # As f5-tts does: all the clip's mel frames condition the model, while
+        # durations and the cut of the output count whole hops.
+        ref = _Reference(mel=mel, text=text, frames=audio.shape[-1] // HOP_LENGTH)
+        self._references[voice.digest] = ref
+        return ref
+
+
+def _cross_fade(
+    tail: np.ndarray | None, wave: np.ndarray, fade: int, keep_tail: bool
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Blend the held-back tail of the previous chunk into this one's start; hold
+    back this one's tail unless it is the last."""
+    if tail is not None and len(tail):
+        n = min(len(tail), len(wave))
+        ramp = np.linspace(0.0, 1.0, n, dtype=np.float32)
+        head = tail[:n] * (1 - ramp) + wave[:n] * ramp
+        wave = np.concatenate([head, wave[n:]])
+    if not keep_tail or fade <= 0:
+        return wave, None
+    n = min(fade, len(wave) // 2)
+    return wave[: len(wave) - n], wave[len(wave) - n :]

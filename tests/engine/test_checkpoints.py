@@ -1,0 +1,124 @@
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from bot.config import ArchConfig, EngineConfig
+from engine.checkpoints import CheckpointError, ModelFiles, load_f5, load_vocos, resolve_files
+from tests.engine.tiny import TINY_ARCH
+
+
+def test_our_loader_and_f5_tts_loader_agree(tiny_files: ModelFiles) -> None:
+    from f5_tts.infer.utils_infer import load_checkpoint, load_vocoder
+
+    ours = load_f5(tiny_files, TINY_ARCH, "cpu", torch.float32)
+    from engine.checkpoints import build_f5, read_vocab
+
+    theirs = load_checkpoint(
+        build_f5(TINY_ARCH, read_vocab(tiny_files.vocab)),
+        str(tiny_files.model),
+        "cpu",
+        dtype=torch.float32,
+        use_ema=True,
+    )
+    mine, other = ours.state_dict(), theirs.state_dict()
+    assert mine.keys() == other.keys()
+    assert all(torch.equal(mine[k], other[k]) for k in mine)
+
+    vocoder = load_vocos(tiny_files, "cpu")
+    reference = load_vocoder(
+        "vocos", is_local=True, local_path=str(tiny_files.vocoder_config.parent), device="cpu"
+    )
+    mel = torch.randn(1, 100, 20)
+    assert torch.allclose(vocoder.decode(mel), reference.decode(mel))
+
+
+def test_published_shape_is_the_default() -> None:
+    arch = ArchConfig()
+    assert (arch.dim, arch.depth, arch.heads, arch.ff_mult, arch.text_dim, arch.conv_layers) == (
+        1024,
+        22,
+        16,
+        2,
+        512,
+        4,
+    )
+
+
+def test_config_paths_are_used(tiny_files: ModelFiles) -> None:
+    config = EngineConfig(
+        model_path=tiny_files.model, vocoder_path=tiny_files.vocoder_config.parent
+    )
+    files = resolve_files(config, allow_download=False)
+    assert files == tiny_files  # vocab.txt found next to the model
+
+
+def test_missing_files_offline_is_one_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    with pytest.raises(CheckpointError) as info:
+        resolve_files(EngineConfig(), allow_download=False)
+    message = str(info.value)
+    assert message.startswith(
+        "model files not found: SWivid/F5-TTS/F5TTS_v1_Base/model_1250000.safetensors"
+    )
+    assert "charactr/vocos-mel-24khz/pytorch_model.bin" in message
+    assert "engine.model_path" in message
+
+
+def test_configured_path_that_does_not_exist(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match=str(tmp_path / "nope.safetensors")):
+        resolve_files(
+            EngineConfig(model_path=tmp_path / "nope.safetensors", vocoder_path=tmp_path),
+            allow_download=False,
+        )
+
+
+def test_corrupt_model_file_named(tiny_files: ModelFiles, tmp_path: Path) -> None:
+    bad = tmp_path / "model_1250000.safetensors"
+    bad.write_bytes(b"\x00\x01 definitely not safetensors")
+    files = ModelFiles(bad, tiny_files.vocab, tiny_files.vocoder_config, tiny_files.vocoder_weights)
+    with pytest.raises(CheckpointError, match=f"model file {bad}: not a readable safetensors file"):
+        load_f5(files, TINY_ARCH, "cpu", torch.float32)
+
+
+def test_mismatched_architecture_names_keys_and_shapes(tiny_files: ModelFiles) -> None:
+    wrong = ArchConfig(dim=64, depth=3, heads=2, ff_mult=2, text_dim=48, conv_layers=1)
+    with pytest.raises(CheckpointError) as info:
+        load_f5(tiny_files, wrong, "cpu", torch.float32)
+    message = str(info.value)
+    assert message.startswith(f"{tiny_files.model} does not fit the model:")
+    assert "missing key(s), e.g. transformer.transformer_blocks.2." in message
+    assert (
+        "wrong shape(s), e.g. transformer.input_embed.proj.weight (file (64, 232), model (64, 248))"
+        in message
+    )
+    assert "engine.arch differs from the published" in message
+
+
+def test_vocab_must_start_with_space(tmp_path: Path, tiny_files: ModelFiles) -> None:
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("a\nb\n")
+    files = ModelFiles(
+        tiny_files.model, vocab, tiny_files.vocoder_config, tiny_files.vocoder_weights
+    )
+    with pytest.raises(CheckpointError, match="first entry must be a space"):
+        load_f5(files, TINY_ARCH, "cpu", torch.float32)
+
+
+def test_bad_vocoder_files(tiny_files: ModelFiles, tmp_path: Path) -> None:
+    shutil.copy(tiny_files.vocoder_config, tmp_path / "config.yaml")
+    (tmp_path / "pytorch_model.bin").write_bytes(b"garbage")
+    files = ModelFiles(
+        tiny_files.model, tiny_files.vocab, tmp_path / "config.yaml", tmp_path / "pytorch_model.bin"
+    )
+    with pytest.raises(CheckpointError, match=r"vocoder weights .*pytorch_model\.bin: cannot read"):
+        load_vocos(files, "cpu")
+    torch.save({"backbone.embed.weight": torch.zeros(1)}, tmp_path / "pytorch_model.bin")
+    with pytest.raises(CheckpointError, match=r"pytorch_model\.bin does not fit the model"):
+        load_vocos(files, "cpu")

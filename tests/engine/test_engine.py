@@ -1,0 +1,125 @@
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from structlog.testing import capture_logs
+
+from engine import chunking
+from engine.checkpoints import HOP_LENGTH
+from engine.synth import Engine, SynthesisError
+
+LONG = " ".join(f"This is sentence number {i} of a long message." for i in range(8))
+
+
+async def collect(
+    engine: Engine, text: str, voice: str = "alice", seed: int = 1
+) -> list[np.ndarray]:
+    return [chunk async for chunk in engine.stream(text, voice, seed=seed)]
+
+
+async def test_one_chunk_per_sentence_of_float32_audio(engine: Engine) -> None:
+    chunks = await collect(engine, "Hello chat. 你好！ Mixed text, 中文 and English.")
+    assert len(chunks) == 3
+    for chunk in chunks:
+        assert chunk.dtype == np.float32 and chunk.ndim == 1
+        assert np.isfinite(chunk).all()
+        assert np.abs(chunk).max() > 0
+
+
+async def test_output_length_follows_the_duration_rule(engine: Engine) -> None:
+    voice = engine.voices.get("alice")
+    ref_frames = len(voice.audio) // HOP_LENGTH
+    ref_text = voice.text + " "
+    text = "A single sentence of chat for the length check"
+    (chunk,) = await collect(engine, text)
+    frames = chunking.duration_frames(ref_frames, ref_text, text) - ref_frames
+    decoded = engine._vocoder.decode(torch.zeros(1, 100, frames)).shape[-1]
+    assert len(chunk) == decoded
+    assert abs(len(chunk) - frames * HOP_LENGTH) <= HOP_LENGTH
+
+
+async def test_chunks_are_cross_faded(engine: Engine) -> None:
+    text = "First sentence here. Second sentence there."
+    joined = np.concatenate(await collect(engine, text))
+    separate = [
+        np.concatenate(await collect(engine, part))
+        for part in ("First sentence here.", "Second sentence there.")
+    ]
+    fade = int(engine.config.cross_fade_ms / 1000 * 24000)
+    assert len(joined) == sum(len(s) for s in separate) - fade
+
+
+async def test_first_chunk_arrives_before_the_last_is_computed(engine: Engine) -> None:
+    before = engine.steps_run
+    stream = engine.stream(LONG, "alice", seed=1)
+    first = await stream.__anext__()
+    steps_at_first = engine.steps_run - before
+    rest = [c async for c in stream]
+    total = engine.steps_run - before
+    assert len(first) > 0 and len(rest) == 7
+    assert total == 8 * 8
+    assert steps_at_first < total / 2
+
+
+async def test_cancel_stops_within_one_step(engine: Engine) -> None:
+    stream = engine.stream(LONG, "alice", seed=1)
+    await stream.__anext__()
+    with capture_logs() as logs:
+        await stream.aclose()
+        at_cancel = engine.steps_run
+        await asyncio.sleep(0.5)
+    assert engine.steps_run - at_cancel <= 1
+    assert any(e["event"] == "engine.cancelled" for e in logs)
+    # And the engine serves the next request.
+    assert len(await collect(engine, "Still here.")) == 1
+
+
+async def test_a_failed_request_does_not_stop_the_engine(engine: Engine) -> None:
+    with (
+        capture_logs() as logs,
+        pytest.raises(SynthesisError, match=r"voice 'nobody' not found .* \(have: alice, mei\)"),
+    ):
+        await collect(engine, "hello", voice="nobody")
+    assert logs[0]["event"] == "engine.error"
+    assert len(await collect(engine, "hello again")) == 1
+
+
+async def test_voice_cache_hit_on_second_call(engine: Engine, voices_dir: Path) -> None:
+    await collect(engine, "one", voice="mei")
+    hits = engine.voices.hits
+    await collect(engine, "two", voice="mei")
+    assert engine.voices.hits == hits + 1
+    (voices_dir / "mei.txt").write_text("新的文本。", encoding="utf-8")
+    await collect(engine, "three", voice="mei")
+    assert engine.voices.hits == hits + 1  # re-read, not served from cache
+    assert engine.voices.get("mei").text == "新的文本。"
+
+
+async def test_same_seed_same_audio(engine: Engine) -> None:
+    a = np.concatenate(await collect(engine, "Repeatable output.", seed=7))
+    b = np.concatenate(await collect(engine, "Repeatable output.", seed=7))
+    assert np.array_equal(a, b)
+
+
+async def test_empty_text_gives_no_audio(engine: Engine) -> None:
+    assert await collect(engine, "   ") == []
+
+
+async def test_loading_failure_is_reported_by_wait_ready(tmp_path: Path, voices_dir: Path) -> None:
+    from bot.config import EngineConfig
+    from engine.checkpoints import CheckpointError, ModelFiles
+    from engine.voices import VoiceLibrary
+
+    missing = tmp_path / "none"
+    files = ModelFiles(
+        missing / "m.safetensors", missing / "vocab.txt", missing / "c.yaml", missing / "w.bin"
+    )
+    eng = Engine(EngineConfig(), VoiceLibrary(voices_dir), files)
+    eng.start()
+    with pytest.raises(CheckpointError):
+        await eng.wait_ready()
+    eng.close()
