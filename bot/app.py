@@ -18,7 +18,7 @@ from bot.control import Control, Reply
 from bot.policy import SpeechPolicy
 from bot.queue import SpeechQueue
 from bot.router import Router
-from engine.voices import discover_voices
+from engine.voices import VoiceLibrary
 
 log = structlog.get_logger()
 
@@ -33,7 +33,8 @@ class Bot:
         self.config = config
         self.events: asyncio.Queue[ChatEvent] = asyncio.Queue(maxsize=EVENT_QUEUE_SIZE)
         self.queue = SpeechQueue(config.queue)
-        self.control = Control(config, self.queue, self.voice_names)
+        self.voices = VoiceLibrary(config.engine.voices_dir)
+        self.control = Control(config, self.queue, self.voices.names)
         own = [config.platforms.twitch.nick] if config.platforms.twitch.nick else []
         self.policy = SpeechPolicy(config.policy, own_logins=own)
         self.router = Router(
@@ -49,9 +50,6 @@ class Bot:
             if config.platforms.bilibili.enabled
             else None
         )
-
-    def voice_names(self) -> list[str]:
-        return [v.name for v in discover_voices(self.config.engine.voices_dir)]
 
     def reply(self, message: ChatMessage, reply: Reply) -> None:
         """Answer a chat command in the chat it came from, where that is possible."""
@@ -89,7 +87,7 @@ async def run_bot(config: Config) -> int:
         )
         if section.enabled
     ]
-    log.info("bot.started", platforms=enabled, voices=bot.voice_names(), voice=bot.control.voice)
+    log.info("bot.started", platforms=enabled, voices=bot.voices.names(), voice=bot.control.voice)
     if not enabled:
         log.warning("bot.no_platforms", hint="enable platforms.twitch or platforms.bilibili")
     adapters = bot.adapters()

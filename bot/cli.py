@@ -5,14 +5,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from bot.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
 from bot.logs import configure_logging
-from engine.voices import discover_voices
+from engine.voices import VoiceError, VoiceLibrary
 
 EXIT_CONFIG = 2
 
@@ -24,8 +26,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH)
     check = sub.add_parser("check-config", help="validate a config and print it, secrets masked")
     check.add_argument("path", nargs="?", type=Path, default=DEFAULT_CONFIG_PATH)
-    voices = sub.add_parser("voices", help="list the voice library")
+    voices = sub.add_parser("voices", help="list the voice library and check each voice")
     voices.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH)
+    say = sub.add_parser("say", help="synthesise text to a WAV file")
+    say.add_argument("text")
+    say.add_argument("--voice", help="voice name (default: engine.default_voice)")
+    say.add_argument("--out", type=Path, default=Path("out.wav"))
+    say.add_argument("--seed", type=int, default=None, help="fixed seed, repeatable output")
+    say.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH)
     sub.add_parser("devices", help="list audio output devices")
     args = parser.parse_args(argv)
 
@@ -36,6 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _check_config(args.path)
         case "voices":
             return _voices(args.config)
+        case "say":
+            return _say(args.config, args.text, args.voice, args.out, args.seed)
         case "devices":
             return _devices()
     raise AssertionError(args.command)
@@ -74,20 +84,63 @@ def _voices(path: Path) -> int:
     config = _load(path)
     if config is None:
         return EXIT_CONFIG
-    directory = config.engine.voices_dir
-    found = discover_voices(directory)
-    if not found:
-        print(f"no voices in {directory}/ (add NAME.wav and NAME.txt; see README)")
+    library = VoiceLibrary(config.engine.voices_dir)
+    names = library.names()
+    if not names:
+        print(f"no voices in {library.directory}/ (add NAME.wav and NAME.txt; see README)")
         return 0
-    for voice in found:
-        notes = []
-        if not voice.transcript.is_file():
-            notes.append(f"missing transcript {voice.transcript.name}")
-        if voice.name == config.engine.default_voice:
-            notes.append("default")
-        suffix = f"  ({'; '.join(notes)})" if notes else ""
-        print(f"{voice.name}  {voice.audio.name}{suffix}")
-    print("(clips are checked in full once the speech engine is installed)")
+    bad = 0
+    for name in names:
+        default = " (default)" if name == config.engine.default_voice else ""
+        try:
+            voice = library.get(name)
+        except VoiceError as exc:
+            bad += 1
+            print(f"{name}{default}  INVALID: {exc}")
+            continue
+        trimmed = f", trimmed from {voice.trimmed_from_s:.1f} s" if voice.trimmed_from_s else ""
+        print(f'{name}{default}  {voice.seconds:.1f} s{trimmed}  "{voice.text}"')
+    return 1 if bad else 0
+
+
+def _say(path: Path, text: str, voice: str | None, out: Path, seed: int | None) -> int:
+    config = _load(path)
+    if config is None:
+        return EXIT_CONFIG
+    configure_logging(config.logging.level, config.logging.format)
+    import soundfile as sf
+
+    from engine.checkpoints import SAMPLE_RATE, CheckpointError, resolve_files
+    from engine.synth import Engine, SynthesisError
+
+    try:
+        files = resolve_files(config.engine)
+    except CheckpointError as exc:
+        print(f"engine error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    engine = Engine(config.engine, VoiceLibrary(config.engine.voices_dir), files)
+
+    async def synthesise() -> list[np.ndarray]:
+        await engine.wait_ready()
+        started = time.perf_counter()
+        chunks = [c async for c in engine.stream(text, voice or config.engine.default_voice, seed)]
+        elapsed = time.perf_counter() - started
+        seconds = sum(len(c) for c in chunks) / SAMPLE_RATE
+        rtf = elapsed / seconds if seconds else 0.0
+        print(f"{seconds:.2f} s of audio in {elapsed:.2f} s (real-time factor {rtf:.3f})")
+        return chunks
+
+    engine.start()
+    try:
+        chunks = asyncio.run(synthesise())
+    except (CheckpointError, SynthesisError) as exc:
+        print(f"engine error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        engine.close()
+    audio = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
+    sf.write(str(out), audio, SAMPLE_RATE, subtype="FLOAT")
+    print(f"wrote {out}")
     return 0
 
 

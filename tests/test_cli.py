@@ -61,21 +61,62 @@ def test_bad_config_stops_with_one_line_and_exit_2(tmp_path: Path) -> None:
         assert "Traceback" not in result.stderr
 
 
-def test_voices_lists_library(tmp_path: Path) -> None:
+def test_voices_lists_library_and_flags_invalid_ones(tmp_path: Path) -> None:
+    from tests.engine.tiny import write_voice
+
     voices = tmp_path / "voices"
-    voices.mkdir()
-    (voices / "alice.wav").write_bytes(b"RIFF")
-    (voices / "alice.txt").write_text("hello")
+    write_voice(voices, "alice", "Hello from Alice.", seconds=3.0)
+    write_voice(voices, "short", "Too short.", seconds=0.5)
     (voices / "bob.flac").write_bytes(b"fLaC")
     (voices / "notes.md").write_text("not a voice")
     config = tmp_path / "c.yaml"
     config.write_text(f"engine: {{voices_dir: {voices}, default_voice: alice}}\n")
     result = run("voices", "--config", str(config))
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 1, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0] == "alice  alice.wav  (default)"
-    assert lines[1] == "bob  bob.flac  (missing transcript bob.txt)"
-    assert len([line for line in lines if "notes" in line]) == 0
+    assert lines[0] == 'alice (default)  3.0 s  "Hello from Alice."'
+    assert lines[1].startswith("bob  INVALID: voice 'bob': missing transcript")
+    assert lines[2].startswith("short  INVALID: voice 'short': clip")
+    assert "needs at least 1 s" in lines[2]
+    assert len(lines) == 3
+
+
+def test_say_writes_a_wav_with_the_tiny_engine(tmp_path: Path) -> None:
+    import soundfile as sf
+
+    from tests.engine.tiny import write_all, write_voice
+
+    files = write_all(tmp_path / "ckpt")
+    write_voice(tmp_path / "voices", "alice")
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "engine:\n"
+        f"  model_path: {files.model}\n"
+        f"  vocoder_path: {files.vocoder_config.parent}\n"
+        f"  voices_dir: {tmp_path / 'voices'}\n"
+        "  default_voice: alice\n"
+        "  arch: {dim: 64, depth: 2, heads: 2, ff_mult: 2, text_dim: 32, conv_layers: 1}\n"
+        "logging: {level: warning}\n"
+    )
+    out = tmp_path / "out.wav"
+    result = run(
+        "say", "Hello chat. 你好！", "--config", str(config), "--out", str(out), "--seed", "1"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "real-time factor" in result.stdout
+    audio, rate = sf.read(out)
+    assert rate == 24000
+    assert len(audio) > rate // 2
+    assert abs(audio).max() > 0
+
+
+def test_say_without_model_files_is_one_clear_error(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(f"engine: {{model_path: {tmp_path / 'missing.safetensors'}}}\n")
+    result = run("say", "hi", "--config", str(config), env={"HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 2
+    assert result.stderr.startswith("engine error: model files not found: ")
+    assert "Traceback" not in result.stderr
 
 
 def test_voices_empty_library_says_what_to_do(tmp_path: Path) -> None:
