@@ -28,7 +28,12 @@ from engine.voices import TARGET_RMS, Voice, VoiceLibrary, VoiceSettings
 
 log = structlog.get_logger()
 
-WARMUP_TEXT = "Hello there, this is a warm up."
+#: Two warm-up passes of different lengths: after the second, torch.compile has
+#: built its dynamic-shape graph, so a new message length never recompiles on air.
+WARMUP = (
+    (2.0, "Hello there, this is a warm up."),
+    (5.0, "A second, longer warm up sentence, so that every later length reuses the graph."),
+)
 
 
 class SynthesisError(Exception):
@@ -118,7 +123,7 @@ class Engine:
             self._vocoder = load_vocos(self.files, self.device)
             loaded = time.perf_counter()
             if self.config.compile and self.device.startswith("cuda"):
-                model.transformer = torch.compile(model.transformer)
+                model.transformer = torch.compile(model.transformer, dynamic=True)
             self._model = model
             self._warm_up()
             log.info(
@@ -141,11 +146,12 @@ class Engine:
     def _warm_up(self) -> None:
         """One synthesis before going live, so no first-request cost lands on air."""
         rng = np.random.default_rng(0)
-        audio = (rng.standard_normal(SAMPLE_RATE * 2) * 0.05).astype(np.float32)
-        voice = Voice("warmup", audio, "This is a test.", 0.05, VoiceSettings(), "warmup")
-        for _ in self._synthesize(WARMUP_TEXT, voice, threading.Event(), seed=0):
-            pass
-        self._references.pop("warmup", None)
+        for seconds, text in WARMUP:
+            audio = (rng.standard_normal(int(SAMPLE_RATE * seconds)) * 0.05).astype(np.float32)
+            voice = Voice("warmup", audio, "This is a test.", 0.05, VoiceSettings(), "warmup")
+            for _ in self._synthesize(text, voice, threading.Event(), seed=0):
+                pass
+            self._references.pop("warmup", None)
 
     def _run(self, job: _Job) -> None:
         def emit(item: np.ndarray | BaseException | None) -> None:

@@ -71,12 +71,28 @@ VOCOS_CONFIG = {
 }
 
 
-def write_vocos(directory: Path, seed: int = 0) -> Path:
+#: The published charactr/vocos-mel-24khz shape, for benchmarks with random weights.
+PUBLISHED_VOCOS_CONFIG = {
+    **VOCOS_CONFIG,
+    "backbone": {
+        "class_path": "vocos.models.VocosBackbone",
+        "init_args": {"input_channels": 100, "dim": 512, "intermediate_dim": 1536, "num_layers": 8},
+    },
+    "head": {
+        "class_path": "vocos.heads.ISTFTHead",
+        "init_args": {"dim": 512, "n_fft": 1024, "hop_length": 256, "padding": "same"},
+    },
+}
+
+
+def write_vocos(
+    directory: Path, seed: int = 0, config_doc: dict[str, object] | None = None
+) -> Path:
     from vocos import Vocos
 
     directory.mkdir(parents=True, exist_ok=True)
     config = directory / "config.yaml"
-    config.write_text(yaml.safe_dump(VOCOS_CONFIG))
+    config.write_text(yaml.safe_dump(config_doc or VOCOS_CONFIG))
     torch.manual_seed(seed)
     vocoder = Vocos.from_hparams(str(config))
     torch.save(vocoder.state_dict(), directory / "pytorch_model.bin")
