@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import time
@@ -7,35 +8,64 @@ from collections.abc import Iterator
 
 import pytest
 
+SINK = "ishowtts_out"
+
 
 @pytest.fixture(scope="session")
-def pulse_server() -> Iterator[None]:
-    """A headless PulseAudio with a null sink, as OBS-less CI has no sound card."""
+def pulse_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A headless PulseAudio with a null sink, as CI has no sound card.
+
+    Autospawn is off, so no client (pactl, PortAudio's ALSA plugin) ever starts
+    a stock daemon behind our back; ours is the only server and its null sink
+    (norewinds=1, 48 kHz) the default sink.
+    """
     if shutil.which("pulseaudio") is None:
         pytest.fail("pulseaudio is not installed: run .ci/run, or apt-get install pulseaudio")
-    if subprocess.run(["pactl", "info"], capture_output=True).returncode == 0:
-        yield
-        return
-    proc = subprocess.Popen(
-        [
-            "pulseaudio",
-            "--exit-idle-time=-1",
-            "-n",
-            "--load=module-null-sink sink_name=ishowtts_out norewinds=1 rate=48000",
-            "--load=module-native-protocol-unix",
-            "--load=module-cli-protocol-unix",
-            "--log-target=stderr",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    for _ in range(100):
-        if subprocess.run(["pactl", "info"], capture_output=True).returncode == 0:
-            break
-        time.sleep(0.05)
-    else:
-        proc.kill()
-        pytest.fail("pulseaudio did not start")
+    conf = tmp_path_factory.mktemp("pulse") / "client.conf"
+    conf.write_text("autospawn = no\n")
+    os.environ["PULSE_CLIENTCONFIG"] = str(conf)
+    proc = None
+    if not _pulse_up():
+        proc = subprocess.Popen(
+            [
+                "pulseaudio",
+                "--exit-idle-time=-1",
+                "-n",
+                f"--load=module-null-sink sink_name={SINK} norewinds=1 rate=48000",
+                "--load=module-native-protocol-unix",
+                "--load=module-cli-protocol-unix",
+                "--log-target=stderr",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(100):
+            if _pulse_up():
+                break
+            time.sleep(0.05)
+        else:
+            proc.kill()
+            pytest.fail("pulseaudio did not start")
+    sinks = subprocess.run(["pactl", "list", "short", "sinks"], capture_output=True, text=True)
+    if SINK not in sinks.stdout:
+        subprocess.run(
+            [
+                "pactl",
+                "load-module",
+                "module-null-sink",
+                f"sink_name={SINK}",
+                "norewinds=1",
+                "rate=48000",
+            ],
+            check=True,
+            capture_output=True,
+        )
+    subprocess.run(["pactl", "set-default-sink", SINK], check=True)
     yield
-    proc.terminate()
-    proc.wait(timeout=10)
+    if proc is not None:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def _pulse_up() -> bool:
+    return subprocess.run(["pactl", "info"], capture_output=True).returncode == 0

@@ -1,0 +1,65 @@
+"""Read back what reaches the PulseAudio null sink, through its monitor."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+
+import numpy as np
+
+RATE = 48_000
+
+
+class SinkCapture:
+    """`parec` on the default sink's monitor, read in a thread (the recipe in
+    shared/design/AUDIO-TESTING.md: start 0.5 s early, read from a pipe)."""
+
+    def __init__(self) -> None:
+        self._proc = subprocess.Popen(
+            [
+                "parec",
+                "-d",
+                "@DEFAULT_MONITOR@",
+                "--format=float32le",
+                f"--rate={RATE}",
+                "--channels=1",
+                "--raw",
+                "--latency-msec=20",
+            ],
+            stdout=subprocess.PIPE,
+        )
+        self._data = bytearray()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+        time.sleep(0.5)
+
+    def _read(self) -> None:
+        assert self._proc.stdout is not None
+        while chunk := self._proc.stdout.read(4096):
+            self._data += chunk
+
+    def samples(self) -> np.ndarray:
+        usable = len(self._data) // 4 * 4
+        return np.frombuffer(bytes(self._data[:usable]), dtype=np.float32)
+
+    def stop(self) -> np.ndarray:
+        time.sleep(0.3)
+        self._proc.terminate()
+        self._proc.wait(timeout=5)
+        self._thread.join(timeout=5)
+        return self.samples()
+
+
+def active_span(audio: np.ndarray, threshold: float = 1e-3) -> tuple[int, int]:
+    loud = np.flatnonzero(np.abs(audio) > threshold)
+    if not len(loud):
+        return 0, 0
+    return int(loud[0]), int(loud[-1]) + 1
+
+
+def tone(
+    seconds: float, freq: float = 440.0, amplitude: float = 0.25, rate: int = 24_000
+) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    return (amplitude * np.sin(2 * np.pi * freq * t)).astype(np.float32)

@@ -1,0 +1,116 @@
+"""The player through real PortAudio into a headless PulseAudio null sink."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+from bot import audio
+from bot.config import AudioConfig
+from bot.player import Player
+from tests.sink import RATE, SinkCapture, active_span, tone
+
+#: A 440 Hz tone at these levels moves < 0.05 per sample at 48 kHz; a click is far more.
+MAX_STEP = 0.1
+
+
+@pytest.fixture
+async def player(pulse_server: None, request: pytest.FixtureRequest) -> AsyncIterator[Player]:
+    overrides: dict[str, Any] = getattr(request, "param", {})
+    p = Player(AudioConfig.model_validate({"volume": 100, **overrides}))
+    task = asyncio.create_task(p.run())
+    await asyncio.wait_for(p.opened.wait(), 10)
+    yield p
+    await p.close()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def play(p: Player, chunks: list[np.ndarray]) -> int:
+    utt = p.begin()
+    for chunk in chunks:
+        await p.write(utt, chunk)
+    p.finish(utt)
+    return utt
+
+
+async def test_tone_comes_back_at_right_length_and_level(player: Player) -> None:
+    capture = SinkCapture()
+    utt = await play(player, [tone(0.5), tone(0.5)])
+    await asyncio.wait_for(player.wait_done(utt), 5)
+    got = capture.stop()
+    start, end = active_span(got)
+    assert (end - start) / RATE == pytest.approx(1.0, abs=0.03)
+    level = audio.loudness_lufs(got[start:end], RATE)
+    assert level == pytest.approx(player.config.target_lufs, abs=1.0)
+    spectrum = np.abs(np.fft.rfft(got[start:end]))
+    assert np.fft.rfftfreq(end - start, 1 / RATE)[spectrum.argmax()] == pytest.approx(440, abs=2)
+    assert player.first_sample_time(utt) is not None
+
+
+async def test_no_clicks_at_start_skip_and_volume_change(player: Player) -> None:
+    capture = SinkCapture()
+    utt = await play(player, [tone(1.5)])
+    await asyncio.sleep(0.4)
+    player.set_volume(0.2)
+    await asyncio.sleep(0.3)
+    player.set_volume(1.0)
+    await asyncio.sleep(0.3)
+    player.cut(utt)
+    await asyncio.wait_for(player.wait_done(utt), 5)
+    got = capture.stop()
+    start, end = active_span(got)
+    assert 0.9 < (end - start) / RATE < 1.3  # cut before the 1.5 s end
+    assert np.abs(np.diff(got)).max() < MAX_STEP
+    # The volume dip is there, reached by a ramp.
+    body = np.abs(got[start:end])
+    blocks = body[: len(body) // 480 * 480].reshape(-1, 480).max(axis=1)
+    assert blocks[:-2].min() < 0.5 * blocks.max()
+
+
+@pytest.mark.parametrize("player", [{"target_lufs": 0.0}], indirect=True)
+async def test_hot_clip_is_limited_to_minus_1_dbfs(player: Player) -> None:
+    capture = SinkCapture()
+    hot = tone(1.0, amplitude=4.0)  # +12 dB over full scale
+    utt = await play(player, [hot])
+    await asyncio.wait_for(player.wait_done(utt), 5)
+    got = capture.stop()
+    assert np.abs(got).max() <= audio.db_to_gain(-1.0) + 1e-4
+    assert np.abs(got).max() > 0.8  # limited, not silenced
+
+
+async def test_underrun_plays_silence(player: Player) -> None:
+    capture = SinkCapture()
+    utt = player.begin()
+    await player.write(utt, tone(0.3))
+    await asyncio.sleep(0.8)  # nothing more arrives: the device runs dry
+    await player.write(utt, tone(0.3))
+    player.finish(utt)
+    await asyncio.wait_for(player.wait_done(utt), 5)
+    got = capture.stop()
+    start, end = active_span(got)
+    middle = got[start:end]
+    gaps = np.abs(middle) < 1e-6
+    # A silent stretch of at least 0.3 s between the two parts, exactly zero.
+    runs = np.diff(np.flatnonzero(np.diff(np.concatenate([[0], gaps.astype(int), [0]]))))[::2]
+    assert runs.max() / RATE > 0.3
+    assert player.underruns > 0
+
+
+async def test_pause_fades_and_resume_continues(player: Player) -> None:
+    capture = SinkCapture()
+    utt = await play(player, [tone(1.0)])
+    await asyncio.sleep(0.3)
+    player.set_paused(True)
+    await asyncio.sleep(0.5)
+    player.set_paused(False)
+    await asyncio.wait_for(player.wait_done(utt), 5)
+    got = capture.stop()
+    start, end = active_span(got)
+    # Nothing lost: about 1 s of tone plus the pause.
+    assert (end - start) / RATE == pytest.approx(1.5, abs=0.15)
+    assert np.abs(np.diff(got)).max() < MAX_STEP
