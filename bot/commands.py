@@ -24,6 +24,7 @@ _USAGE = {
     "volume": "volume 0-100",
     "mode": "mode all|command|paid",
     "nick": "nick USER NAME",
+    "uservoice": "uservoice USER NAME|off",
 }
 
 
@@ -59,6 +60,9 @@ def parse_command(text: str, prefix: str) -> Command | CommandError:
     usage = CommandError(name, f"usage: {prefix} {_USAGE[name]}")
     if name == "nick":
         return Command(name, (args[0], " ".join(args[1:]))) if len(args) >= 2 else usage
+    if name == "uservoice":
+        ok = len(args) == 2 and (args[1] == "off" or VOICE_NAME.fullmatch(args[1]))
+        return Command(name, (args[0], args[1])) if ok else usage
     if len(args) != 1:
         return usage
     if name == "volume" and not _is_volume(args[0]):
@@ -139,6 +143,8 @@ def _apply(command: Command, control: Control) -> Reply:
             return control.set_mode(args[0].casefold())
         case "nick":
             return control.set_nick(args[0], args[1])
+        case "uservoice":
+            return control.set_user_voice(args[0], None if args[1] == "off" else args[1])
         case "status":
             return control.status()
     raise AssertionError(f"unhandled command {command.name}")

@@ -53,6 +53,7 @@ COMMAND_NAMES = (
     "volume",
     "mode",
     "nick",
+    "uservoice",
     "status",
 )
 
@@ -359,6 +360,8 @@ def _default_permissions() -> dict[str, list[RoleName]]:
 
 class CommandsConfig(_Section):
     prefix: str = "!tts"
+    #: Where !tts uservoice / nick / mute changes are kept across restarts.
+    state_file: Path = Path("state/ishowtts-state.json")
     permissions: dict[str, list[RoleName]] = Field(default_factory=_default_permissions)
 
     @field_validator("prefix")

@@ -18,6 +18,7 @@ from bot import outcomes
 from bot.config import VOICE_NAME, Config, ReadMode
 from bot.policy import PolicyState, SpeakableItem, user_handle
 from bot.queue import SpeechQueue
+from bot.state import SavedState, load_state, save_state
 
 log = structlog.get_logger()
 
@@ -45,15 +46,24 @@ class Control:
     ) -> None:
         self._queue = queue
         self._voice_names = voice_names
+        self._state_path = config.commands.state_file
+        saved = load_state(self._state_path)
         self.voice = config.engine.default_voice
         self.volume = config.audio.volume
         self.policy_state = PolicyState(
             read_mode=config.policy.read_mode,
-            muted={user_handle(n) for n in config.policy.muted_users},
-            nicknames={user_handle(k): v for k, v in config.policy.nicknames.items()},
+            muted={user_handle(n) for n in (*config.policy.muted_users, *saved.muted)},
+            nicknames={
+                user_handle(k): v
+                for k, v in (*config.policy.nicknames.items(), *saved.nicknames.items())
+            },
+            user_voices=dict(saved.user_voices),
         )
+        self._configured_mutes = {user_handle(n) for n in config.policy.muted_users}
+        self._configured_nicks = {user_handle(k): v for k, v in config.policy.nicknames.items()}
         self.connections: dict[Platform, bool] = {}
         self._cut_handlers: list[CutHandler] = []
+        self._listeners: list[Callable[[], None]] = []
         self._resumed = asyncio.Event()
         self._resumed.set()
 
@@ -66,6 +76,27 @@ class Control:
 
     def on_cut(self, handler: CutHandler) -> None:
         self._cut_handlers.append(handler)
+
+    def on_change(self, listener: Callable[[], None]) -> None:
+        """Called after pause, resume and volume changes (the player follows them)."""
+        self._listeners.append(listener)
+
+    def _changed(self) -> None:
+        for listener in self._listeners:
+            listener()
+
+    def _save(self) -> None:
+        state = self.policy_state
+        save_state(
+            self._state_path,
+            SavedState(
+                user_voices=dict(state.user_voices),
+                nicknames={
+                    k: v for k, v in state.nicknames.items() if self._configured_nicks.get(k) != v
+                },
+                muted=sorted(state.muted - self._configured_mutes),
+            ),
+        )
 
     def cut(self, items: Sequence[SpeakableItem] | None, outcome: str) -> bool:
         """Ask the speaker to stop items in flight; False when none was playing."""
@@ -98,12 +129,14 @@ class Control:
         if self.paused:
             return Reply(False, "already paused")
         self._resumed.clear()
+        self._changed()
         return Reply(True, "paused")
 
     def resume(self) -> Reply:
         if not self.paused:
             return Reply(False, "not paused")
         self._resumed.set()
+        self._changed()
         return Reply(True, "resumed")
 
     def mute(self, user: str) -> Reply:
@@ -114,6 +147,7 @@ class Control:
         gone = self._queue.remove_where(
             lambda i: user_handle(i.message.user_name) == handle, outcomes.SKIPPED, "muted"
         )
+        self._save()
         return Reply(True, f"muted {handle} ({len(gone)} pending removed)")
 
     def unmute(self, user: str) -> Reply:
@@ -121,12 +155,14 @@ class Control:
         if handle not in self.policy_state.muted:
             return Reply(False, f"{handle} is not muted")
         self.policy_state.muted.discard(handle)
+        self._save()
         return Reply(True, f"unmuted {handle}")
 
     def set_volume(self, volume: int) -> Reply:
         if not 0 <= volume <= 100:
             return Reply(False, f"volume must be 0-100, got {volume}")
         self.volume = volume
+        self._changed()
         return Reply(True, f"volume {volume}")
 
     def set_mode(self, mode: str) -> Reply:
@@ -143,9 +179,28 @@ class Control:
             return Reply(False, "usage: nick USER NAME")
         if not nick:
             self.policy_state.nicknames.pop(handle, None)
+            self._save()
             return Reply(True, f"{handle} has no nickname now")
         self.policy_state.nicknames[handle] = nick
+        self._save()
         return Reply(True, f"{handle} will be read as {nick}")
+
+    def set_user_voice(self, user: str, voice: str | None) -> Reply:
+        """A user's own voice (None: back to the current voice)."""
+        handle = user_handle(user)
+        if not handle:
+            return Reply(False, "usage: uservoice USER NAME|off")
+        if voice is None:
+            self.policy_state.user_voices.pop(handle, None)
+            self._save()
+            return Reply(True, f"{handle} uses the current voice again")
+        known = list(self._voice_names())
+        if not VOICE_NAME.fullmatch(voice) or voice not in known:
+            have = ", ".join(known) if known else "none installed"
+            return Reply(False, f"unknown voice {voice!r} (have: {have})")
+        self.policy_state.user_voices[handle] = voice
+        self._save()
+        return Reply(True, f"{handle} now speaks as {voice}")
 
     def set_connection(self, platform: Platform, connected: bool) -> None:
         self.connections[platform] = connected

@@ -5,10 +5,17 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 SINK = "ishowtts_out"
+
+
+@pytest.fixture(autouse=True)
+def _run_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Relative paths in default configs (state file, voices/) land in a scratch dir."""
+    monkeypatch.chdir(tmp_path)
 
 
 @pytest.fixture(scope="session")

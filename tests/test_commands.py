@@ -10,7 +10,7 @@ from adapters.events import Role
 from bot import outcomes
 from bot.commands import Command, CommandError, is_command, may_run, parse_command, run_command
 from bot.config import CommandsConfig, Config
-from bot.control import Control
+from bot.control import Control, Reply
 from bot.policy import SpeakableItem
 from bot.queue import SpeechQueue
 from tests.factories import chat
@@ -216,3 +216,32 @@ def test_control_validates_direct_calls() -> None:
     assert not control.set_mode("loud").ok
     assert not control.mute("  ").ok
     assert control.volume == 80
+
+
+def test_uservoice_checked_persisted_and_reloaded(tmp_path: Any) -> None:
+    state_file = tmp_path / "state.json"
+    cfg = {"commands": {"state_file": str(state_file)}}
+    control, _ = make_control(**cfg)
+    commands = CommandsConfig.model_validate(cfg["commands"])
+    reply = run_command(chat("!tts uservoice @Bob alice", roles=MOD), control, commands)
+    assert reply == Reply(True, "bob now speaks as alice")
+    refused = run_command(chat("!tts uservoice bob carol", roles=MOD), control, commands)
+    assert refused.text == "unknown voice 'carol' (have: alice, bob)"
+    run_command(chat("!tts mute Troll", roles=MOD), control, commands)
+    run_command(chat("!tts nick xX_1_Xx One", roles=MOD), control, commands)
+    # A restart reads it all back.
+    again, _ = make_control(**cfg)
+    assert again.policy_state.user_voices == {"bob": "alice"}
+    assert again.policy_state.muted == {"troll"}
+    assert again.policy_state.nicknames == {"xx_1_xx": "One"}
+    run_command(chat("!tts uservoice bob off", roles=MOD), again, commands)
+    assert make_control(**cfg)[0].policy_state.user_voices == {}
+
+
+def test_damaged_state_file_is_logged_not_fatal(tmp_path: Any) -> None:
+    state_file = tmp_path / "state.json"
+    state_file.write_text("{not json")
+    with capture_logs() as logs:
+        control, _ = make_control(commands={"state_file": str(state_file)})
+    assert control.policy_state.user_voices == {}
+    assert logs[0]["event"] == "state.unreadable"

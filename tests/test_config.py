@@ -129,7 +129,8 @@ def test_wrong_types(text: str, expected: str) -> None:
         (
             "commands:\n  permissions: {skipp: [everyone]}\n",
             "commands.permissions: unknown command 'skipp'; allowed: voice, voices, skip, clear, "
-            "pause, resume, mute, unmute, volume, mode, nick, status (did you mean 'skip'?)",
+            "pause, resume, mute, unmute, volume, mode, nick, uservoice, status "
+            "(did you mean 'skip'?)",
         ),
         (
             "commands:\n  permissions: {skip: [mods]}\n",
