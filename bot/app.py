@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 from collections.abc import Coroutine
 from typing import Any
 
@@ -21,6 +22,8 @@ from bot.router import Router
 from engine.voices import VoiceLibrary
 
 log = structlog.get_logger()
+
+EXIT_STARTUP = 2
 
 #: Bounded so a flood waits in the adapters' sockets rather than in memory.
 EVENT_QUEUE_SIZE = 1000
@@ -56,13 +59,14 @@ class Bot:
         if message.platform is Platform.TWITCH and self.twitch is not None:
             self.twitch.reply(message, reply.text)
 
-    def adapters(self) -> dict[str, Coroutine[Any, Any, None]]:
-        runs: dict[str, Coroutine[Any, Any, None]] = {}
+    def adapters(self) -> dict[str, TwitchClient | BilibiliClient]:
+        """The configured platform clients, by platform name."""
+        clients: dict[str, TwitchClient | BilibiliClient] = {}
         if self.twitch is not None:
-            runs["twitch"] = self.twitch.run()
+            clients["twitch"] = self.twitch
         if self.bilibili is not None:
-            runs["bilibili"] = self.bilibili.run()
-        return runs
+            clients["bilibili"] = self.bilibili
+        return clients
 
 
 async def _guarded(name: str, run: Coroutine[Any, Any, None]) -> None:
@@ -74,29 +78,74 @@ async def _guarded(name: str, run: Coroutine[Any, Any, None]) -> None:
 
 
 async def run_bot(config: Config) -> int:
+    """Run until SIGINT/SIGTERM; 0 on a clean stop, 2 when start-up cannot go on."""
+    from bot.player import AudioDeviceError, Player, find_output_device
+    from bot.speaker import Speaker
+    from engine.checkpoints import CheckpointError, resolve_files
+    from engine.synth import Engine
+    from engine.voices import VoiceError
+
     bot = Bot(config)
+    try:
+        bot.voices.get(config.engine.default_voice)
+        find_output_device(config.audio.output_device)
+        files = resolve_files(config.engine)
+    except (VoiceError, CheckpointError, AudioDeviceError, OSError) as exc:
+        log.error("bot.cannot_start", error=str(exc))
+        print(f"start-up error: {exc}", file=sys.stderr)
+        return EXIT_STARTUP
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    enabled = [
-        name
-        for name, section in (
-            ("twitch", config.platforms.twitch),
-            ("bilibili", config.platforms.bilibili),
-        )
-        if section.enabled
-    ]
-    log.info("bot.started", platforms=enabled, voices=bot.voices.names(), voice=bot.control.voice)
-    if not enabled:
-        log.warning("bot.no_platforms", hint="enable platforms.twitch or platforms.bilibili")
-    adapters = bot.adapters()
+
+    engine = Engine(config.engine, bot.voices, files)
+    engine.start()
+    log.info("bot.warming_up", device=engine.device)
+    try:
+        ready = asyncio.ensure_future(engine.wait_ready())
+        stopped = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({ready, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if not ready.done():
+            ready.cancel()
+            engine.close()
+            return 0
+        stopped.cancel()
+        ready.result()
+    except CheckpointError as exc:
+        log.error("bot.cannot_start", error=str(exc))
+        print(f"start-up error: {exc}", file=sys.stderr)
+        engine.close()
+        return EXIT_STARTUP
+
+    player = Player(config.audio)
+    speaker = Speaker(bot.queue, engine, player, bot.control)
+    enabled = list(bot.adapters())
     async with asyncio.TaskGroup() as tasks:
-        running = [tasks.create_task(bot.router.run(bot.events))]
-        running += [tasks.create_task(_guarded(n, r)) for n, r in adapters.items()]
+        player_task = tasks.create_task(player.run())
+        await player.opened.wait()
+        running = [
+            tasks.create_task(bot.router.run(bot.events)),
+            tasks.create_task(speaker.run()),
+            *(tasks.create_task(_guarded(n, c.run())) for n, c in bot.adapters().items()),
+        ]
+        log.info(
+            "bot.started",
+            platforms=enabled,
+            voices=bot.voices.names(),
+            voice=bot.control.voice,
+            device=player.device_name,
+        )
+        if not enabled:
+            log.warning("bot.no_platforms", hint="enable platforms.twitch or platforms.bilibili")
         await stop.wait()
         for task in running:
             task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+        await player.close()
+        player_task.cancel()
+    engine.close()
     # Whatever was still waiting gets its end logged: nothing vanishes silently.
     dropped = bot.queue.remove_where(lambda _: True, outcomes.SKIPPED, "shutdown")
     log.info("bot.stopped", pending=len(dropped))

@@ -12,7 +12,7 @@ import asyncio
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -94,7 +94,7 @@ class Engine:
 
     async def stream(
         self, text: str, voice: str, seed: int | None = None
-    ) -> AsyncIterator[np.ndarray]:
+    ) -> AsyncGenerator[np.ndarray, None]:
         """Audio for `text` in `voice`, one chunk per sentence as each is ready."""
         job = _Job(text, voice, asyncio.get_running_loop(), asyncio.Queue(), seed=seed)
         self._jobs.put(job)

@@ -9,7 +9,17 @@ from pathlib import Path
 
 import pytest
 
+from engine.checkpoints import ModelFiles
+
 SINK = "ishowtts_out"
+
+
+@pytest.fixture(scope="session")
+def tiny_files(tmp_path_factory: pytest.TempPathFactory) -> ModelFiles:
+    """Tiny random-weight F5-TTS + Vocos checkpoints in the published formats."""
+    from tests.engine.tiny import write_all
+
+    return write_all(tmp_path_factory.mktemp("ckpt"))
 
 
 @pytest.fixture(autouse=True)

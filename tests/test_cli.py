@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
-
-import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -134,86 +128,3 @@ def test_devices_lists_outputs_of_the_sound_server(pulse_server: None) -> None:
     # PortAudio reaches PulseAudio through ALSA's pulse plugin.
     assert any(" pulse " in line and "Hz" in line for line in result.stdout.splitlines())
     assert "audio.output_device" in result.stdout
-
-
-def test_run_without_platforms_warns_and_exits_0_on_sigterm(tmp_path: Path) -> None:
-    config = tmp_path / "c.yaml"
-    config.write_text("logging: {level: info}\n")
-    proc = subprocess.Popen(
-        ishowtts("run", "--config", str(config)),
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stderr is not None
-    started = json.loads(proc.stderr.readline())
-    assert started["event"] == "bot.started"
-    assert started["platforms"] == []
-    warning = json.loads(proc.stderr.readline())
-    assert warning["event"] == "bot.no_platforms"
-    assert warning["level"] == "warning"
-    time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=10) == 0
-    rest = [json.loads(line) for line in proc.stderr.read().splitlines()]
-    assert [e["event"] for e in rest] == ["bot.stopped"]
-
-
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_run_stops_cleanly_on_signal(tmp_path: Path, sig: signal.Signals) -> None:
-    proc = subprocess.Popen(
-        ishowtts("run"), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    assert proc.stderr is not None
-    assert json.loads(proc.stderr.readline())["event"] == "bot.started"
-    proc.send_signal(sig)
-    assert proc.wait(timeout=10) == 0
-
-
-async def test_run_reads_twitch_chat_from_loopback_server(tmp_path: Path) -> None:
-    from tests.twitch.fake_server import FakeTwitch
-
-    async with FakeTwitch() as server:
-        config = tmp_path / "c.yaml"
-        config.write_text(
-            f"platforms:\n  twitch: {{enabled: true, channels: [chan], url: '{server.url}'}}\n"
-        )
-        proc = await asyncio.create_subprocess_exec(
-            *ishowtts("run", "--config", str(config)),
-            cwd=ROOT,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        assert proc.stderr is not None
-        seen: list[dict[str, object]] = []
-
-        async def until(event: str) -> dict[str, object]:
-            async with asyncio.timeout(20):
-                while True:
-                    assert proc.stderr is not None
-                    line = await proc.stderr.readline()
-                    assert line, f"bot exited before {event}: {seen}"
-                    seen.append(json.loads(line))
-                    if seen[-1]["event"] == event:
-                        return seen[-1]
-
-        connected = await until("twitch.connected")
-        assert connected["channel"] == "chan"
-        assert connected["authenticated"] is False
-        await server.send("@id=x1;user-id=1;display-name=V :v!v@v PRIVMSG #chan :!tts skip")
-        refused = await until("tts.command_refused")
-        assert refused["reason"] == "not_allowed"
-        await server.send("@id=x2;user-id=1;display-name=V :v!v@v PRIVMSG #chan :hello stream")
-        await server.send("PING :tmi.twitch.tv")
-        assert await server.wait_line("PONG") == "PONG :tmi.twitch.tv"
-        proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(proc.wait(), 10) == 0
-        assert proc.stderr is not None
-        rest = [json.loads(line) for line in (await proc.stderr.read()).splitlines()]
-        # Still queued at shutdown (nothing speaks yet): it gets its end logged.
-        assert [(e["event"], e.get("msg_id"), e.get("reason")) for e in rest] == [
-            ("tts.filtered", "x1", "command"),
-            ("tts.skipped", "x2", "shutdown"),
-            ("bot.stopped", None, None),
-        ]

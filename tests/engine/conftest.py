@@ -9,12 +9,7 @@ from bot.config import EngineConfig
 from engine.checkpoints import ModelFiles
 from engine.synth import Engine
 from engine.voices import VoiceLibrary
-from tests.engine.tiny import TINY_ARCH, write_all, write_voice
-
-
-@pytest.fixture(scope="session")
-def tiny_files(tmp_path_factory: pytest.TempPathFactory) -> ModelFiles:
-    return write_all(tmp_path_factory.mktemp("ckpt"))
+from tests.engine.tiny import TINY_ARCH, write_voice
 
 
 @pytest.fixture

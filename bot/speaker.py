@@ -1,0 +1,190 @@
+"""The speaker loop: queue → engine → player, one item of look-ahead.
+
+While one message plays, the next is already being synthesised, so the gap
+between messages is the playback gap, not the synthesis time. Every item it
+takes from the queue ends here in exactly one of `tts.spoken`,
+`tts.skipped` or `tts.retracted`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import structlog
+
+from adapters.events import Platform
+from bot import outcomes
+from bot.control import Control
+from bot.player import ENGINE_RATE, Player
+from bot.policy import SpeakableItem
+from bot.queue import SpeechQueue
+from engine.synth import Engine
+
+log = structlog.get_logger()
+
+_END = object()
+
+
+@dataclass
+class _Prepared:
+    item: SpeakableItem
+    voice: str
+    chunks: asyncio.Queue[object] = field(default_factory=asyncio.Queue)
+    task: asyncio.Task[None] | None = None
+    #: Set when cut: (terminal event, reason).
+    ended: tuple[str, str] | None = None
+    utt: int | None = None
+
+
+class Speaker:
+    def __init__(
+        self, queue: SpeechQueue, engine: Engine, player: Player, control: Control
+    ) -> None:
+        self._queue = queue
+        self._engine = engine
+        self._player = player
+        self._control = control
+        self._current: _Prepared | None = None
+        self._next: _Prepared | None = None
+        self._previous_user: tuple[Platform, str] | None = None
+        control.on_cut(self._cut)
+        control.on_change(self._follow_controls)
+        self._follow_controls()
+
+    async def run(self) -> None:
+        try:
+            while True:
+                await self._control.wait_resumed()
+                prepared = self._next
+                self._next = None
+                if prepared is None:
+                    prepared = self._prepare(await self._queue.get())
+                await self._play(prepared)
+        finally:
+            if self._next is not None:
+                self._end(self._next, outcomes.SKIPPED, "shutdown")
+                self._next = None
+
+    def _follow_controls(self) -> None:
+        self._player.set_paused(self._control.paused)
+        self._player.set_volume(self._control.volume / 100)
+
+    def _prepare(self, item: SpeakableItem) -> _Prepared:
+        voice = item.voice if item.voice in self._engine.voices.names() else self._control.voice
+        prepared = _Prepared(item, voice)
+        before = (
+            self._previous_user if self._current is None else self._current.item.message.user_key
+        )
+        text = item.speech(before)
+        prepared.task = asyncio.create_task(self._synthesise(prepared, text))
+        return prepared
+
+    async def _synthesise(self, prepared: _Prepared, text: str) -> None:
+        stream = self._engine.stream(text, prepared.voice)
+        try:
+            async for chunk in stream:
+                prepared.chunks.put_nowait(chunk)
+        except Exception as exc:
+            prepared.chunks.put_nowait(exc)
+        finally:
+            await stream.aclose()
+            prepared.chunks.put_nowait(_END)
+
+    async def _play(self, prepared: _Prepared) -> None:
+        self._current = prepared
+        item = prepared.item
+        utt = prepared.utt = self._player.begin()
+        samples = 0
+        lookahead: asyncio.Task[SpeakableItem] | None = None
+        try:
+            while prepared.ended is None:
+                chunk = await prepared.chunks.get()
+                if chunk is _END:
+                    break
+                if isinstance(chunk, Exception):
+                    prepared.ended = (outcomes.SKIPPED, "engine_error")
+                    break
+                assert isinstance(chunk, np.ndarray)
+                await self._player.write(utt, chunk)
+                if not samples:
+                    log.info("tts.playing", msg_id=item.message.message_id, voice=prepared.voice)
+                samples += len(chunk)
+            self._player.finish(utt)
+            done = asyncio.create_task(self._player.wait_done(utt))
+            # Synthesis of this item is over: prepare the next while this one plays.
+            if self._next is None and prepared.ended is None:
+                lookahead = asyncio.create_task(self._queue.get())
+                await asyncio.wait({done, lookahead}, return_when=asyncio.FIRST_COMPLETED)
+                if lookahead.done():
+                    self._next = self._prepare(lookahead.result())
+            await done
+        except asyncio.CancelledError:
+            if prepared.ended is None:
+                prepared.ended = (outcomes.SKIPPED, "shutdown")
+                self._player.cut(utt)
+            popped = lookahead is not None and lookahead.done() and not lookahead.cancelled()
+            if popped and lookahead is not None and self._next is None:
+                # Taken from the queue but never prepared: it ends here too.
+                outcomes.log_outcome(
+                    outcomes.SKIPPED, lookahead.result().message, reason="shutdown"
+                )
+                self._queue.done(lookahead.result())
+            self._end(prepared, *prepared.ended)
+            raise
+        finally:
+            if lookahead is not None and not lookahead.done():
+                lookahead.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await lookahead
+            self._current = None
+        if prepared.ended is not None:
+            self._end(prepared, *prepared.ended)
+        else:
+            first = self._player.first_sample_time(utt)
+            ttfa = (first - item.message.received) * 1000 if first is not None else None
+            outcomes.log_outcome(
+                outcomes.SPOKEN,
+                item.message,
+                voice=prepared.voice,
+                audio_s=round(samples / ENGINE_RATE, 3),
+                ttfa_ms=round(ttfa, 1) if ttfa is not None else None,
+            )
+            self._queue.done(item)
+            self._previous_user = item.message.user_key
+        self._player.forget(utt)
+
+    def _end(self, prepared: _Prepared, event: str, reason: str) -> None:
+        if prepared.task is not None:
+            prepared.task.cancel()
+        outcomes.log_outcome(event, prepared.item.message, voice=prepared.voice, reason=reason)
+        self._queue.done(prepared.item)
+
+    def _cut(self, items: Sequence[SpeakableItem] | None, event: str) -> bool:
+        """Control's cut: None is a skip of what plays; else these items, wherever they are."""
+        reason = (
+            "skip" if items is None else ("retracted" if event == outcomes.RETRACTED else "cut")
+        )
+        targets = [self._current] if items is None else [self._current, self._next]
+        keys = None if items is None else {i.key for i in items}
+        cut = False
+        for p in targets:
+            if p is None or p.ended is not None:
+                continue
+            if keys is not None and p.item.key not in keys:
+                continue
+            p.ended = (event, reason)
+            if p.task is not None:
+                p.task.cancel()
+            if p is self._current:
+                if p.utt is not None:
+                    self._player.cut(p.utt)
+                p.chunks.put_nowait(_END)
+            else:
+                self._next = None
+                self._end(p, event, reason)
+            cut = True
+        return cut
