@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from engine.checkpoints import ModelFiles
-
-SINK = "ishowtts_out"
+from tests.sink import SINK
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,8 @@ import time
 import numpy as np
 
 RATE = 48_000
+#: The null sink the test sound server plays into.
+SINK = "ishowtts_out"
 
 
 class SinkCapture:

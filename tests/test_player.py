@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,7 +13,7 @@ import pytest
 from bot import audio
 from bot.config import AudioConfig
 from bot.player import Player
-from tests.sink import RATE, SinkCapture, active_span, tone
+from tests.sink import RATE, SINK, SinkCapture, active_span, tone
 
 #: A 440 Hz tone at these levels moves < 0.05 per sample at 48 kHz; a click is far more.
 MAX_STEP = 0.1
@@ -114,3 +115,54 @@ async def test_pause_fades_and_resume_continues(player: Player) -> None:
     # Nothing lost: about 1 s of tone plus the pause.
     assert (end - start) / RATE == pytest.approx(1.5, abs=0.15)
     assert np.abs(np.diff(got)).max() < MAX_STEP
+
+
+async def test_vanished_device_is_reopened_and_nothing_queued_is_lost(player: Player) -> None:
+    from structlog.testing import capture_logs
+
+    with capture_logs() as logs:
+        utt = player.begin()
+        await player.write(utt, tone(0.4))
+        await asyncio.sleep(0.2)
+        # The only sink goes away: the stream dies, as when a USB headset is unplugged.
+        modules = subprocess.run(
+            ["pactl", "list", "short", "modules"], capture_output=True, text=True, check=True
+        ).stdout
+        sink_module = next(
+            line.split()[0] for line in modules.splitlines() if "module-null-sink" in line
+        )
+        subprocess.run(["pactl", "unload-module", sink_module], check=True)
+        await player.write(utt, tone(1.0))  # queued while there is no device
+        await asyncio.sleep(1.0)
+        subprocess.run(
+            [
+                "pactl",
+                "load-module",
+                "module-null-sink",
+                f"sink_name={SINK}",
+                "norewinds=1",
+                "rate=48000",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        subprocess.run(["pactl", "set-default-sink", SINK], check=True)
+        capture = SinkCapture()
+        player.finish(utt)
+        await asyncio.wait_for(player.wait_done(utt), 20)
+        got = capture.stop()
+    assert any(e["event"] == "audio.device_error" for e in logs)
+    assert sum(e["event"] == "audio.opened" for e in logs) >= 1
+    # The second tone, queued while the device was gone, still played in full.
+    start, end = active_span(got)
+    assert (end - start) / RATE > 0.9
+
+
+async def test_unknown_output_device_is_a_clear_error(pulse_server: None) -> None:
+    from bot.player import AudioDeviceError, find_output_device
+
+    with pytest.raises(
+        AudioDeviceError, match=r"output device 'Nonexistent' not found \(have: .*pulse"
+    ):
+        find_output_device("Nonexistent")
+    assert find_output_device("pulse") is not None
