@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from engine.checkpoints import ModelFiles
-from tests.sink import SINK
+from tests.sink import SINK, ensure_null_sink
 
 
 @pytest.fixture(scope="session")
@@ -62,21 +62,7 @@ def pulse_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         else:
             proc.kill()
             pytest.fail("pulseaudio did not start")
-    sinks = subprocess.run(["pactl", "list", "short", "sinks"], capture_output=True, text=True)
-    if SINK not in sinks.stdout:
-        subprocess.run(
-            [
-                "pactl",
-                "load-module",
-                "module-null-sink",
-                f"sink_name={SINK}",
-                "norewinds=1",
-                "rate=48000",
-            ],
-            check=True,
-            capture_output=True,
-        )
-    subprocess.run(["pactl", "set-default-sink", SINK], check=True)
+    ensure_null_sink()
     yield
     if proc is not None:
         proc.terminate()

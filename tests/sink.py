@@ -65,3 +65,32 @@ def tone(
 ) -> np.ndarray:
     t = np.arange(int(seconds * rate)) / rate
     return (amplitude * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def ensure_null_sink() -> None:
+    """Our null sink exists (norewinds=1: see AUDIO-TESTING.md) and is the default."""
+    sinks = subprocess.run(["pactl", "list", "short", "sinks"], capture_output=True, text=True)
+    if SINK not in sinks.stdout:
+        subprocess.run(
+            [
+                "pactl",
+                "load-module",
+                "module-null-sink",
+                f"sink_name={SINK}",
+                "norewinds=1",
+                "rate=48000",
+            ],
+            check=True,
+            capture_output=True,
+        )
+    subprocess.run(["pactl", "set-default-sink", SINK], check=True)
+
+
+def remove_null_sink() -> None:
+    """Unload the null sink: with no other sink, open streams die, like an unplugged device."""
+    modules = subprocess.run(
+        ["pactl", "list", "short", "modules"], capture_output=True, text=True, check=True
+    ).stdout
+    for line in modules.splitlines():
+        if "module-null-sink" in line and f"sink_name={SINK}" in line:
+            subprocess.run(["pactl", "unload-module", line.split()[0]], check=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,7 +12,7 @@ import pytest
 from bot import audio
 from bot.config import AudioConfig
 from bot.player import Player
-from tests.sink import RATE, SINK, SinkCapture, active_span, tone
+from tests.sink import RATE, SinkCapture, active_span, ensure_null_sink, remove_null_sink, tone
 
 #: A 440 Hz tone at these levels moves < 0.05 per sample at 48 kHz; a click is far more.
 MAX_STEP = 0.1
@@ -125,28 +124,10 @@ async def test_vanished_device_is_reopened_and_nothing_queued_is_lost(player: Pl
         await player.write(utt, tone(0.4))
         await asyncio.sleep(0.2)
         # The only sink goes away: the stream dies, as when a USB headset is unplugged.
-        modules = subprocess.run(
-            ["pactl", "list", "short", "modules"], capture_output=True, text=True, check=True
-        ).stdout
-        sink_module = next(
-            line.split()[0] for line in modules.splitlines() if "module-null-sink" in line
-        )
-        subprocess.run(["pactl", "unload-module", sink_module], check=True)
+        remove_null_sink()
         await player.write(utt, tone(1.0))  # queued while there is no device
         await asyncio.sleep(1.0)
-        subprocess.run(
-            [
-                "pactl",
-                "load-module",
-                "module-null-sink",
-                f"sink_name={SINK}",
-                "norewinds=1",
-                "rate=48000",
-            ],
-            check=True,
-            capture_output=True,
-        )
-        subprocess.run(["pactl", "set-default-sink", SINK], check=True)
+        ensure_null_sink()
         capture = SinkCapture()
         player.finish(utt)
         await asyncio.wait_for(player.wait_done(utt), 20)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
@@ -16,28 +16,15 @@ from bot.app import Bot
 from bot.config import BilibiliConfig, Config
 from tests.bilibili import fixtures as fx
 from tests.bilibili.fake_server import BUVID, TOKEN, FakeBilibili
+from tests.running import Running
 
 FAST = Backoff(base_s=0.05, cap_s=0.2, jitter_s=0.0, stable_s=60)
-E = TypeVar("E")
 
 
 @pytest.fixture
 async def server() -> AsyncIterator[FakeBilibili]:
     async with FakeBilibili() as fake:
         yield fake
-
-
-class Running:
-    def __init__(self, client: BilibiliClient, events: asyncio.Queue[ChatEvent]) -> None:
-        self.client = client
-        self.events = events
-
-    async def next(self, kind: type[E], timeout: float = 5) -> E:
-        async with asyncio.timeout(timeout):
-            while True:
-                event = await self.events.get()
-                if isinstance(event, kind):
-                    return event
 
 
 @pytest.fixture
@@ -49,8 +36,9 @@ async def start(server: FakeBilibili) -> AsyncIterator[Any]:
         kwargs.setdefault("backoff", FAST)
         cfg = BilibiliConfig.model_validate(server.config(**(config or {})))
         client = BilibiliClient(cfg, events, **kwargs)
-        tasks.append(asyncio.create_task(client.run()))
-        return Running(client, events)
+        task = asyncio.create_task(client.run())
+        tasks.append(task)
+        return Running(client, events, task)
 
     yield _start
     for task in tasks:

@@ -4,7 +4,7 @@ import asyncio
 import re
 import time
 from collections.abc import AsyncIterator
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
@@ -15,34 +15,17 @@ from adapters.twitch.client import TwitchClient
 from bot import outcomes
 from bot.app import Bot
 from bot.config import Config, TwitchConfig
+from tests.running import Running
 from tests.twitch.fake_server import FakeTwitch
 
 PRIVMSG = "@id={id};user-id=42;display-name=Viewer :viewer!viewer@viewer PRIVMSG #chan :{text}"
 FAST = Backoff(base_s=0.05, cap_s=0.2, jitter_s=0.0, stable_s=60)
-
-E = TypeVar("E")
 
 
 @pytest.fixture
 async def server() -> AsyncIterator[FakeTwitch]:
     async with FakeTwitch() as fake:
         yield fake
-
-
-class Running:
-    def __init__(
-        self, client: TwitchClient, events: asyncio.Queue[ChatEvent], task: asyncio.Task[None]
-    ) -> None:
-        self.client = client
-        self.events = events
-        self.task = task
-
-    async def next(self, kind: type[E], timeout: float = 5) -> E:
-        async with asyncio.timeout(timeout):
-            while True:
-                event = await self.events.get()
-                if isinstance(event, kind):
-                    return event
 
 
 @pytest.fixture
