@@ -51,6 +51,9 @@ class Speaker:
         self._current: _Prepared | None = None
         self._next: _Prepared | None = None
         self._previous_user: tuple[Platform, str] | None = None
+        #: Cuts for items taken from the queue but not yet prepared (the look-ahead
+        #: pop is a task: a retraction can land between its pop and its preparation).
+        self._early_cuts: dict[tuple[Platform, str], tuple[str, str]] = {}
         control.on_cut(self._cut)
         control.on_change(self._follow_controls)
         self._follow_controls()
@@ -76,6 +79,11 @@ class Speaker:
     def _prepare(self, item: SpeakableItem) -> _Prepared:
         voice = item.voice if item.voice in self._engine.voices.names() else self._control.voice
         prepared = _Prepared(item, voice)
+        early = self._early_cuts.pop(item.key, None)
+        if early is not None:
+            prepared.ended = early
+            prepared.chunks.put_nowait(_END)
+            return prepared
         before = (
             self._previous_user if self._current is None else self._current.item.message.user_key
         )
@@ -171,6 +179,10 @@ class Speaker:
         targets = [self._current] if items is None else [self._current, self._next]
         keys = None if items is None else {i.key for i in items}
         cut = False
+        held = {p.item.key for p in targets if p is not None}
+        for key in (keys or set()) - held:
+            self._early_cuts[key] = (event, reason)
+            cut = True
         for p in targets:
             if p is None or p.ended is not None:
                 continue

@@ -1,0 +1,107 @@
+"""The speaker with the real tiny engine and the real player on the null sink."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from bot import outcomes
+from bot.app import Bot
+from bot.config import Config
+from bot.player import Player
+from bot.speaker import Speaker
+from engine.checkpoints import ModelFiles
+from engine.synth import Engine
+from tests.engine.tiny import TINY_ARCH, write_voice
+from tests.factories import chat
+
+
+@pytest.fixture
+async def rig(pulse_server: None, tiny_files: ModelFiles, tmp_path: Path) -> AsyncIterator[Any]:
+    voices = tmp_path / "voices"
+    write_voice(voices, "default")
+    config = Config.model_validate(
+        {
+            "engine": {"voices_dir": str(voices), "arch": TINY_ARCH.model_dump(), "nfe_steps": 4},
+            "commands": {"state_file": str(tmp_path / "state.json")},
+        }
+    )
+    bot = Bot(config)
+    engine = Engine(config.engine, bot.voices, tiny_files)
+    engine.start()
+    await engine.wait_ready()
+    player = Player(config.audio)
+    player_task = asyncio.create_task(player.run())
+    await player.opened.wait()
+    speaker = Speaker(bot.queue, engine, player, bot.control)
+    task = asyncio.create_task(speaker.run())
+    yield bot, speaker
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await player.close()
+    player_task.cancel()
+    engine.close()
+
+
+async def wait_for(logs: list[dict[str, Any]], event: str, msg_id: str) -> dict[str, Any]:
+    async with asyncio.timeout(30):
+        while True:
+            for e in logs:
+                if e["event"] == event and e.get("msg_id") == msg_id:
+                    return e
+            await asyncio.sleep(0.02)
+
+
+async def test_spoken_with_ttfa_and_one_end_each(rig: Any) -> None:
+    bot, _ = rig
+    with capture_logs() as logs:
+        a, b = chat("first message"), chat("second message")
+        bot.router.handle(a)
+        bot.router.handle(b)
+        first = await wait_for(logs, outcomes.SPOKEN, a.message_id)
+        await wait_for(logs, outcomes.SPOKEN, b.message_id)
+    assert first["ttfa_ms"] > 0 and first["audio_s"] > 0
+    ends = [e["msg_id"] for e in logs if e["event"] in outcomes.TERMINAL_EVENTS]
+    assert ends == [a.message_id, b.message_id]
+
+
+async def test_pause_holds_new_messages_until_resume(rig: Any) -> None:
+    bot, _ = rig
+    bot.control.pause()
+    with capture_logs() as logs:
+        m = chat("wait for it")
+        bot.router.handle(m)
+        await asyncio.sleep(1.0)
+        assert not [e for e in logs if e["event"] == outcomes.SPOKEN]
+        bot.control.resume()
+        await wait_for(logs, outcomes.SPOKEN, m.message_id)
+
+
+async def test_engine_failure_ends_the_item_as_skipped(rig: Any) -> None:
+    bot, _ = rig
+    bot.control.voice = "missing"
+    with capture_logs() as logs:
+        m = chat("this cannot be said")
+        bot.router.handle(m)
+        skipped = await wait_for(logs, outcomes.SKIPPED, m.message_id)
+    assert skipped["reason"] == "engine_error"
+    assert any(e["event"] == "engine.error" for e in logs)
+
+
+async def test_retraction_between_pop_and_preparation_is_honoured(rig: Any) -> None:
+    bot, speaker = rig
+    item = bot.policy.evaluate(chat("retracted in the gap"), bot.control.policy_state)
+    # The queue reports it in flight, the speaker does not hold it yet.
+    assert speaker._cut([item], outcomes.RETRACTED)
+    prepared = speaker._prepare(item)
+    assert prepared.ended == (outcomes.RETRACTED, "retracted")
+    with capture_logs() as logs:
+        await speaker._play(prepared)
+    assert [(e["event"], e["msg_id"]) for e in logs if e["event"] in outcomes.TERMINAL_EVENTS] == [
+        (outcomes.RETRACTED, item.message.message_id)
+    ]
