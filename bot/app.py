@@ -69,6 +69,19 @@ class Bot:
         return clients
 
 
+async def _start_web(config: Config, bot: Bot, speaker: Any, engine: Any) -> Any:
+    """The panel is a convenience: if it cannot start, the bot still speaks."""
+    if not config.web.enabled:
+        return None
+    from bot.web import create_app, serve
+
+    try:
+        return await serve(config.web, create_app(config.web, bot, speaker, engine))
+    except OSError as exc:
+        log.error("web.cannot_start", error=str(exc), port=config.web.port)
+        return None
+
+
 async def _guarded(name: str, run: Coroutine[Any, Any, None]) -> None:
     """One adapter failing must not take the others (or the bot) down."""
     try:
@@ -122,6 +135,7 @@ async def run_bot(config: Config) -> int:
     player = Player(config.audio)
     speaker = Speaker(bot.queue, engine, player, bot.control)
     enabled = list(bot.adapters())
+    panel = await _start_web(config, bot, speaker, engine)
     async with asyncio.TaskGroup() as tasks:
         player_task = tasks.create_task(player.run())
         await player.opened.wait()
@@ -145,6 +159,8 @@ async def run_bot(config: Config) -> int:
         await asyncio.gather(*running, return_exceptions=True)
         await player.close()
         player_task.cancel()
+    if panel is not None:
+        await panel.cleanup()
     engine.close()
     # Whatever was still waiting gets its end logged: nothing vanishes silently.
     dropped = bot.queue.remove_where(lambda _: True, outcomes.SKIPPED, "shutdown")

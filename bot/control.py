@@ -62,6 +62,7 @@ class Control:
         self._configured_mutes = {user_handle(n) for n in config.policy.muted_users}
         self._configured_nicks = {user_handle(k): v for k, v in config.policy.nicknames.items()}
         self.connections: dict[Platform, bool] = {}
+        self.disconnects: dict[Platform, int] = {}
         self._cut_handlers: list[CutHandler] = []
         self._listeners: list[Callable[[], None]] = []
         self._resumed = asyncio.Event()
@@ -203,6 +204,8 @@ class Control:
         return Reply(True, f"{handle} now speaks as {voice}")
 
     def set_connection(self, platform: Platform, connected: bool) -> None:
+        if not connected and self.connections.get(platform):
+            self.disconnects[platform] = self.disconnects.get(platform, 0) + 1
         self.connections[platform] = connected
 
     def status(self) -> Reply:

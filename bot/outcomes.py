@@ -6,7 +6,8 @@ operators count them.
 
 from __future__ import annotations
 
-from typing import Final
+from collections.abc import Callable
+from typing import Any, Final
 
 import structlog
 
@@ -23,8 +24,22 @@ TERMINAL_EVENTS: Final = frozenset({SPOKEN, SKIPPED, RETRACTED, EXPIRED, FILTERE
 
 _log = structlog.get_logger()
 
+#: Called with (event, message, fields) after each terminal event: metrics and
+#: the web panel's feed listen here rather than parse logs.
+Listener = Callable[[str, ChatMessage, dict[str, Any]], None]
+_listeners: list[Listener] = []
 
-def log_outcome(event: str, message: ChatMessage, **fields: object) -> None:
+
+def add_listener(listener: Listener) -> None:
+    _listeners.append(listener)
+
+
+def remove_listener(listener: Listener) -> None:
+    if listener in _listeners:
+        _listeners.remove(listener)
+
+
+def log_outcome(event: str, message: ChatMessage, **fields: Any) -> None:
     """Log a message's one terminal event, keyed by its id and platform."""
     _log.info(
         event,
@@ -33,3 +48,8 @@ def log_outcome(event: str, message: ChatMessage, **fields: object) -> None:
         user=message.user_name,
         **fields,
     )
+    for listener in list(_listeners):
+        try:
+            listener(event, message, fields)
+        except Exception:
+            _log.exception("outcomes.listener_error")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -35,6 +36,10 @@ class _Prepared:
     voice: str
     chunks: asyncio.Queue[object] = field(default_factory=asyncio.Queue)
     task: asyncio.Task[None] | None = None
+    synth_started: float = 0.0
+    synth_s: float | None = None
+    playing_since: float | None = None
+    audio_s: float = 0.0
     #: Set when cut: (terminal event, reason).
     ended: tuple[str, str] | None = None
     utt: int | None = None
@@ -72,6 +77,23 @@ class Speaker:
                 self._end(self._next, outcomes.SKIPPED, "shutdown")
                 self._next = None
 
+    @property
+    def now_playing(self) -> dict[str, object] | None:
+        """What is on air now, for the panel and the overlay."""
+        p = self._current
+        if p is None or p.ended is not None or p.playing_since is None:
+            return None
+        message = p.item.message
+        return {
+            "id": f"{message.platform.value}:{message.message_id}",
+            "platform": message.platform.value,
+            "user": message.user_name,
+            "text": p.item.text,
+            "voice": p.voice,
+            "elapsed_s": round(time.monotonic() - p.playing_since, 2),
+            "audio_s": round(p.audio_s, 2),
+        }
+
     def _follow_controls(self) -> None:
         self._player.set_paused(self._control.paused)
         self._player.set_volume(self._control.volume / 100)
@@ -93,9 +115,11 @@ class Speaker:
 
     async def _synthesise(self, prepared: _Prepared, text: str) -> None:
         stream = self._engine.stream(text, prepared.voice)
+        prepared.synth_started = time.monotonic()
         try:
             async for chunk in stream:
                 prepared.chunks.put_nowait(chunk)
+            prepared.synth_s = time.monotonic() - prepared.synth_started
         except Exception as exc:
             prepared.chunks.put_nowait(exc)
         finally:
@@ -119,8 +143,10 @@ class Speaker:
                 assert isinstance(chunk, np.ndarray)
                 await self._player.write(utt, chunk)
                 if not samples:
+                    prepared.playing_since = time.monotonic()
                     log.info("tts.playing", msg_id=item.message.message_id, voice=prepared.voice)
                 samples += len(chunk)
+                prepared.audio_s = samples / ENGINE_RATE
             self._player.finish(utt)
             done = asyncio.create_task(self._player.wait_done(utt))
             # Synthesis of this item is over: prepare the next while this one plays.
@@ -160,6 +186,7 @@ class Speaker:
                 voice=prepared.voice,
                 audio_s=round(samples / ENGINE_RATE, 3),
                 ttfa_ms=round(ttfa, 1) if ttfa is not None else None,
+                synth_s=round(prepared.synth_s, 3) if prepared.synth_s is not None else None,
             )
             self._queue.done(item)
             self._previous_user = item.message.user_key

@@ -77,6 +77,7 @@ class Engine:
         self.device, self.dtype = resolve_device(config)
         self.ready: Future[None] = Future()
         self.steps_run = 0  # sampling steps since start (tests watch cancellation with it)
+        self.errors = 0  # failed requests since start (a metric)
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
         self._thread = threading.Thread(target=self._main, name="ishowtts-engine", daemon=True)
         self._references: dict[str, _Reference] = {}
@@ -166,6 +167,7 @@ class Engine:
             log.info("engine.cancelled", voice=job.voice)
             emit(None)
         except Exception as exc:
+            self.errors += 1
             log.error("engine.error", voice=job.voice, text_len=len(job.text), error=str(exc))
             if isinstance(exc, torch.cuda.OutOfMemoryError):
                 torch.cuda.empty_cache()

@@ -1,0 +1,86 @@
+"""Prometheus metrics, collected from the parts that own the numbers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from adapters.events import ChatMessage
+from bot import outcomes
+from bot.control import Control
+from bot.queue import SpeechQueue
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class Metrics:
+    def __init__(self, queue: SpeechQueue, control: Control, engine: Any = None) -> None:
+        self.registry = CollectorRegistry()
+        self.messages = Counter(
+            "ishowtts_messages",
+            "Chat messages by terminal outcome and platform",
+            ["outcome", "platform"],
+            registry=self.registry,
+        )
+        self.ttfa = Histogram(
+            "ishowtts_ttfa_seconds",
+            "From a message's arrival to its first sample handed to the device",
+            buckets=(0.05, 0.1, 0.2, 0.3, 0.5, 1, 2, 5, 10, 30),
+            registry=self.registry,
+        )
+        self.rtf = Histogram(
+            "ishowtts_real_time_factor",
+            "Synthesis time divided by audio length",
+            buckets=(0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5),
+            registry=self.registry,
+        )
+        self.registry.register(_StateCollector(queue, control, engine))
+        outcomes.add_listener(self._outcome)
+
+    def close(self) -> None:
+        outcomes.remove_listener(self._outcome)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def _outcome(self, event: str, message: ChatMessage, fields: dict[str, Any]) -> None:
+        self.messages.labels(event.removeprefix("tts."), message.platform.value).inc()
+        if event == outcomes.SPOKEN:
+            if fields.get("ttfa_ms") is not None:
+                self.ttfa.observe(fields["ttfa_ms"] / 1000)
+            audio_s, synth_s = fields.get("audio_s") or 0, fields.get("synth_s")
+            if audio_s and synth_s is not None:
+                self.rtf.observe(synth_s / audio_s)
+
+
+class _StateCollector(Collector):
+    """Gauges read at scrape time from their owners, so they cannot drift."""
+
+    def __init__(self, queue: SpeechQueue, control: Control, engine: Any) -> None:
+        self._queue = queue
+        self._control = control
+        self._engine = engine
+
+    def collect(self) -> Iterator[Any]:
+        depth = GaugeMetricFamily("ishowtts_queue_depth", "Messages waiting to be read")
+        depth.add_metric([], len(self._queue))
+        yield depth
+        connected = GaugeMetricFamily(
+            "ishowtts_adapter_connected", "1 while a platform is connected", labels=["platform"]
+        )
+        reconnects = CounterMetricFamily(
+            "ishowtts_adapter_disconnects", "Connections lost, per platform", labels=["platform"]
+        )
+        for platform, up in self._control.connections.items():
+            connected.add_metric([platform.value], 1.0 if up else 0.0)
+        for platform, count in self._control.disconnects.items():
+            reconnects.add_metric([platform.value], count)
+        yield connected
+        yield reconnects
+        errors = CounterMetricFamily("ishowtts_engine_errors", "Synthesis requests that failed")
+        errors.add_metric([], getattr(self._engine, "errors", 0))
+        yield errors

@@ -1,0 +1,221 @@
+"""The HTTP API with aiohttp's test client: every endpoint, auth, every error code."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import soundfile as sf
+from aiohttp.test_utils import TestClient, TestServer
+from structlog.testing import capture_logs
+
+from adapters.events import Connected, Disconnected, Platform
+from bot import outcomes
+from bot.app import Bot
+from bot.config import Config, WebConfig
+from bot.web import MAX_BODY, create_app
+from engine.checkpoints import ModelFiles
+from engine.synth import Engine
+from tests.engine.tiny import TINY_ARCH, write_voice
+from tests.factories import chat
+
+TOKEN = "s3cret"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def make_bot(tmp_path: Path) -> Bot:
+    voices = tmp_path / "voices"
+    write_voice(voices, "default")
+    write_voice(voices, "mei", "这是参考音频。")
+    return Bot(
+        Config.model_validate(
+            {
+                "engine": {
+                    "voices_dir": str(voices),
+                    "arch": TINY_ARCH.model_dump(),
+                    "nfe_steps": 4,
+                },
+                "commands": {"state_file": str(tmp_path / "state.json")},
+            }
+        )
+    )
+
+
+@pytest.fixture
+async def client(tmp_path: Path) -> AsyncIterator[tuple[TestClient[Any, Any], Bot]]:
+    bot = make_bot(tmp_path)
+    app = create_app(WebConfig(token=TOKEN), bot)
+    async with TestClient(TestServer(app)) as c:
+        yield c, bot
+
+
+async def test_every_route_needs_the_token(client: Any) -> None:
+    c, _ = client
+    for method, path in [
+        ("GET", "/api/status"), ("GET", "/api/queue"), ("DELETE", "/api/queue/x"),
+        ("POST", "/api/skip"), ("POST", "/api/pause"), ("POST", "/api/resume"),
+        ("POST", "/api/clear"), ("POST", "/api/voice"), ("POST", "/api/mute"),
+        ("POST", "/api/volume"), ("POST", "/api/say"), ("POST", "/api/synthesize"),
+        ("GET", "/metrics"), ("GET", "/api/events"),
+    ]:  # fmt: skip
+        r = await c.request(method, path)
+        assert r.status == 401, path
+        assert (await r.json()) == {"error": "token required"}
+        wrong = await c.request(method, path, headers={"Authorization": "Bearer nope"})
+        assert wrong.status == 401
+    page = await c.get("/", allow_redirects=False)
+    assert page.status == 302 and page.headers["Location"] == "/login"
+
+
+async def test_login_form_sets_a_cookie_and_query_token_works(client: Any) -> None:
+    c, _ = client
+    bad = await c.post("/login", data={"token": "nope"}, allow_redirects=False)
+    assert bad.status == 401
+    ok = await c.post("/login", data={"token": TOKEN}, allow_redirects=False)
+    assert ok.status == 302
+    page = await c.get("/")
+    assert page.status == 200 and "iShowTTS panel" in await page.text()
+    overlay = await c.get(f"/overlay?token={TOKEN}")
+    assert overlay.status == 200 and "caption" in await overlay.text()
+
+
+async def test_status_queue_and_remove(client: Any) -> None:
+    c, bot = client
+    bot.router.handle(Connected(Platform.TWITCH, "chan"))
+    bot.router.handle(chat("first", message_id="q1", user_name="Ann"))
+    bot.router.handle(chat("second", message_id="q2"))
+    status = await (await c.get("/api/status", headers=AUTH)).json()
+    assert status["queue"] == 2
+    assert status["voice"] == "default" and status["voices"] == ["default", "mei"]
+    assert status["connections"] == {"twitch": True}
+    assert status["now_playing"] is None and status["paused"] is False
+    queue = await (await c.get("/api/queue", headers=AUTH)).json()
+    assert [q["id"] for q in queue] == ["twitch:q1", "twitch:q2"]
+    assert queue[0]["user"] == "Ann" and queue[0]["text"] == "first"
+    with capture_logs() as logs:
+        r = await c.delete("/api/queue/twitch:q1", headers=AUTH)
+    assert r.status == 200
+    assert (logs[0]["event"], logs[0]["reason"]) == (outcomes.SKIPPED, "removed")
+    missing = await c.delete("/api/queue/twitch:q1", headers=AUTH)
+    assert missing.status == 404
+
+
+async def test_actions_go_through_control(client: Any) -> None:
+    c, bot = client
+    assert (await (await c.post("/api/pause", headers=AUTH)).json())["ok"] is True
+    assert bot.control.paused
+    assert (await (await c.post("/api/resume", headers=AUTH)).json())["ok"] is True
+    assert (await (await c.post("/api/skip", headers=AUTH)).json()) == {
+        "ok": False,
+        "text": "nothing is playing",
+    }
+    bot.router.handle(chat("pending"))
+    cleared = await (await c.post("/api/clear", headers=AUTH)).json()
+    assert cleared["text"] == "cleared 1 pending message(s)"
+    r = await c.post("/api/voice", json={"voice": "mei"}, headers=AUTH)
+    assert r.status == 200 and bot.control.voice == "mei"
+    r = await c.post("/api/mute", json={"user": "Troll"}, headers=AUTH)
+    assert r.status == 200 and "troll" in bot.control.policy_state.muted
+    r = await c.post("/api/mute", json={"user": "Troll", "muted": False}, headers=AUTH)
+    assert r.status == 200 and "troll" not in bot.control.policy_state.muted
+    r = await c.post("/api/volume", json={"volume": 30}, headers=AUTH)
+    assert r.status == 200 and bot.control.volume == 30
+
+
+async def test_say_is_queued_at_broadcaster_priority_as_typed(client: Any) -> None:
+    c, bot = client
+    bot.router.handle(chat("viewer first"))
+    r = await c.post("/api/say", json={"text": "Be right back!", "voice": "mei"}, headers=AUTH)
+    assert r.status == 200
+    first = bot.queue.snapshot()[0]
+    assert first.message.platform is Platform.LOCAL
+    assert first.speech(None) == "Be right back!"
+    assert first.voice == "mei"
+    assert first.priority == bot.config.policy.priorities.privileged
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "error"),
+    [
+        ("/api/voice", b"{not json", 400, "body is not valid JSON"),
+        ("/api/voice", b"[1]", 400, "body must be a JSON object"),
+        ("/api/voice", b'{"voice": 5}', 400, "voice must be a string"),
+        ("/api/voice", b'{"voice": "nobody"}', 404, "unknown voice 'nobody'"),
+        ("/api/mute", b'{"muted": true}', 400, "expected"),
+        ("/api/volume", b'{"volume": 101}', 400, "volume must be"),
+        ("/api/volume", b'{"volume": "loud"}', 400, "volume must be"),
+        ("/api/say", b'{"text": ""}', 400, "text must be"),
+        ("/api/say", b'{"text": "hi", "voice": "../x"}', 404, "unknown voice"),
+        ("/api/synthesize", b'{"text": "hi"}', 503, "engine is not running"),
+    ],
+)
+async def test_errors(client: Any, path: str, body: bytes, status: int, error: str) -> None:
+    c, _ = client
+    r = await c.post(path, data=body, headers={**AUTH, "Content-Type": "application/json"})
+    assert r.status == status
+    data = await r.json()
+    assert error in data["error"]
+    if status == 404 and "voice" in error:
+        assert data["voices"] == ["default", "mei"]
+
+
+async def test_body_over_the_limit_is_413(client: Any) -> None:
+    c, _ = client
+    r = await c.post("/api/say", data=b"x" * (MAX_BODY + 1), headers=AUTH)
+    assert r.status == 413
+
+
+async def test_metrics(client: Any) -> None:
+    c, bot = client
+    bot.router.handle(Connected(Platform.TWITCH, "chan"))
+    bot.router.handle(Disconnected(Platform.TWITCH, "chan", "boom"))
+    bot.router.handle(chat("!uptime"))
+    bot.router.handle(chat("queued"))
+    text = await (await c.get("/metrics", headers=AUTH)).text()
+    assert "ishowtts_queue_depth 1.0" in text
+    assert 'ishowtts_messages_total{outcome="filtered",platform="twitch"} 1.0' in text
+    assert 'ishowtts_adapter_connected{platform="twitch"} 0.0' in text
+    assert 'ishowtts_adapter_disconnects_total{platform="twitch"} 1.0' in text
+    assert "ishowtts_ttfa_seconds_bucket" in text
+    assert "ishowtts_engine_errors_total 0.0" in text
+
+
+async def test_server_sent_events_carry_status_and_terminal_events(client: Any) -> None:
+    c, bot = client
+    bot.router.handle(chat("!uptime", message_id="f1"))
+    r = await c.get("/api/events", headers=AUTH)
+    assert r.headers["Content-Type"] == "text/event-stream"
+    line = await r.content.readline()
+    payload = __import__("json").loads(line.decode().removeprefix("data: "))
+    assert payload["status"]["queue"] == 0
+    assert [(e["event"], e["id"], e["reason"]) for e in payload["events"]] == [
+        ("tts.filtered", "twitch:f1", "command")
+    ]
+    r.close()
+
+
+async def test_no_token_on_loopback_means_open(tmp_path: Path) -> None:
+    app = create_app(WebConfig(), make_bot(tmp_path))
+    async with TestClient(TestServer(app)) as c:
+        assert (await c.get("/api/status")).status == 200
+
+
+async def test_synthesize_returns_a_wav(tmp_path: Path, tiny_files: ModelFiles) -> None:
+    bot = make_bot(tmp_path)
+    engine = Engine(bot.config.engine, bot.voices, tiny_files)
+    engine.start()
+    await engine.wait_ready()
+    try:
+        app = create_app(WebConfig(token=TOKEN), bot, engine=engine)
+        async with TestClient(TestServer(app)) as c:
+            r = await c.post(
+                "/api/synthesize", json={"text": "Hello there.", "voice": "mei"}, headers=AUTH
+            )
+            assert r.status == 200 and r.headers["Content-Type"] == "audio/wav"
+            audio, rate = sf.read(io.BytesIO(await r.read()))
+            assert rate == 24000 and len(audio) > 2400
+    finally:
+        engine.close()
