@@ -35,6 +35,8 @@ class BotProcess:
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
         self.proc = proc
         self.events: list[dict[str, Any]] = []
+        #: Lines that were not JSON log events (tracebacks from libraries, warnings).
+        self.other: list[str] = []
 
     @classmethod
     async def start(cls, config: Path) -> BotProcess:
@@ -57,6 +59,9 @@ class BotProcess:
                 assert self.proc.stderr is not None
                 line = await self.proc.stderr.readline()
                 assert line, f"bot exited before {event} {fields}; last: {self.events[-5:]}"
+                if not line.startswith(b"{"):
+                    self.other.append(line.decode(errors="replace").rstrip())
+                    continue
                 record = json.loads(line)
                 if record["event"] == event and all(record.get(k) == v for k, v in fields.items()):
                     return record
