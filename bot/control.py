@@ -126,6 +126,17 @@ class Control:
         gone = self._queue.remove_where(lambda _: True, outcomes.SKIPPED, "cleared")
         return Reply(True, f"cleared {len(gone)} pending message(s)")
 
+    def remove_pending(self, key: str) -> Reply:
+        """Drop one waiting message, by its "platform:id" key (the panel's ✕)."""
+        gone = self._queue.remove_where(
+            lambda i: f"{i.message.platform.value}:{i.message.message_id}" == key,
+            outcomes.SKIPPED,
+            "removed",
+        )
+        if not gone:
+            return Reply(False, f"no pending message {key!r}")
+        return Reply(True, f"removed {key}")
+
     def pause(self) -> Reply:
         if self.paused:
             return Reply(False, "already paused")

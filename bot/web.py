@@ -255,15 +255,10 @@ async def _queue(request: web.Request) -> web.Response:
 
 
 async def _remove(request: web.Request) -> web.Response:
-    key = request.match_info["id"]
-    gone = request.app[BOT_KEY].queue.remove_where(
-        lambda i: f"{i.message.platform.value}:{i.message.message_id}" == key,
-        outcomes.SKIPPED,
-        "removed",
-    )
-    if not gone:
-        return _bad(f"no pending message {key!r}", status=404)
-    return web.json_response({"ok": True, "removed": key})
+    reply = request.app[BOT_KEY].control.remove_pending(request.match_info["id"])
+    if not reply.ok:
+        return _bad(reply.text, status=404)
+    return _reply(reply)
 
 
 async def _events(request: web.Request) -> web.StreamResponse:
