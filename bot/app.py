@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import structlog
@@ -82,6 +82,16 @@ async def _start_web(config: Config, bot: Bot, speaker: Any, engine: Any) -> Any
         return None
 
 
+async def _restarting(name: str, run: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """A bug in the speaker loop is logged and the loop restarted, not fatal on air."""
+    while True:
+        try:
+            await run()
+        except Exception:
+            log.exception("bot.task_crashed", task=name)
+            await asyncio.sleep(1.0)
+
+
 async def _guarded(name: str, run: Coroutine[Any, Any, None]) -> None:
     """One adapter failing must not take the others (or the bot) down."""
     try:
@@ -126,7 +136,7 @@ async def run_bot(config: Config) -> int:
             return 0
         stopped.cancel()
         ready.result()
-    except CheckpointError as exc:
+    except Exception as exc:  # a bad checkpoint, or the GPU failing at warm-up
         log.error("bot.cannot_start", error=str(exc))
         print(f"start-up error: {exc}", file=sys.stderr)
         engine.close()
@@ -138,10 +148,15 @@ async def run_bot(config: Config) -> int:
     panel = await _start_web(config, bot, speaker, engine)
     async with asyncio.TaskGroup() as tasks:
         player_task = tasks.create_task(player.run())
-        await player.opened.wait()
+        # Going live needs a device; a stop meanwhile must still be honoured.
+        opened = asyncio.ensure_future(player.opened.wait())
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({opened, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        opened.cancel()
+        stopping.cancel()
         running = [
             tasks.create_task(bot.router.run(bot.events)),
-            tasks.create_task(speaker.run()),
+            tasks.create_task(_restarting("speaker", speaker.run)),
             *(tasks.create_task(_guarded(n, c.run())) for n, c in bot.adapters().items()),
         ]
         log.info(

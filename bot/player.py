@@ -110,12 +110,13 @@ class Player:
     async def run(self) -> None:
         """Keep the device open until `close`; reopen it when it fails."""
         self._loop = asyncio.get_running_loop()
-        device = find_output_device(self.config.output_device)
         attempt = 0
         while not self._closing:
             opened_at = None
             try:
-                self._open(device)
+                # Looked up on every try: a device that was unplugged may come back
+                # under another index.
+                self._open(find_output_device(self.config.output_device))
                 opened_at = time.monotonic()
                 self.opened.set()
                 # PortAudio reports a dead stream only through `active`: poll it.
