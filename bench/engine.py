@@ -1,0 +1,343 @@
+"""Engine speed, ours against stock f5-tts, side by side in one process.
+
+F5TTS_v1_Base shape with random weights (the cost does not depend on their
+values), published Vocos shape, fp16 on the GPU, NFE 8, a 7 s reference.
+For a short, a medium and a long chat line it prints JSON lines with cold,
+median and min time to first audio (request -> first chunk on the host) and
+total time, real-time factor, peak GPU memory, start-up time, the ratio
+ours/stock, and the floor: FLOPs of one guided denoising step at that length
+divided by this GPU's measured dense fp16 matmul rate, times the steps.
+
+Results are stored as JSON; each run is compared with the previous one and
+any figure more than 20 % worse is flagged.
+
+Run on the GPU:  python -m bench.engine --out bench/results [--runs 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bot.config import ArchConfig, EngineConfig
+from engine import chunking, sampler
+from engine.checkpoints import HOP_LENGTH, SAMPLE_RATE, ModelFiles, load_f5
+from engine.synth import Engine
+from engine.voices import VoiceLibrary
+from tests.engine.tiny import PUBLISHED_VOCOS_CONFIG, TINY_ARCH, write_f5, write_vocos, write_voice
+
+NFE = 8
+REFERENCE_S = 7.0
+REFERENCE_TEXT = (
+    "Hello everyone and welcome back to the stream, today we are going to try something new."
+)
+LINES = {
+    "short": "Thanks for the follow, welcome in!",
+    "medium": (
+        "That was an amazing play, I honestly did not expect the comeback in the last round, "
+        "well done everyone."
+    ),
+    "long": (
+        "Okay chat, quick update. We are taking a short break in five minutes, so grab some "
+        "water and stretch a little. When we come back we will try the hardest map again, "
+        "and this time I promise I will not fall off the bridge. Thanks for all the support "
+        "today, it really means a lot to me and to the whole team."
+    ),
+}
+#: A figure this much worse than the previous run is flagged.
+REGRESSION = 0.20
+
+
+def emit(record: dict[str, Any], sink: list[dict[str, Any]]) -> None:
+    sink.append(record)
+    print(json.dumps(record), flush=True)
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def summarise(runs: list[dict[str, float]]) -> dict[str, float]:
+    cold, warm = runs[0], runs[1:]
+    return {
+        "cold_ttfa_ms": cold["ttfa_ms"],
+        "ttfa_ms_median": round(statistics.median(r["ttfa_ms"] for r in warm), 2),
+        "ttfa_ms_min": round(min(r["ttfa_ms"] for r in warm), 2),
+        "total_ms_median": round(statistics.median(r["total_ms"] for r in warm), 2),
+        "total_ms_min": round(min(r["total_ms"] for r in warm), 2),
+        "audio_s": warm[-1]["audio_s"],
+        "rtf": round(
+            statistics.median(r["total_ms"] for r in warm) / 1000 / warm[-1]["audio_s"], 5
+        ),
+    }
+
+
+# stock ---------------------------------------------------------------------------
+def load_stock(files: ModelFiles, arch: ArchConfig, device: str) -> tuple[Any, Any]:
+    from f5_tts.infer.utils_infer import load_model, load_vocoder
+    from f5_tts.model.backbones.dit import DiT
+
+    cfg = {
+        "dim": arch.dim, "depth": arch.depth, "heads": arch.heads, "ff_mult": arch.ff_mult,
+        "text_dim": arch.text_dim, "conv_layers": arch.conv_layers,
+    }  # fmt: skip
+    model = load_model(DiT, cfg, str(files.model), vocab_file=str(files.vocab), device=device)
+    vocoder = load_vocoder(
+        "vocos", is_local=True, local_path=str(files.vocoder_config.parent), device=device
+    )
+    return model, vocoder
+
+
+def run_stock(
+    model: Any, vocoder: Any, ref: tuple[torch.Tensor, int], text: str, device: str
+) -> dict[str, float]:
+    from f5_tts.infer.utils_infer import chunk_text, infer_batch_process
+
+    audio, sr = ref
+    ref_s = audio.shape[-1] / sr
+    max_chars = int(len(REFERENCE_TEXT.encode()) / ref_s * (22 - ref_s))
+    batches = chunk_text(text, max_chars=max_chars)
+    sync()
+    started = time.perf_counter()
+    first = None
+    samples = 0
+    for chunk, _ in infer_batch_process(
+        ref, REFERENCE_TEXT, batches, model, vocoder, progress=None, nfe_step=NFE,
+        cfg_strength=2.0, sway_sampling_coef=-1.0, device=device, streaming=True,
+        chunk_size=1 << 30,
+    ):  # fmt: skip
+        if first is None:
+            first = time.perf_counter() - started
+        samples += len(chunk)
+    total = time.perf_counter() - started
+    return {"ttfa_ms": round((first or total) * 1000, 2), "total_ms": round(total * 1000, 2),
+            "audio_s": round(samples / SAMPLE_RATE, 3)}  # fmt: skip
+
+
+# ours ------------------------------------------------------------------------------
+async def run_ours(engine: Engine, text: str) -> dict[str, float]:
+    started = time.perf_counter()
+    first = None
+    samples = 0
+    async for chunk in engine.stream(text, "ref", seed=0):
+        if first is None:
+            first = time.perf_counter() - started
+        samples += len(chunk)
+    total = time.perf_counter() - started
+    return {"ttfa_ms": round((first or total) * 1000, 2), "total_ms": round(total * 1000, 2),
+            "audio_s": round(samples / SAMPLE_RATE, 3)}  # fmt: skip
+
+
+# floor -------------------------------------------------------------------------------
+def matmul_tflops(device: str) -> float:
+    n = 8192
+    a = torch.randn(n, n, device=device, dtype=torch.float16)
+    b = torch.randn(n, n, device=device, dtype=torch.float16)
+    for _ in range(3):
+        a @ b
+    sync()
+    reps = 20
+    started = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    sync()
+    return 2 * n**3 * reps / (time.perf_counter() - started) / 1e12
+
+
+def step_flops(model: Any, frames: int, text_len: int, device: str) -> float:
+    """FLOPs of one guided denoising step (the batch-2 forward) at `frames` mel frames."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.randn(1, frames, 100, device=device, dtype=torch.float16)
+    text = torch.randint(0, 100, (1, text_len), device=device)
+    t = torch.tensor(0.5, device=device, dtype=torch.float16)
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model.transformer(x=x, cond=x, text=text, time=t,
+                          mask=None, cfg_infer=True, cache=False)  # fmt: skip
+    return float(counter.get_total_flops())
+
+
+def time_step(model: Any, frames: int, text_len: int, device: str, reps: int = 20) -> float:
+    x = torch.randn(1, frames, 100, device=device, dtype=torch.float16)
+    text = torch.randint(0, 100, (1, text_len), device=device)
+    t = torch.tensor(0.5, device=device, dtype=torch.float16)
+    with torch.inference_mode():
+        for _ in range(3):
+            model.transformer(
+                x=x, cond=x, text=text, time=t, mask=None, cfg_infer=True, cache=False
+            )
+        sync()
+        started = time.perf_counter()
+        for _ in range(reps):
+            model.transformer(
+                x=x, cond=x, text=text, time=t, mask=None, cfg_infer=True, cache=False
+            )
+        sync()
+    return (time.perf_counter() - started) / reps * 1000
+
+
+# regression check -------------------------------------------------------------------------
+LOWER_IS_BETTER = (
+    "ttfa_ms_median",
+    "ttfa_ms_min",
+    "total_ms_median",
+    "rtf",
+    "peak_gb",
+    "startup_s",
+)
+
+
+def compare(previous: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    flags = []
+    for key, record in current.items():
+        old = previous.get(key)
+        if not isinstance(record, dict) or not isinstance(old, dict):
+            continue
+        for field in LOWER_IS_BETTER:
+            a, b = old.get(field), record.get(field)
+            if (
+                isinstance(a, int | float)
+                and isinstance(b, int | float)
+                and a > 0
+                and b > a * (1 + REGRESSION)
+            ):
+                flags.append(f"{key}.{field}: {a} -> {b} (+{(b / a - 1) * 100:.0f} %)")
+    return flags
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    records: list[dict[str, Any]] = []
+    summary: dict[str, Any] = {}
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    root = Path(tempfile.mkdtemp(prefix="bench-"))
+    # --tiny: a CPU check of the script itself; its figures mean nothing.
+    arch = TINY_ARCH if args.tiny else ArchConfig()
+    model_path, vocab = write_f5(root / "f5", arch)
+    vocos_dir = write_vocos(
+        root / "vocos", config_doc=None if args.tiny else PUBLISHED_VOCOS_CONFIG
+    )
+    write_voice(root / "voices", "ref", REFERENCE_TEXT, seconds=REFERENCE_S)
+    files = ModelFiles(
+        model_path, vocab, vocos_dir / "config.yaml", vocos_dir / "pytorch_model.bin"
+    )
+    gpu = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+    emit(
+        {"event": "setup", "device": device, "gpu": gpu, "torch": torch.__version__, "nfe": NFE},
+        records,
+    )
+
+    # Stock, as a user of the package gets it (eager fp16).
+    started = time.perf_counter()
+    stock_model, stock_vocoder = load_stock(files, arch, device)
+    import soundfile as sf
+
+    wav, sr = sf.read(str(root / "voices" / "ref.wav"), dtype="float32")
+    ref = (torch.from_numpy(wav)[None], sr)
+    stock_start = time.perf_counter() - started
+    for name, text in LINES.items():
+        runs = [
+            run_stock(stock_model, stock_vocoder, ref, text, device) for _ in range(args.runs + 1)
+        ]
+        summary[f"stock.{name}"] = {**summarise(runs), "startup_s": round(stock_start, 1)}
+        emit(
+            {"event": "result", "path": "stock", "line": name, **summary[f"stock.{name}"]}, records
+        )
+
+    # Floor and per-step cost at the medium line's length.
+    ref_frames = int(REFERENCE_S * SAMPLE_RATE) // HOP_LENGTH
+    frames = chunking.duration_frames(ref_frames, REFERENCE_TEXT + " ", LINES["medium"])
+    text_len = sampler.text_ids(
+        REFERENCE_TEXT + " " + LINES["medium"], stock_model.vocab_char_map, torch.device(device)
+    ).shape[1]
+    if device == "cuda":
+        rate = matmul_tflops(device)
+        flops = step_flops(stock_model, frames, text_len, device)
+        step_ms = time_step(stock_model, frames, text_len, device)
+        summary["floor"] = {
+            "frames": frames,
+            "step_tflop": round(flops / 1e12, 3),
+            "matmul_tflops": round(rate, 1),
+            "floor_step_ms": round(flops / (rate * 1e12) * 1000, 3),
+            "floor_request_ms": round(flops / (rate * 1e12) * 1000 * NFE, 2),
+            "stock_step_ms": round(step_ms, 2),
+            "stock_step_tflops": round(flops / step_ms / 1e9, 1),
+        }
+        emit({"event": "floor", **summary["floor"]}, records)
+    del stock_model, stock_vocoder
+    if device == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+    # Ours, as the bot uses it.
+    for compile_ in [False, True] if device == "cuda" else [False]:
+        label = "ours_compiled" if compile_ else "ours_eager"
+        config = EngineConfig(nfe_steps=NFE, compile=compile_, arch=arch)
+        engine = Engine(config, VoiceLibrary(root / "voices"), files)
+        started = time.perf_counter()
+        engine.start()
+        await engine.wait_ready()
+        startup = time.perf_counter() - started
+        for name, text in LINES.items():
+            runs = [await run_ours(engine, text) for _ in range(args.runs + 1)]
+            peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else 0.0
+            record = {**summarise(runs), "startup_s": round(startup, 1), "peak_gb": round(peak, 2)}
+            stock = summary[f"stock.{name}"]
+            record["speedup_ttfa_vs_stock"] = round(
+                stock["ttfa_ms_median"] / record["ttfa_ms_median"], 2
+            )
+            record["speedup_total_vs_stock"] = round(
+                stock["total_ms_median"] / record["total_ms_median"], 2
+            )
+            summary[f"{label}.{name}"] = record
+            emit({"event": "result", "path": label, "line": name, **record}, records)
+        engine.close()
+        if device == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+
+    # Same weights, same noise: ours equals stock's sampler (checked on this device).
+    model = load_f5(files, arch, device, torch.float16 if device == "cuda" else torch.float32)
+    cond = model.mel_spec(ref[0].to(device)).permute(0, 2, 1).to(next(model.parameters()).dtype)
+    ids = sampler.text_ids(
+        REFERENCE_TEXT + " " + LINES["short"], model.vocab_char_map, torch.device(device)
+    )
+    ours = sampler.sample(
+        model, cond, ids, cond.shape[1] + 100, seed=1, steps=NFE, cfg_strength=2.0, sway=-1.0
+    )
+    theirs, _ = model.sample(
+        cond=cond, text=ids, duration=cond.shape[1] + 100, steps=NFE, cfg_strength=2.0,
+        sway_sampling_coef=-1.0, seed=1,
+    )  # fmt: skip
+    diff = float((ours.float() - theirs.float()).abs().max())
+    summary["equivalence"] = {"max_abs_diff": diff, "ok": bool(np.isfinite(diff) and diff < 5e-2)}
+    emit({"event": "equivalence", **summary["equivalence"]}, records)
+    return summary
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", default="bench/results")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--tiny", action="store_true", help="tiny model: checks the script on CPU")
+    args = parser.parse_args()
+    result = asyncio.run(main(args))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    latest = out / "engine-latest.json"
+    if latest.exists():
+        flags = compare(json.loads(latest.read_text()), result)
+        print(
+            json.dumps({"event": "regression_check", "flags": flags, "ok": not flags}), flush=True
+        )
+        latest.replace(out / "engine-previous.json")
+    latest.write_text(json.dumps(result, indent=1))
