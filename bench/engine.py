@@ -79,6 +79,8 @@ def summarise(runs: list[dict[str, float]]) -> dict[str, float]:
         "rtf": round(
             statistics.median(r["total_ms"] for r in warm) / 1000 / warm[-1]["audio_s"], 5
         ),
+        # Graphs compiled during measured calls: above 0 means a recompile on air.
+        "new_graphs": sum(r.get("new_graphs", 0) for r in runs),
     }
 
 
@@ -125,7 +127,15 @@ def run_stock(
 
 
 # ours ------------------------------------------------------------------------------
+def graphs() -> int:
+    """Graphs torch.compile has built so far: a rise after warm-up is a recompile on air."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
 async def run_ours(engine: Engine, text: str) -> dict[str, float]:
+    before = graphs()
     started = time.perf_counter()
     first = None
     samples = 0
@@ -134,8 +144,12 @@ async def run_ours(engine: Engine, text: str) -> dict[str, float]:
             first = time.perf_counter() - started
         samples += len(chunk)
     total = time.perf_counter() - started
-    return {"ttfa_ms": round((first or total) * 1000, 2), "total_ms": round(total * 1000, 2),
-            "audio_s": round(samples / SAMPLE_RATE, 3)}  # fmt: skip
+    return {
+        "ttfa_ms": round((first or total) * 1000, 2),
+        "total_ms": round(total * 1000, 2),
+        "audio_s": round(samples / SAMPLE_RATE, 3),
+        "new_graphs": graphs() - before,
+    }
 
 
 # floor -------------------------------------------------------------------------------
