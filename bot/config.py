@@ -76,6 +76,13 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _address(value: str, scheme: str, described: str) -> str:
+    """A URL of `scheme` or its TLS twin (`scheme` + "s"), with a host."""
+    if not re.fullmatch(rf"{scheme}s?://[^\s/]+(/\S*)?", value):
+        raise ValueError(f"must be {described} address, got {value!r}")
+    return value
+
+
 class TwitchConfig(_Section):
     enabled: bool = False
     channels: list[str] = Field(default_factory=list)
@@ -97,9 +104,7 @@ class TwitchConfig(_Section):
     @field_validator("url")
     @classmethod
     def _websocket_url(cls, value: str) -> str:
-        if not re.fullmatch(r"wss?://[^\s/]+(/\S*)?", value):
-            raise ValueError(f"must be a ws:// or wss:// address, got {value!r}")
-        return value
+        return _address(value, "ws", "a ws:// or wss://")
 
     @model_validator(mode="after")
     def _consistent(self) -> TwitchConfig:
@@ -123,9 +128,7 @@ class BilibiliConfig(_Section):
     @field_validator("home_url", "api_url", "live_api_url")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", value):
-            raise ValueError(f"must be an http:// or https:// address, got {value!r}")
-        return value
+        return _address(value, "http", "an http:// or https://")
 
     @model_validator(mode="after")
     def _consistent(self) -> BilibiliConfig:
