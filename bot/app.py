@@ -16,6 +16,7 @@ from adapters.twitch.client import TwitchClient
 from bot import outcomes
 from bot.config import Config
 from bot.control import Control, Reply
+from bot.lag import LagProbe
 from bot.policy import SpeechPolicy
 from bot.queue import SpeechQueue
 from bot.router import Router
@@ -36,6 +37,7 @@ class Bot:
         self.config = config
         self.events: asyncio.Queue[ChatEvent] = asyncio.Queue(maxsize=EVENT_QUEUE_SIZE)
         self.queue = SpeechQueue(config.queue)
+        self.lag = LagProbe()
         self.voices = VoiceLibrary(config.engine.voices_dir)
         self.control = Control(config, self.queue, self.voices.names)
         own = [config.platforms.twitch.nick] if config.platforms.twitch.nick else []
@@ -155,6 +157,7 @@ async def run_bot(config: Config) -> int:
         opened.cancel()
         stopping.cancel()
         running = [
+            tasks.create_task(bot.lag.run()),
             tasks.create_task(bot.router.run(bot.events)),
             tasks.create_task(_restarting("speaker", speaker.run)),
             *(tasks.create_task(_guarded(n, c.run())) for n, c in bot.adapters().items()),

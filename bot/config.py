@@ -293,6 +293,11 @@ class EngineConfig(_Section):
     cross_fade_ms: float = Field(50.0, ge=0, le=500)
     voices_dir: Path = Path("voices")
     default_voice: str = "default"
+    #: A synthesis with no sampling progress for this long is abandoned (its
+    #: message skipped) and a fresh inference thread serves the rest.
+    stall_timeout_s: float = Field(30.0, ge=0.5, le=3600)
+    #: Test-only: see engine/faults.py. null in real use.
+    fault_file: Path | None = None
     arch: ArchConfig = ArchConfig()
 
     @field_validator("device")

@@ -12,13 +12,20 @@ from prometheus_client.registry import Collector
 from adapters.events import ChatMessage
 from bot import outcomes
 from bot.control import Control
+from bot.lag import LagProbe
 from bot.queue import SpeechQueue
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class Metrics:
-    def __init__(self, queue: SpeechQueue, control: Control, engine: Any = None) -> None:
+    def __init__(
+        self,
+        queue: SpeechQueue,
+        control: Control,
+        engine: Any = None,
+        lag: LagProbe | None = None,
+    ) -> None:
         self.registry = CollectorRegistry()
         self.messages = Counter(
             "ishowtts_messages",
@@ -38,7 +45,7 @@ class Metrics:
             buckets=(0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5),
             registry=self.registry,
         )
-        self.registry.register(_StateCollector(queue, control, engine))
+        self.registry.register(_StateCollector(queue, control, engine, lag))
         outcomes.add_listener(self._outcome)
 
     def close(self) -> None:
@@ -60,10 +67,13 @@ class Metrics:
 class _StateCollector(Collector):
     """Gauges read at scrape time from their owners, so they cannot drift."""
 
-    def __init__(self, queue: SpeechQueue, control: Control, engine: Any) -> None:
+    def __init__(
+        self, queue: SpeechQueue, control: Control, engine: Any, lag: LagProbe | None
+    ) -> None:
         self._queue = queue
         self._control = control
         self._engine = engine
+        self._lag = lag
 
     def collect(self) -> Iterator[Any]:
         depth = GaugeMetricFamily("ishowtts_queue_depth", "Messages waiting to be read")
@@ -84,3 +94,18 @@ class _StateCollector(Collector):
         errors = CounterMetricFamily("ishowtts_engine_errors", "Synthesis requests that failed")
         errors.add_metric([], getattr(self._engine, "errors", 0))
         yield errors
+        stalls = CounterMetricFamily(
+            "ishowtts_engine_stalls", "Syntheses abandoned for making no progress"
+        )
+        stalls.add_metric([], getattr(self._engine, "stalls", 0))
+        yield stalls
+        if self._lag is not None:
+            lag = GaugeMetricFamily(
+                "ishowtts_loop_lag_seconds",
+                "Event-loop wake-up lateness since start, by quantile",
+                labels=["quantile"],
+            )
+            for q in (50, 99, 100):
+                value = self._lag.total.percentile(q) if q < 100 else self._lag.total.max_ms
+                lag.add_metric([str(q / 100)], value / 1000)
+            yield lag

@@ -23,7 +23,7 @@ from bot.control import Control
 from bot.player import ENGINE_RATE, Player
 from bot.policy import SpeakableItem
 from bot.queue import SpeechQueue
-from engine.synth import Engine
+from engine.synth import Engine, SynthesisStalled
 
 log = structlog.get_logger()
 
@@ -138,7 +138,11 @@ class Speaker:
                 if chunk is _END:
                     break
                 if isinstance(chunk, Exception):
-                    prepared.ended = (outcomes.SKIPPED, "engine_error")
+                    stalled = isinstance(chunk, SynthesisStalled)
+                    prepared.ended = (
+                        outcomes.SKIPPED,
+                        "engine_stalled" if stalled else "engine_error",
+                    )
                     break
                 assert isinstance(chunk, np.ndarray)
                 await self._player.write(utt, chunk)

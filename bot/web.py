@@ -83,7 +83,7 @@ def create_app(
     app[BOT_KEY] = bot
     app[SPEAKER_KEY] = speaker
     app[ENGINE_KEY] = engine
-    app[METRICS_KEY] = Metrics(bot.queue, bot.control, engine)
+    app[METRICS_KEY] = Metrics(bot.queue, bot.control, engine, bot.lag)
     app[FEED_KEY] = Feed()
 
     async def cleanup(app: web.Application) -> None:

@@ -4,11 +4,19 @@ All torch work happens on one dedicated thread. The asyncio side calls
 `engine.stream(text, voice)` and iterates; leaving the iteration early (a
 skip) stops the work at the next sampling step. A failed request logs
 `engine.error` and raises `SynthesisError` to its caller; the engine stays up.
+
+A watchdog thread guards against a synthesis that never returns (a wedged
+driver, a pathological input): after `engine.stall_timeout_s` without a
+sampling step it logs `engine.stalled`, fails that request with
+`SynthesisStalled`, and hands the job queue to a fresh inference thread. The
+stuck thread is left to finish on its own (Python cannot kill a thread); its
+output is discarded.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import threading
 import time
@@ -22,7 +30,7 @@ import structlog
 import torch
 
 from bot.config import EngineConfig
-from engine import chunking, sampler
+from engine import chunking, faults, sampler
 from engine.checkpoints import HOP_LENGTH, SAMPLE_RATE, ModelFiles, load_f5, load_vocos, read_vocab
 from engine.voices import TARGET_RMS, Voice, VoiceLibrary, VoiceSettings
 
@@ -36,8 +44,17 @@ WARMUP = (
 )
 
 
+#: Stuck inference threads tolerated before requests fail at once instead of
+#: each waiting out its own stall (the engine needs a restart by then).
+MAX_STUCK_THREADS = 3
+
+
 class SynthesisError(Exception):
     """One request failed (bad voice, bad text, out of memory…); the engine is fine."""
+
+
+class SynthesisStalled(SynthesisError):
+    """The request made no progress within `engine.stall_timeout_s` and was abandoned."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,10 +68,14 @@ class _Reference:
 class _Job:
     text: str
     voice: str
-    loop: asyncio.AbstractEventLoop
-    out: asyncio.Queue[np.ndarray | BaseException | None]
+    loop: asyncio.AbstractEventLoop | None  # None: an internal job nobody awaits
+    out: asyncio.Queue[np.ndarray | BaseException | None] | None
     cancel: threading.Event = field(default_factory=threading.Event)
     seed: int | None = None
+    #: Monotonic time of the last sampling step; None until a thread takes the job.
+    progress_at: float | None = None
+    #: Set by the watchdog: whatever the stuck thread still produces is dropped.
+    abandoned: bool = False
 
 
 def resolve_device(config: EngineConfig) -> tuple[str, torch.dtype]:
@@ -78,8 +99,15 @@ class Engine:
         self.ready: Future[None] = Future()
         self.steps_run = 0  # sampling steps since start (tests watch cancellation with it)
         self.errors = 0  # failed requests since start (a metric)
+        self.stalls = 0  # requests abandoned by the watchdog (a metric)
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
         self._thread = threading.Thread(target=self._main, name="ishowtts-engine", daemon=True)
+        #: The thread serving jobs now; the watchdog replaces it when it sticks.
+        self._worker = self._thread
+        self._job: _Job | None = None  # the current worker's job
+        self._stuck: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
         self._references: dict[str, _Reference] = {}
         self._model: Any = None
         self._vocoder: Any = None
@@ -97,13 +125,16 @@ class Engine:
         self, text: str, voice: str, seed: int | None = None
     ) -> AsyncGenerator[np.ndarray, None]:
         """Audio for `text` in `voice`, one chunk per sentence as each is ready."""
-        job = _Job(text, voice, asyncio.get_running_loop(), asyncio.Queue(), seed=seed)
+        out: asyncio.Queue[np.ndarray | BaseException | None] = asyncio.Queue()
+        job = _Job(text, voice, asyncio.get_running_loop(), out, seed=seed)
         self._jobs.put(job)
         try:
             while True:
-                item = await job.out.get()
+                item = await out.get()
                 if item is None:
                     return
+                if isinstance(item, SynthesisError):
+                    raise item
                 if isinstance(item, BaseException):
                     raise SynthesisError(str(item)) from item
                 yield item
@@ -111,9 +142,11 @@ class Engine:
             job.cancel.set()
 
     def close(self) -> None:
+        self._closing.set()
         self._jobs.put(None)
-        if self._thread.is_alive():
-            self._thread.join(timeout=30)
+        worker = self._worker
+        if worker.is_alive() and worker is not threading.current_thread():
+            worker.join(timeout=30)
 
     # inference thread ---------------------------------------------------------
     def _main(self) -> None:
@@ -138,11 +171,72 @@ class Engine:
         except BaseException as exc:
             self.ready.set_exception(exc)
             return
+        threading.Thread(target=self._watch, name="ishowtts-engine-watchdog", daemon=True).start()
+        self._serve()
+
+    def _serve(self) -> None:
+        """Take jobs until closed, or until the watchdog hands the queue to another thread."""
+        me = threading.current_thread()
         while True:
+            with self._lock:
+                if self._worker is not me:
+                    return
             job = self._jobs.get()
             if job is None:
                 return
-            self._run(job)
+            with self._lock:
+                job.progress_at = time.monotonic()
+                self._job = job
+                stuck = sum(t.is_alive() for t in self._stuck)
+            if stuck >= MAX_STUCK_THREADS:
+                self.errors += 1
+                log.error("engine.error", voice=job.voice, text_len=len(job.text), error="stuck")
+                self._emit(job, SynthesisError(f"the engine is stuck ({stuck} syntheses hung)"))
+            else:
+                self._run(job)
+            with self._lock:
+                if self._job is job:
+                    self._job = None
+
+    def _watch(self) -> None:
+        limit = self.config.stall_timeout_s
+        while not self._closing.wait(min(1.0, limit / 4)):
+            with self._lock:
+                job = self._job
+                if job is None or job.progress_at is None:
+                    continue
+                idle = time.monotonic() - job.progress_at
+                if idle >= limit:
+                    self._abandon(job, idle)
+
+    def _abandon(self, job: _Job, idle: float) -> None:
+        """Fail the stuck request and start a fresh thread on the queue (lock held)."""
+        job.abandoned = True
+        job.cancel.set()
+        self.errors += 1
+        self.stalls += 1
+        self._stuck = [t for t in self._stuck if t.is_alive()]
+        self._stuck.append(self._worker)
+        log.error(
+            "engine.stalled",
+            voice=job.voice,
+            text_len=len(job.text),
+            stalled_s=round(idle, 1),
+            stuck_threads=len(self._stuck),
+        )
+        _deliver(job, SynthesisStalled(f"no progress for {idle:.0f} s; request abandoned"))
+        self._job = None
+        self._worker = threading.Thread(
+            target=self._serve, name=f"ishowtts-engine-{self.stalls}", daemon=True
+        )
+        self._worker.start()
+
+    def _emit(self, job: _Job, item: np.ndarray | BaseException | None) -> None:
+        with self._lock:
+            if job.abandoned:
+                return
+            job.progress_at = time.monotonic()
+            _deliver(job, item)
 
     def _warm_up(self) -> None:
         """One synthesis before going live, so no first-request cost lands on air."""
@@ -150,32 +244,30 @@ class Engine:
         for seconds, text in WARMUP:
             audio = (rng.standard_normal(int(SAMPLE_RATE * seconds)) * 0.05).astype(np.float32)
             voice = Voice("warmup", audio, "This is a test.", 0.05, VoiceSettings(), "warmup")
-            for _ in self._synthesize(text, voice, threading.Event(), seed=0):
+            for _ in self._synthesize(text, voice, _Job(text, "warmup", None, None, seed=0)):
                 pass
             self._references.pop("warmup", None)
 
     def _run(self, job: _Job) -> None:
-        def emit(item: np.ndarray | BaseException | None) -> None:
-            job.loop.call_soon_threadsafe(job.out.put_nowait, item)
-
         try:
+            faults.apply_fault(self.config.fault_file)
             voice = self.voices.get(job.voice)
-            for chunk in self._synthesize(job.text, voice, job.cancel, job.seed):
-                emit(chunk)
-            emit(None)
+            for chunk in self._synthesize(job.text, voice, job):
+                self._emit(job, chunk)
+            self._emit(job, None)
         except sampler.Cancelled:
             log.info("engine.cancelled", voice=job.voice)
-            emit(None)
+            self._emit(job, None)
         except Exception as exc:
+            if job.abandoned:  # already failed and counted by the watchdog
+                return
             self.errors += 1
             log.error("engine.error", voice=job.voice, text_len=len(job.text), error=str(exc))
             if isinstance(exc, torch.cuda.OutOfMemoryError):
                 torch.cuda.empty_cache()
-            emit(exc)
+            self._emit(job, exc)
 
-    def _synthesize(
-        self, text: str, voice: Voice, cancel: threading.Event, seed: int | None
-    ) -> Any:
+    def _synthesize(self, text: str, voice: Voice, job: _Job) -> Any:
         ref = self._reference(voice)
         speed = voice.settings.speed
         steps = voice.settings.nfe_steps or self.config.nfe_steps
@@ -185,9 +277,9 @@ class Engine:
         fade = int(self.config.cross_fade_ms / 1000 * SAMPLE_RATE)
         tail: np.ndarray | None = None
         for index, piece in enumerate(pieces):
-            if cancel.is_set():
+            if job.cancel.is_set():
                 raise sampler.Cancelled
-            wave = self._chunk(ref, piece, voice, steps, cancel, seed)
+            wave = self._chunk(ref, piece, voice, steps, job)
             last = index == len(pieces) - 1
             wave, tail = _cross_fade(tail, wave, fade, keep_tail=not last)
             if len(wave):
@@ -199,22 +291,22 @@ class Engine:
         piece: str,
         voice: Voice,
         steps: int,
-        cancel: threading.Event,
-        seed: int | None,
+        job: _Job,
     ) -> np.ndarray:
         ids = sampler.text_ids(ref.text + piece, self._vocab, torch.device(self.device))
         frames = chunking.duration_frames(ref.frames, ref.text, piece, voice.settings.speed)
 
         def stop() -> bool:
             self.steps_run += 1
-            return cancel.is_set()
+            job.progress_at = time.monotonic()
+            return job.cancel.is_set()
 
         mel = sampler.sample(
             self._model,
             ref.mel,
             ids,
             frames,
-            seed=seed,
+            seed=job.seed,
             steps=steps,
             cfg_strength=self.config.cfg_strength,
             sway=self.config.sway_sampling,
@@ -241,6 +333,14 @@ class Engine:
         ref = _Reference(mel=mel, text=text, frames=audio.shape[-1] // HOP_LENGTH)
         self._references[voice.digest] = ref
         return ref
+
+
+def _deliver(job: _Job, item: np.ndarray | BaseException | None) -> None:
+    """Hand an item to the request's event loop (gone if the bot is shutting down)."""
+    if job.loop is None or job.out is None:
+        return
+    with contextlib.suppress(RuntimeError):
+        job.loop.call_soon_threadsafe(job.out.put_nowait, item)
 
 
 def _cross_fade(

@@ -27,7 +27,13 @@ async def rig(pulse_server: None, tiny_files: ModelFiles, tmp_path: Path) -> Asy
     write_voice(voices, "default")
     config = Config.model_validate(
         {
-            "engine": {"voices_dir": str(voices), "arch": TINY_ARCH.model_dump(), "nfe_steps": 4},
+            "engine": {
+                "voices_dir": str(voices),
+                "arch": TINY_ARCH.model_dump(),
+                "nfe_steps": 4,
+                "stall_timeout_s": 1.0,
+                "fault_file": str(tmp_path / "fault"),
+            },
             "commands": {"state_file": str(tmp_path / "state.json")},
         }
     )
@@ -91,6 +97,24 @@ async def test_engine_failure_ends_the_item_as_skipped(rig: Any) -> None:
         skipped = await wait_for(logs, outcomes.SKIPPED, m.message_id)
     assert skipped["reason"] == "engine_error"
     assert any(e["event"] == "engine.error" for e in logs)
+
+
+async def test_a_stalled_synthesis_is_skipped_and_the_next_message_spoken(
+    rig: Any, tmp_path: Path
+) -> None:
+    bot, _ = rig
+    (tmp_path / "fault").write_text("hang 3")
+    with capture_logs() as logs:
+        stuck, after = chat("this one hangs"), chat("this one follows")
+        bot.router.handle(stuck)
+        bot.router.handle(after)
+        skipped = await wait_for(logs, outcomes.SKIPPED, stuck.message_id)
+        await wait_for(logs, outcomes.SPOKEN, after.message_id)
+    assert skipped["reason"] == "engine_stalled"
+    assert [e["event"] for e in logs if e["event"].startswith("engine.")][:2] == [
+        "engine.fault_injected",
+        "engine.stalled",
+    ]
 
 
 async def test_retraction_between_pop_and_preparation_is_honoured(rig: Any) -> None:

@@ -181,6 +181,8 @@ async def test_metrics(client: Any) -> None:
     assert 'ishowtts_adapter_disconnects_total{platform="twitch"} 1.0' in text
     assert "ishowtts_ttfa_seconds_bucket" in text
     assert "ishowtts_engine_errors_total 0.0" in text
+    assert "ishowtts_engine_stalls_total 0.0" in text
+    assert 'ishowtts_loop_lag_seconds{quantile="0.99"} 0.0' in text
 
 
 async def test_server_sent_events_carry_status_and_terminal_events(client: Any) -> None:

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +12,8 @@ from structlog.testing import capture_logs
 
 from engine import chunking
 from engine.checkpoints import HOP_LENGTH
-from engine.synth import Engine, SynthesisError
+from engine.faults import apply_fault
+from engine.synth import MAX_STUCK_THREADS, Engine, SynthesisError, SynthesisStalled
 
 LONG = " ".join(f"This is sentence number {i} of a long message." for i in range(8))
 
@@ -123,3 +126,85 @@ async def test_loading_failure_is_reported_by_wait_ready(tmp_path: Path, voices_
     with pytest.raises(CheckpointError):
         await eng.wait_ready()
     eng.close()
+
+
+@pytest.fixture
+async def faulty_engine(
+    tiny_files: Path, voices_dir: Path, tmp_path: Path
+) -> AsyncIterator[Engine]:
+    from bot.config import EngineConfig
+    from engine.voices import VoiceLibrary
+    from tests.engine.tiny import TINY_ARCH
+
+    config = EngineConfig(
+        arch=TINY_ARCH, nfe_steps=4, stall_timeout_s=1.0, fault_file=tmp_path / "fault"
+    )
+    eng = Engine(config, VoiceLibrary(voices_dir), tiny_files)  # type: ignore[arg-type]
+    eng.start()
+    await eng.wait_ready()
+    yield eng
+    eng.close()
+
+
+async def test_fault_file_makes_the_next_synthesis_raise_once(faulty_engine: Engine) -> None:
+    assert faulty_engine.config.fault_file is not None
+    faulty_engine.config.fault_file.write_text("raise")
+    with capture_logs() as logs, pytest.raises(SynthesisError, match="injected fault"):
+        await collect(faulty_engine, "this one fails")
+    assert [e["event"] for e in logs] == ["engine.fault_injected", "engine.error"]
+    assert not faulty_engine.config.fault_file.exists()  # consumed
+    assert len(await collect(faulty_engine, "this one works")) == 1
+    assert faulty_engine.errors == 1
+
+
+async def test_a_hung_synthesis_is_abandoned_and_the_queue_moves_on(
+    faulty_engine: Engine,
+) -> None:
+    assert faulty_engine.config.fault_file is not None
+    faulty_engine.config.fault_file.write_text("hang 3")
+    hung = asyncio.ensure_future(collect(faulty_engine, "this one hangs"))
+    queued = asyncio.ensure_future(collect(faulty_engine, "this one waits behind it"))
+    with capture_logs() as logs:
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(SynthesisStalled, match="no progress"):
+            await hung
+        waited = asyncio.get_running_loop().time() - started
+        # The request queued behind the stuck one is served by a fresh thread,
+        # long before the stuck one wakes up.
+        assert len(await queued) == 1
+        served = asyncio.get_running_loop().time() - started
+    assert 0.9 <= waited < 3.0
+    assert served < 3.5
+    (stalled,) = [e for e in logs if e["event"] == "engine.stalled"]
+    assert stalled["stuck_threads"] == 1 and stalled["stalled_s"] >= 1.0
+    assert faulty_engine.stalls == 1 and faulty_engine.errors == 1
+    # When the stuck thread wakes, it notices it was replaced, drops its work and
+    # leaves; the engine keeps one serving thread.
+    await asyncio.sleep(3.0)
+    workers = [t.name for t in threading.enumerate() if t.name.startswith("ishowtts-engine")]
+    assert sorted(workers) == ["ishowtts-engine-1", "ishowtts-engine-watchdog"]
+    assert len(await collect(faulty_engine, "and on it goes")) == 1
+
+
+async def test_too_many_stuck_threads_fail_requests_at_once(faulty_engine: Engine) -> None:
+    assert faulty_engine.config.fault_file is not None
+    for n in range(MAX_STUCK_THREADS):
+        faulty_engine.config.fault_file.write_text("hang 30")
+        with pytest.raises(SynthesisStalled):
+            await collect(faulty_engine, f"hang number {n}")
+    with capture_logs() as logs, pytest.raises(SynthesisError, match="engine is stuck"):
+        async with asyncio.timeout(0.5):
+            await collect(faulty_engine, "fails fast")
+    assert logs[-1]["event"] == "engine.error" and logs[-1]["error"] == "stuck"
+
+
+def test_unknown_fault_is_logged_and_ignored(tmp_path: Path) -> None:
+    path = tmp_path / "fault"
+    path.write_text("explode now")
+    with capture_logs() as logs:
+        apply_fault(path)
+    assert logs == [
+        {"event": "engine.fault_unknown", "content": "explode now", "log_level": "warning"}
+    ]
+    apply_fault(None)
+    apply_fault(tmp_path / "absent")
