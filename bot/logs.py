@@ -35,6 +35,9 @@ def configure_logging(
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
-        logger_factory=structlog.PrintLoggerFactory(out),
+        # One write() per record: under PYTHONUNBUFFERED, print() would write the
+        # line and its newline separately, and anything else writing to the same
+        # fd (C libraries do) could land between them and break the JSON line.
+        logger_factory=structlog.WriteLoggerFactory(out),
         cache_logger_on_first_use=False,
     )

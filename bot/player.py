@@ -23,6 +23,7 @@ import structlog
 
 from adapters.reconnect import Backoff, describe
 from bot import audio
+from bot.alsa import route_alsa_errors
 from bot.config import AudioConfig
 
 log = structlog.get_logger()
@@ -42,9 +43,17 @@ class AudioDeviceError(Exception):
     """The configured output device does not exist or cannot be used."""
 
 
+def _sounddevice() -> Any:
+    """PortAudio, with ALSA's chatter routed into the log before it starts (bot/alsa.py)."""
+    route_alsa_errors()
+    import sounddevice
+
+    return sounddevice
+
+
 def find_output_device(spec: str | int | None) -> int | None:
     """Config's audio.output_device → a PortAudio index (None: system default)."""
-    import sounddevice as sd
+    sd = _sounddevice()
 
     devices = sd.query_devices()
     outputs = [(i, d["name"]) for i, d in enumerate(devices) if d["max_output_channels"] > 0]
@@ -225,7 +234,7 @@ class Player:
 
     # device -----------------------------------------------------------------------
     def _open(self, device: int | None) -> None:
-        import sounddevice as sd
+        sd = _sounddevice()
 
         info = sd.query_devices(device, "output")
         try:

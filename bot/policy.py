@@ -42,9 +42,20 @@ class PolicyState:
     nicknames: dict[str, str] = field(default_factory=dict)
     user_voices: dict[str, str] = field(default_factory=dict)
     last_accepted: dict[tuple[Platform, str], float] = field(default_factory=dict)
+    #: Size at which users outside their cooldown are forgotten (doubles when
+    #: that frees little), so hours of new chatters cannot grow memory.
+    prune_at: int = 10_000
 
-    def record_accepted(self, item: SpeakableItem) -> None:
-        self.last_accepted[item.message.user_key] = item.message.received
+    def record_accepted(self, item: SpeakableItem, cooldown_s: float) -> None:
+        """Remember when a user was last read, for as long as the cooldown needs it."""
+        if cooldown_s <= 0:
+            return
+        now = item.message.received
+        self.last_accepted[item.message.user_key] = now
+        if len(self.last_accepted) > self.prune_at:
+            horizon = now - cooldown_s
+            self.last_accepted = {k: t for k, t in self.last_accepted.items() if t > horizon}
+            self.prune_at = max(self.prune_at, 2 * len(self.last_accepted))
 
 
 @dataclass(frozen=True, slots=True)

@@ -71,7 +71,7 @@ class Router:
             outcomes.log_outcome(outcomes.FILTERED, message, reason=decision.reason)
             return
         if self._queue.push(decision):
-            self._control.policy_state.record_accepted(decision)
+            self._control.policy_state.record_accepted(decision, self._policy.config.cooldown_s)
 
     def _retract(self, event: Retraction) -> None:
         result: RetractResult

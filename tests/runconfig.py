@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -32,3 +33,10 @@ def write_run_config(tmp: Path, files: ModelFiles, **sections: Any) -> Path:
     path = tmp / "ishowtts.yaml"
     path.write_text(yaml.safe_dump(doc, allow_unicode=True))
     return path
+
+
+def free_port() -> int:
+    """A loopback TCP port nothing listens on right now (for the web panel)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -5,25 +5,18 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 from pathlib import Path
 
 import pytest
 
 from engine.checkpoints import ModelFiles
-from tests.runconfig import write_run_config
-from tests.test_e2e import BotProcess
+from tests.botprocess import BotProcess
+from tests.runconfig import free_port, write_run_config
 from tests.twitch.fake_server import FakeTwitch
 
 CHROMIUM = "/usr/bin/chromium"
 TOKEN = "panel-token"
 VIEWER = "@id={id};user-id=9;display-name=Viewer :viewer!v@v PRIVMSG #chan :{text}"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def test_panel_skips_switches_voice_and_overlay_shows_caption(

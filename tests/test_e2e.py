@@ -5,12 +5,8 @@ back from the PulseAudio null sink."""
 from __future__ import annotations
 
 import asyncio
-import json
-import shutil
 import signal
-import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -18,69 +14,10 @@ import pytest
 from engine.checkpoints import ModelFiles
 from tests.bilibili import fixtures as fx
 from tests.bilibili.fake_server import FakeBilibili
+from tests.botprocess import ROOT, TIMEOUT, BotProcess, command
 from tests.runconfig import write_run_config
 from tests.sink import SinkCapture
 from tests.twitch.fake_server import FakeTwitch
-
-ROOT = Path(__file__).resolve().parent.parent
-TIMEOUT = 60
-
-
-def command(*args: str) -> list[str]:
-    exe = shutil.which("ishowtts")
-    return [exe, *args] if exe else [sys.executable, "-m", "bot.cli", *args]
-
-
-class BotProcess:
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-        self.events: list[dict[str, Any]] = []
-        #: Lines that were not JSON log events (tracebacks from libraries, warnings).
-        self.other: list[str] = []
-
-    @classmethod
-    async def start(cls, config: Path) -> BotProcess:
-        proc = await asyncio.create_subprocess_exec(
-            *command("run", "--config", str(config)),
-            cwd=ROOT,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        return cls(proc)
-
-    async def until(self, event: str, **fields: Any) -> dict[str, Any]:
-        """Read the bot's JSON log until an event with these fields appears."""
-        for seen in self.events:
-            if seen["event"] == event and all(seen.get(k) == v for k, v in fields.items()):
-                self.events.remove(seen)
-                return seen
-        async with asyncio.timeout(TIMEOUT):
-            while True:
-                assert self.proc.stderr is not None
-                line = await self.proc.stderr.readline()
-                assert line, f"bot exited before {event} {fields}; last: {self.events[-5:]}"
-                if not line.startswith(b"{"):
-                    self.other.append(line.decode(errors="replace").rstrip())
-                    continue
-                record = json.loads(line)
-                if record["event"] == event and all(record.get(k) == v for k, v in fields.items()):
-                    return record
-                self.events.append(record)
-
-    async def stop(self, sig: int = signal.SIGTERM) -> int:
-        self.proc.send_signal(sig)
-        assert self.proc.stderr is not None
-        rest = await asyncio.wait_for(self.proc.stderr.read(), TIMEOUT)
-        self.events += [json.loads(line) for line in rest.splitlines() if line.startswith(b"{")]
-        return await asyncio.wait_for(self.proc.wait(), TIMEOUT)
-
-    def logged(self, event: str, **fields: Any) -> list[dict[str, Any]]:
-        return [
-            e
-            for e in self.events
-            if e["event"] == event and all(e.get(k) == v for k, v in fields.items())
-        ]
-
 
 MOD = (
     "@badges=moderator/1;mod=1;id={id};user-id=555;display-name=Mod "

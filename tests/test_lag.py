@@ -36,7 +36,7 @@ async def test_probe_reports_a_blocked_loop_and_a_final_summary() -> None:
     with capture_logs() as logs:
         task = asyncio.create_task(probe.run())
         await asyncio.sleep(0.1)
-        time.sleep(0.12)  # the kind of call that must never run on the loop
+        time.sleep(0.12)  # noqa: ASYNC251 - the kind of call that must never run on a loop
         await asyncio.sleep(0.4)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

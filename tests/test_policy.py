@@ -213,7 +213,7 @@ def test_per_user_cooldown() -> None:
     pol = policy(cooldown_s=10)
     state = PolicyState()
     first = accept(pol, "one", state, user_id="7", received=100.0)
-    state.record_accepted(first)
+    state.record_accepted(first, 10)
     assert reason(pol, "two", state, user_id="7", received=105.0) == "cooldown"
     assert accept(pol, "three", state, user_id="7", received=110.5).text == "three"
     # Another user is not affected; the same id on another platform is another user.
@@ -224,6 +224,21 @@ def test_per_user_cooldown() -> None:
     assert accept(
         pol, "p", state, user_id="7", received=101.0, paid=Paid(1, "USD", PaidKind.SUPERCHAT)
     )
+
+
+def test_cooldown_memory_stays_bounded_over_many_users() -> None:
+    pol = policy(cooldown_s=10)
+    state = PolicyState(prune_at=100)
+    for n in range(1000):
+        item = accept(pol, "hi", state, user_id=str(n), received=float(n))
+        state.record_accepted(item, 10)
+    assert len(state.last_accepted) <= 100
+    # Those still inside their cooldown are kept.
+    assert reason(pol, "again", state, user_id="995", received=1000.0) == "cooldown"
+    # Without a cooldown nothing is remembered at all.
+    state = PolicyState()
+    state.record_accepted(accept(policy(), "hi", state), 0)
+    assert state.last_accepted == {}
 
 
 def test_evaluate_does_not_change_state() -> None:

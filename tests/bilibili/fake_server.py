@@ -7,10 +7,15 @@ import asyncio
 import contextlib
 import json
 import re
+import time
+from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web
 from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+from websockets.protocol import State
 
 from adapters.bilibili import codec, wbi
 from tests.bilibili import fixtures as fx
@@ -34,6 +39,10 @@ class FakeBilibili:
         #: HTTP status for get_info (412 plays Bilibili's risk control).
         self.get_info_status = 200
         self.connections: list[ServerConnection] = []
+        #: Connections that passed the auth packet (chat sent to them is read).
+        self.authed: list[ServerConnection] = []
+        #: Refuse WebSocket handshakes until this time.monotonic() (an outage).
+        self.refuse_until = 0.0
         self._runner: web.AppRunner | None = None
         self._ws: Server | None = None
         self.http_port = 0
@@ -50,7 +59,9 @@ class FakeBilibili:
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
         self.http_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self._ws = await serve(self._handle, "127.0.0.1", 0, compression=None)
+        self._ws = await serve(
+            self._handle, "127.0.0.1", 0, compression=None, process_request=self._gate
+        )
         self.ws_port = next(iter(self._ws.sockets)).getsockname()[1]
         return self
 
@@ -124,6 +135,16 @@ class FakeBilibili:
         )
 
     # WebSocket ---------------------------------------------------------------
+    def _gate(self, _: ServerConnection, request: Request) -> Response | None:
+        if time.monotonic() < self.refuse_until:
+            return Response(HTTPStatus.SERVICE_UNAVAILABLE.value, "Unavailable", Headers(), b"")
+        return None
+
+    @property
+    def live(self) -> bool:
+        """The newest connection is authenticated and open: chat sent now is read."""
+        return bool(self.authed) and self.authed[-1].state is State.OPEN
+
     async def _handle(self, ws: ServerConnection) -> None:
         self.connections.append(ws)
         with contextlib.suppress(Exception):
@@ -140,6 +161,7 @@ class FakeBilibili:
             if self.auth_code != 0:
                 await ws.close()
                 return
+            self.authed.append(ws)
             async for frame in ws:
                 if (
                     isinstance(frame, bytes)

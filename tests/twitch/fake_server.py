@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http
+import time
 from dataclasses import dataclass, field
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
+from websockets.protocol import State
 
 
 @dataclass
@@ -26,6 +28,8 @@ class FakeTwitch:
         self.received: asyncio.Queue[tuple[int, str]] = asyncio.Queue()
         #: Refuse this many upcoming connection attempts (HTTP 503).
         self.refuse = 0
+        #: Refuse every attempt until this time.monotonic() (an outage).
+        self.refuse_until = 0.0
         self.attempts = 0
         #: Answer PINGs; off to play a dead link.
         self.answer_pings = True
@@ -52,8 +56,8 @@ class FakeTwitch:
 
     def _gate(self, _: ServerConnection, request: Request) -> Response | None:
         self.attempts += 1
-        if self.refuse > 0:
-            self.refuse -= 1
+        if self.refuse > 0 or time.monotonic() < self.refuse_until:
+            self.refuse = max(0, self.refuse - 1)
             return Response(
                 http.HTTPStatus.SERVICE_UNAVAILABLE.value, "Unavailable", Headers(), b"busy\n"
             )
@@ -101,6 +105,15 @@ class FakeTwitch:
                 )
         elif word == "PING" and self.answer_pings:
             await self.send(f":tmi.twitch.tv PONG tmi.twitch.tv {rest}", session)
+
+    @property
+    def live(self) -> bool:
+        """The newest session is open and has joined: chat sent now reaches the client."""
+        if not self.sessions:
+            return False
+        session = self.sessions[-1]
+        joined = any(line.startswith("JOIN") for line in session.lines)
+        return joined and session.ws.state is State.OPEN
 
     async def send(self, lines: str | list[str], session: Session | None = None) -> None:
         """Send lines in one frame to a session (default: the newest)."""
