@@ -181,6 +181,7 @@ async def run_bot(config: Config) -> int:
         await panel.cleanup()
     engine.close()
     # Whatever was still waiting gets its end logged: nothing vanishes silently.
+    unrouted = bot.router.drain(bot.events)
     dropped = bot.queue.remove_where(lambda _: True, outcomes.SKIPPED, "shutdown")
-    log.info("bot.stopped", pending=len(dropped))
+    log.info("bot.stopped", pending=len(dropped) + unrouted)
     return 0

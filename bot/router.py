@@ -48,6 +48,16 @@ class Router:
                 if isinstance(event, ChatMessage):
                     outcomes.log_outcome(outcomes.FILTERED, event, reason="internal_error")
 
+    def drain(self, events: asyncio.Queue[ChatEvent]) -> int:
+        """At shutdown, end the messages still waiting to be routed: nothing vanishes."""
+        ended = 0
+        while not events.empty():
+            event = events.get_nowait()
+            if isinstance(event, ChatMessage):
+                outcomes.log_outcome(outcomes.SKIPPED, event, reason="shutdown")
+                ended += 1
+        return ended
+
     def handle(self, event: ChatEvent) -> None:
         match event:
             case ChatMessage():

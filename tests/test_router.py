@@ -125,3 +125,21 @@ async def test_run_survives_a_failing_event() -> None:
     # It still gets its one terminal outcome.
     ends = [e for e in logs if e["event"] in outcomes.TERMINAL_EVENTS]
     assert [(e["msg_id"], e["reason"]) for e in ends] == [(broken.message_id, "internal_error")]
+
+
+def test_drain_ends_unrouted_messages_at_shutdown() -> None:
+    bot = make_bot()
+    events: asyncio.Queue[ChatEvent] = asyncio.Queue()
+    first, second = chat("one"), chat("two")
+    events.put_nowait(first)
+    events.put_nowait(Connected(Platform.TWITCH, "streamer"))
+    events.put_nowait(second)
+    with capture_logs() as logs:
+        ended = bot.router.drain(events)
+    assert ended == 2
+    assert events.empty()
+    ends = [(e["event"], e["msg_id"], e["reason"]) for e in logs]
+    assert ends == [
+        (outcomes.SKIPPED, first.message_id, "shutdown"),
+        (outcomes.SKIPPED, second.message_id, "shutdown"),
+    ]
