@@ -18,8 +18,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,8 +32,9 @@ import numpy as np
 import torch
 
 from bot.config import ArchConfig, EngineConfig
-from engine import chunking, sampler
+from engine import chunking, dit, sampler
 from engine.checkpoints import HOP_LENGTH, SAMPLE_RATE, ModelFiles, load_f5
+from engine.graphs import GraphSteps
 from engine.synth import Engine
 from engine.voices import VoiceLibrary
 from tests.engine.tiny import PUBLISHED_VOCOS_CONFIG, TINY_ARCH, write_f5, write_vocos, write_voice
@@ -200,6 +204,64 @@ def time_step(model: Any, frames: int, text_len: int, device: str, reps: int = 2
     return (time.perf_counter() - started) / reps * 1000
 
 
+def time_engine_step(engine: Engine, frames: int, text_len: int, reps: int = 50) -> float:
+    """One guided step on the engine's own path (runner), at `frames` frames."""
+    model, runner = engine._model, engine._runner
+    dtype = next(model.parameters()).dtype
+    x = torch.randn(1, frames, 100, device="cuda", dtype=dtype)
+    text = torch.randint(0, 100, (1, text_len), device="cuda")
+    t = torch.tensor(0.5, device="cuda", dtype=dtype)
+    with torch.inference_mode():
+        length = runner.length(frames)
+        pad = (0, 0, 0, length - frames)
+        mask = (torch.arange(length, device="cuda") < frames)[None] if length != frames else None
+        embeds = dit.text_embeds(model.transformer, text, frames, length)
+        xp = torch.nn.functional.pad(x, pad)
+        runner.start(model.transformer, xp, xp.clone(), embeds, mask, 2.0)
+        for _ in range(3):
+            runner.step(t, t)
+        sync()
+        started = time.perf_counter()
+        for _ in range(reps):
+            runner.step(t, t * 0)
+        sync()
+        runner.result()
+    return (time.perf_counter() - started) / reps * 1000
+
+
+def warm_startup(label: str) -> float:
+    """Start-up of a fresh process (load, warm-up, compile from the cache, graphs)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.engine", "--startup-only", label],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    record = next(json.loads(line) for line in out.splitlines() if '"startup_only"' in line)
+    return float(record["startup_s"])
+
+
+async def startup_only(label: str) -> None:
+    compile_, graphs_ = {"ours_compiled_graphs": (True, True), "ours_compiled": (True, False),
+                         "ours_graphs": (False, True)}.get(label, (False, False))  # fmt: skip
+    root = Path(tempfile.mkdtemp(prefix="bench-"))
+    arch = ArchConfig()
+    model_path, vocab = write_f5(root / "f5", arch)
+    vocos_dir = write_vocos(root / "vocos", config_doc=PUBLISHED_VOCOS_CONFIG)
+    write_voice(root / "voices", "ref", REFERENCE_TEXT, seconds=REFERENCE_S)
+    files = ModelFiles(
+        model_path, vocab, vocos_dir / "config.yaml", vocos_dir / "pytorch_model.bin"
+    )
+    config = EngineConfig(nfe_steps=NFE, compile=compile_, cuda_graphs=graphs_, arch=arch)
+    engine = Engine(config, VoiceLibrary(root / "voices"), files)
+    started = time.perf_counter()
+    engine.start()
+    await engine.wait_ready()
+    startup = round(time.perf_counter() - started, 1)
+    print(json.dumps({"event": "startup_only", "path": label, "startup_s": startup}), flush=True)
+    engine.close()
+
+
 # regression check -------------------------------------------------------------------------
 LOWER_IS_BETTER = (
     "ttfa_ms_median",
@@ -208,6 +270,8 @@ LOWER_IS_BETTER = (
     "rtf",
     "peak_gb",
     "startup_s",
+    "step_ms",
+    "warm_s",
 )
 
 
@@ -292,18 +356,32 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
 
-    # Ours, as the bot uses it.
-    for compile_ in [False, True] if device == "cuda" else [False]:
-        label = "ours_compiled" if compile_ else "ours_eager"
-        config = EngineConfig(nfe_steps=NFE, compile=compile_, arch=arch)
+    # Ours, as the bot uses it, on each path the engine can take.
+    # compiled+graphs (the default) first, so its start-up is a cold compile.
+    paths = {
+        "ours_eager": (False, False),
+        "ours_graphs": (False, True),
+        "ours_compiled_graphs": (True, True),
+        "ours_compiled": (True, False),
+    }
+    for label, (compile_, graphs_) in paths.items():
+        if device != "cuda" and (compile_ or graphs_):
+            continue
+        if args.paths and label not in args.paths:
+            continue
+        config = EngineConfig(nfe_steps=NFE, compile=compile_, cuda_graphs=graphs_, arch=arch)
         engine = Engine(config, VoiceLibrary(root / "voices"), files)
+        # Peak memory counts what this engine adds, not what an earlier one left.
+        before = torch.cuda.memory_allocated() if device == "cuda" else 0
         started = time.perf_counter()
         engine.start()
         await engine.wait_ready()
         startup = time.perf_counter() - started
+        emit({"event": "engine", "path": label, "engine_path": engine.path,
+              "startup_s": round(startup, 1), "dynamo_graphs": graphs()}, records)  # fmt: skip
         for name, text in LINES.items():
             runs = [await run_ours(engine, text) for _ in range(args.runs + 1)]
-            peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else 0.0
+            peak = (torch.cuda.max_memory_allocated() - before) / 2**30 if device == "cuda" else 0.0
             record = {**summarise(runs), "startup_s": round(startup, 1), "peak_gb": round(peak, 2)}
             stock = summary[f"stock.{name}"]
             record["speedup_ttfa_vs_stock"] = round(
@@ -314,10 +392,21 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             )
             summary[f"{label}.{name}"] = record
             emit({"event": "result", "path": label, "line": name, **record}, records)
+        if device == "cuda":
+            step = {"step_ms": round(time_engine_step(engine, frames, text_len), 3)}
+            summary[f"{label}.step"] = step
+            emit({"event": "step", "path": label, "frames": frames, **step}, records)
         engine.close()
+        del engine  # its weights and graphs must not count in the next path's peak
+        gc.collect()
         if device == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
+        if compile_ and graphs_:
+            # A restart: a new process, with the compile cache the run above left.
+            warm = warm_startup(label)
+            summary[f"{label}.startup"] = {"cold_s": round(startup, 1), "warm_s": warm}
+            emit({"event": "startup", "path": label, **summary[f"{label}.startup"]}, records)
 
     # Same weights, same noise: ours equals stock's sampler (checked on this device).
     model = load_f5(files, arch, device, torch.float16 if device == "cuda" else torch.float32)
@@ -335,6 +424,18 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     diff = float((ours.float() - theirs.float()).abs().max())
     summary["equivalence"] = {"max_abs_diff": diff, "ok": bool(np.isfinite(diff) and diff < 5e-2)}
     emit({"event": "equivalence", **summary["equivalence"]}, records)
+    if device == "cuda":
+        # The padded, masked CUDA-graph path against the same stock sampler.
+        graphed = sampler.sample(
+            model, cond, ids, cond.shape[1] + 100, seed=1, steps=NFE, cfg_strength=2.0,
+            sway=-1.0, runner=GraphSteps(),
+        )  # fmt: skip
+        diff = float((graphed.float() - theirs.float()).abs().max())
+        summary["equivalence_graphs"] = {
+            "max_abs_diff": diff,
+            "ok": bool(np.isfinite(diff) and diff < 5e-2),
+        }
+        emit({"event": "equivalence", "path": "graphs", **summary["equivalence_graphs"]}, records)
     return summary
 
 
@@ -343,7 +444,12 @@ if __name__ == "__main__":
     parser.add_argument("--out", default="bench/results")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--tiny", action="store_true", help="tiny model: checks the script on CPU")
+    parser.add_argument("--paths", nargs="*", help="only these of our paths (default: all)")
+    parser.add_argument("--startup-only", metavar="PATH", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.startup_only:
+        asyncio.run(startup_only(args.startup_only))
+        raise SystemExit(0)
     result = asyncio.run(main(args))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -287,6 +287,8 @@ class EngineConfig(_Section):
     device: str = "auto"
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
     compile: bool = True
+    #: Replay each sampling step as a CUDA graph (GPU only; needs no Triton).
+    cuda_graphs: bool = True
     nfe_steps: int = Field(8, ge=1, le=128)
     cfg_strength: float = Field(2.0, ge=0, le=10)
     sway_sampling: float = Field(-1.0, ge=-1, le=1)

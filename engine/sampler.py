@@ -2,17 +2,20 @@
 
 It computes what `CFM.sample` computes (Euler steps over the EPSS or uniform
 schedule, sway sampling, classifier-free guidance) so that the hot loop is
-code we own and can optimise, and it can stop between any two steps.
+code we own and can optimise, and it can stop between any two steps. How the
+steps run (eager, compiled, a replayed CUDA graph) is the `Steps` runner's.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
+
+from engine import dit
 
 
 class Cancelled(Exception):
@@ -39,6 +42,73 @@ def text_ids(text: str, vocab: dict[str, int], device: torch.device) -> torch.Te
     return torch.tensor([ids], dtype=torch.long, device=device)
 
 
+class Steps(Protocol):
+    """Runs the Euler steps of one request: eagerly, or by replaying a captured graph."""
+
+    def length(self, frames: int) -> int:
+        """The (padded) sequence length this runner computes `frames` frames at."""
+        ...
+
+    def start(
+        self,
+        transformer: Any,
+        x: torch.Tensor,
+        cond: torch.Tensor,
+        embeds: dit.TextEmbeds,
+        mask: torch.Tensor | None,
+        cfg_strength: float,
+    ) -> None: ...
+
+    def step(self, t: torch.Tensor, dt: torch.Tensor) -> None: ...
+
+    def result(self) -> torch.Tensor: ...
+
+
+Velocity = Callable[..., torch.Tensor]
+
+
+class EagerSteps:
+    """Each step as ordinary torch calls (through `velocity`, which may be compiled).
+
+    With `bucket` > 1 the sequence is padded up to a multiple of it, so a
+    compiled graph sees few distinct lengths; the padding is masked out.
+    """
+
+    def __init__(self, velocity: Velocity = dit.velocity, bucket: int = 1) -> None:
+        self._velocity = velocity
+        self._bucket = bucket
+        self._state: tuple[Any, torch.Tensor, dit.TextEmbeds, torch.Tensor | None, float] | None
+        self._state = None
+        self._x: torch.Tensor | None = None
+
+    def length(self, frames: int) -> int:
+        return -(-frames // self._bucket) * self._bucket
+
+    def start(
+        self,
+        transformer: Any,
+        x: torch.Tensor,
+        cond: torch.Tensor,
+        embeds: dit.TextEmbeds,
+        mask: torch.Tensor | None,
+        cfg_strength: float,
+    ) -> None:
+        self._state = (transformer, cond, embeds, mask, cfg_strength)
+        self._x = x
+
+    def step(self, t: torch.Tensor, dt: torch.Tensor) -> None:
+        assert self._state is not None and self._x is not None
+        transformer, cond, embeds, mask, cfg = self._state
+        v = self._velocity(transformer, self._x, cond, embeds, mask, t, cfg)
+        x = self._x + dt * v
+        self._x = x if mask is None else x * mask[..., None]
+
+    def result(self) -> torch.Tensor:
+        assert self._x is not None
+        x, self._x, self._state = self._x, None, None
+        return x
+
+
 @torch.inference_mode()
 def sample(
     model: Any,
@@ -51,35 +121,38 @@ def sample(
     cfg_strength: float,
     sway: float,
     should_stop: Callable[[], bool] = lambda: False,
+    runner: Steps | None = None,
 ) -> torch.Tensor:
     """Mel frames (1, duration, n_mels) with the reference `cond` (1, n_ref, n_mels) kept."""
+    runner = runner or EagerSteps()
     transformer = model.transformer
     ref_len = cond.shape[1]
     duration = max(duration, max(text.shape[1], ref_len) + 1)
+    length = runner.length(duration)
     cond = F.pad(cond, (0, 0, 0, duration - ref_len))
     cond_mask = (torch.arange(duration, device=cond.device) < ref_len)[None, :, None]
     step_cond = torch.where(cond_mask, cond, torch.zeros_like(cond))
     t = timesteps(steps, sway, cond.device, cond.dtype)
+    dts = t[1:] - t[:-1]
     generator = None
     if seed is not None:
         generator = torch.Generator(device=cond.device).manual_seed(seed)
     x = torch.randn(
         duration, cond.shape[-1], generator=generator, device=cond.device, dtype=cond.dtype
     )[None]
+    mask = None
+    if length != duration:
+        dit.allow_padding(transformer)
+        pad = (0, 0, 0, length - duration)
+        x, step_cond = F.pad(x, pad), F.pad(step_cond, pad)
+        mask = (torch.arange(length, device=cond.device) < duration)[None]
+    embeds = dit.text_embeds(transformer, text, duration, length)
+    runner.start(transformer, x, step_cond, embeds, mask, cfg_strength)
     try:
         for i in range(steps):
             if should_stop():
                 raise Cancelled
-            if cfg_strength < 1e-5:
-                v = transformer(x=x, cond=step_cond, text=text, time=t[i], mask=None, cache=True)
-            else:
-                both = transformer(
-                    x=x, cond=step_cond, text=text, time=t[i], mask=None, cfg_infer=True, cache=True
-                )
-                pred, null = torch.chunk(both, 2, dim=0)
-                v = pred + (pred - null) * cfg_strength
-            x = x + (t[i + 1] - t[i]) * v
+            runner.step(t[i], dts[i])
     finally:
-        # The text embedding is cached per request on the module: never reuse it.
-        transformer.clear_cache()
-    return torch.where(cond_mask, cond, x)
+        x = runner.result()
+    return torch.where(cond_mask, cond, x[:, :duration])

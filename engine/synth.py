@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
+import os
 import queue
 import threading
 import time
 from collections.abc import AsyncGenerator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,7 +33,7 @@ import structlog
 import torch
 
 from bot.config import EngineConfig
-from engine import chunking, faults, sampler
+from engine import chunking, faults, graphs, sampler
 from engine.checkpoints import HOP_LENGTH, SAMPLE_RATE, ModelFiles, load_f5, load_vocos, read_vocab
 from engine.voices import TARGET_RMS, Voice, VoiceLibrary, VoiceSettings
 
@@ -110,6 +113,8 @@ class Engine:
         self._closing = threading.Event()
         self._references: dict[str, _Reference] = {}
         self._model: Any = None
+        self._compiled = False
+        self._runner: sampler.Steps = sampler.EagerSteps()
         self._vocoder: Any = None
         self._vocab: dict[str, int] = {}
 
@@ -156,14 +161,14 @@ class Engine:
             model = load_f5(self.files, self.config.arch, self.device, self.dtype)
             self._vocoder = load_vocos(self.files, self.device)
             loaded = time.perf_counter()
-            if self.config.compile and self.device.startswith("cuda"):
-                model.transformer = torch.compile(model.transformer, dynamic=True)
             self._model = model
+            self._runner = self._choose_runner()
             self._warm_up()
             log.info(
                 "engine.ready",
                 device=self.device,
                 dtype=str(self.dtype).removeprefix("torch."),
+                path=self.path,
                 load_s=round(loaded - started, 2),
                 warmup_s=round(time.perf_counter() - loaded, 2),
             )
@@ -238,8 +243,47 @@ class Engine:
             job.progress_at = time.monotonic()
             _deliver(job, item)
 
+    @property
+    def path(self) -> str:
+        """How sampling steps run: eager, compiled, graphs or compiled+graphs."""
+        if isinstance(self._runner, graphs.GraphSteps):
+            return "compiled+graphs" if self._compiled else "graphs"
+        return "compiled" if self._compiled else "eager"
+
+    def _choose_runner(self) -> sampler.Steps:
+        """The fastest path this machine has; a missing one costs a warning, never the start."""
+        if not self.device.startswith("cuda"):
+            return sampler.EagerSteps()
+        if self.config.compile:
+            if importlib.util.find_spec("triton") is None:
+                log.warning(
+                    "engine.compile_unavailable",
+                    reason="Triton is not installed",
+                    fallback="cuda graphs" if self.config.cuda_graphs else "eager",
+                )
+            else:
+                # Regional compilation: the DiT's blocks share one compiled graph, so
+                # the compile costs one block's time, not the whole model's.
+                _persist_compile_cache()
+                for block in self._model.transformer.transformer_blocks:
+                    block.compile(dynamic=True)
+                self._compiled = True
+        if self.config.cuda_graphs:
+            return graphs.GraphSteps()
+        return sampler.EagerSteps()
+
     def _warm_up(self) -> None:
-        """One synthesis before going live, so no first-request cost lands on air."""
+        """Syntheses before going live, so no first-request cost lands on air."""
+        try:
+            self._warm_up_once()
+        except Exception as exc:
+            if not isinstance(self._runner, graphs.GraphSteps):
+                raise
+            log.warning("engine.graphs_unavailable", error=str(exc), fallback="no graphs")
+            self._runner = sampler.EagerSteps()
+            self._warm_up_once()
+
+    def _warm_up_once(self) -> None:
         rng = np.random.default_rng(0)
         for seconds, text in WARMUP:
             audio = (rng.standard_normal(int(SAMPLE_RATE * seconds)) * 0.05).astype(np.float32)
@@ -247,6 +291,25 @@ class Engine:
             for _ in self._synthesize(text, voice, _Job(text, "warmup", None, None, seed=0)):
                 pass
             self._references.pop("warmup", None)
+        if isinstance(self._runner, graphs.GraphSteps):
+            self._capture_graphs(self._runner)
+
+    def _capture_graphs(self, runner: graphs.GraphSteps) -> None:
+        """One graph per length a chat line can take, so none is recorded on air."""
+        longest = int(chunking.MAX_TOTAL_SECONDS * SAMPLE_RATE / HOP_LENGTH)
+        cond = torch.zeros(1, 1, self._model.num_channels, device=self.device, dtype=self.dtype)
+        text = torch.zeros(1, 1, dtype=torch.long, device=self.device)
+        for frames in range(runner.bucket, runner.length(longest) + 1, runner.bucket):
+            sampler.sample(
+                self._model,
+                cond,
+                text,
+                frames,
+                steps=1,
+                cfg_strength=self.config.cfg_strength,
+                sway=self.config.sway_sampling,
+                runner=runner,
+            )
 
     def _run(self, job: _Job) -> None:
         try:
@@ -311,6 +374,7 @@ class Engine:
             cfg_strength=self.config.cfg_strength,
             sway=self.config.sway_sampling,
             should_stop=stop,
+            runner=self._runner,
         )
         generated = mel[:, ref.frames :, :].float().permute(0, 2, 1)
         with torch.inference_mode():
@@ -333,6 +397,20 @@ class Engine:
         ref = _Reference(mel=mel, text=text, frames=audio.shape[-1] // HOP_LENGTH)
         self._references[voice.digest] = ref
         return ref
+
+
+def compile_cache_dir() -> Path:
+    """Where compiled kernels are kept between runs (the user's cache folder)."""
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("ishowtts")) / "torch-compile"
+
+
+def _persist_compile_cache() -> None:
+    """torch.compile's default cache is a temp folder; in the user's cache folder it
+    survives reboots, so a restart on air skips most of the compile."""
+    if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(compile_cache_dir())
 
 
 def _deliver(job: _Job, item: np.ndarray | BaseException | None) -> None:

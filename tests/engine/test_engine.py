@@ -208,3 +208,54 @@ def test_unknown_fault_is_logged_and_ignored(tmp_path: Path) -> None:
     ]
     apply_fault(None)
     apply_fault(tmp_path / "absent")
+
+
+def test_without_triton_the_engine_warns_once_and_uses_cuda_graphs(
+    tiny_files: Path, voices_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    from bot.config import EngineConfig
+    from engine import graphs
+    from engine.voices import VoiceLibrary
+    from tests.engine.tiny import TINY_ARCH
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "triton" else real_find_spec(name, *a),
+    )
+    config = EngineConfig(arch=TINY_ARCH, device="cuda", compile=True, cuda_graphs=True)
+    eng = Engine(config, VoiceLibrary(voices_dir), tiny_files)  # type: ignore[arg-type]
+    with capture_logs() as logs:
+        eng._runner = eng._choose_runner()
+    assert isinstance(eng._runner, graphs.GraphSteps)
+    assert eng.path == "graphs"
+    warnings = [e for e in logs if e["event"] == "engine.compile_unavailable"]
+    assert len(warnings) == 1 and warnings[0]["fallback"] == "cuda graphs"
+
+
+async def test_a_failed_graph_capture_falls_back_to_eager_and_still_starts(
+    tiny_files: Path, voices_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bot.config import EngineConfig
+    from engine import graphs
+    from engine.voices import VoiceLibrary
+    from tests.engine.tiny import TINY_ARCH
+
+    # On this CPU-only machine a CUDA graph cannot be captured: the first capture
+    # fails at warm-up, as it would on a GPU whose driver refuses graphs.
+    monkeypatch.setattr(Engine, "_choose_runner", lambda self: graphs.GraphSteps())
+    eng = Engine(EngineConfig(arch=TINY_ARCH, nfe_steps=4), VoiceLibrary(voices_dir), tiny_files)  # type: ignore[arg-type]
+    with capture_logs() as logs:
+        eng.start()
+        await eng.wait_ready()
+    try:
+        assert eng.path == "eager"
+        fallbacks = [e for e in logs if e["event"] == "engine.graphs_unavailable"]
+        assert len(fallbacks) == 1 and fallbacks[0]["fallback"] == "no graphs"
+        assert [e["path"] for e in logs if e["event"] == "engine.ready"] == ["eager"]
+        assert len(await collect(eng, "Still speaking after the fallback.")) == 1
+    finally:
+        eng.close()

@@ -22,8 +22,17 @@ def model(tiny_files: ModelFiles) -> object:
     ],
 )
 @pytest.mark.parametrize(("steps", "cfg", "sway"), [(8, 2.0, -1.0), (7, 2.0, 0.0), (9, 0.0, -1.0)])
+# bucket 64: the sequence is padded to a multiple of 64 and the padding masked
+# out, as the compiled and CUDA-graph paths run it; the result must not change.
+@pytest.mark.parametrize("bucket", [1, 64])
 def test_our_sampler_equals_cfm_sample(
-    model: object, tiny_files: ModelFiles, text: str, steps: int, cfg: float, sway: float
+    model: object,
+    tiny_files: ModelFiles,
+    text: str,
+    steps: int,
+    cfg: float,
+    sway: float,
+    bucket: int,
 ) -> None:
     vocab = read_vocab(tiny_files.vocab)
     torch.manual_seed(3)
@@ -31,8 +40,18 @@ def test_our_sampler_equals_cfm_sample(
     cond = model.mel_spec(audio).permute(0, 2, 1)  # type: ignore[attr-defined]
     ids = sampler.text_ids(text, vocab, torch.device("cpu"))
     duration = cond.shape[1] + 120
+    runner = sampler.EagerSteps(bucket=bucket)
+    assert (runner.length(duration) > duration) == (bucket > 1)
     ours = sampler.sample(
-        model, cond, ids, duration, seed=42, steps=steps, cfg_strength=cfg, sway=sway
+        model,
+        cond,
+        ids,
+        duration,
+        seed=42,
+        steps=steps,
+        cfg_strength=cfg,
+        sway=sway,
+        runner=runner,
     )
     theirs, _ = model.sample(  # type: ignore[attr-defined]
         cond=cond,
@@ -55,6 +74,48 @@ def test_chinese_becomes_pinyin_and_unknown_characters_are_skipped(tiny_files: M
     inverse = {i: t for t, i in vocab.items()}
     # Tone sandhi as f5-tts applies it: ni3 hao3 is said ni2 hao3.
     assert [inverse[i] for i in ids] == [" ", "ni2", " ", "hao3"]
+
+
+def test_velocity_equals_dit_forward(model: object, tiny_files: ModelFiles) -> None:
+    from engine import dit
+
+    transformer = model.transformer  # type: ignore[attr-defined]
+    vocab = read_vocab(tiny_files.vocab)
+    torch.manual_seed(5)
+    x, cond = torch.randn(1, 90, 100), torch.randn(1, 90, 100)
+    ids = sampler.text_ids("Velocity check, one two three.", vocab, torch.device("cpu"))
+    t = torch.tensor(0.3)
+    with torch.inference_mode():
+        both = transformer(x=x, cond=cond, text=ids, time=t, mask=None, cfg_infer=True)
+        pred, null = torch.chunk(both, 2, dim=0)
+        theirs = pred + (pred - null) * 2.0
+        ours = dit.velocity(transformer, x, cond, dit.text_embeds(transformer, ids, 90, 90),
+                            None, t, 2.0)  # fmt: skip
+    assert torch.allclose(ours, theirs, atol=1e-5, rtol=1e-4)
+    assert theirs.abs().mean() > 1e-2
+
+
+def test_padded_attention_equals_the_packages_masked_attention(model: object) -> None:
+    from f5_tts.model.modules import AttnProcessor
+
+    from engine import dit
+
+    transformer = model.transformer  # type: ignore[attr-defined]
+    attn = transformer.transformer_blocks[0].attn
+    torch.manual_seed(6)
+    x = torch.randn(2, 70, attn.dim)
+    mask = torch.ones(2, 70, dtype=torch.bool)
+    mask[:, 55:] = False
+    rope = transformer.rotary_embed.forward_from_seq_len(70)
+    with torch.inference_mode(), pytest.warns(UserWarning):
+        theirs = AttnProcessor(attn_mask_enabled=True)(attn, x, mask=mask, rope=rope)
+    with torch.inference_mode():
+        ours = dit.PaddedAttention()(attn, x, mask=mask, rope=rope)
+        unmasked = dit.PaddedAttention()(attn, x, mask=None, rope=rope)
+    assert torch.allclose(ours, theirs, atol=1e-5, rtol=1e-4)
+    assert ours[:, 55:].abs().max() == 0
+    # The mask does change the real frames' attention: this compares something.
+    assert not torch.allclose(ours[:, :55], unmasked[:, :55], atol=1e-4)
 
 
 def test_cancel_stops_between_steps(model: object, tiny_files: ModelFiles) -> None:
