@@ -14,6 +14,7 @@ result live in each graph's own static tensors).
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +23,7 @@ import structlog
 import torch
 
 from engine import dit
-from engine.sampler import EagerSteps, Velocity
+from engine.sampler import EagerSteps
 
 log = structlog.get_logger()
 
@@ -49,14 +50,14 @@ class _Graph:
 class GraphSteps:
     """Replays a captured step graph for each sampling step (see module docstring)."""
 
-    def __init__(self, velocity: Velocity = dit.velocity, bucket: int = BUCKET_FRAMES) -> None:
-        self._velocity = velocity
+    def __init__(self, bucket: int = BUCKET_FRAMES) -> None:
         self._bucket = bucket
         self._graphs: dict[tuple[int, float], _Graph | None] = {}
         self._pool: Any = None
-        self._current: _Graph | None = None
+        #: The calling thread's graph in use (see EagerSteps on why per thread).
+        self._local = threading.local()
         #: Lengths whose capture failed run eagerly (padded and masked all the same).
-        self._eager = EagerSteps(velocity)
+        self._eager = EagerSteps()
 
     @property
     def bucket(self) -> int:
@@ -82,6 +83,7 @@ class GraphSteps:
         if key not in self._graphs:
             self._graphs[key] = self._try_capture(transformer, x, cond, embeds, cfg_strength)
         graph = self._graphs[key]
+        self._local.graph = graph
         if graph is None:
             self._eager.start(transformer, x, cond, embeds, mask, cfg_strength)
             return
@@ -93,10 +95,9 @@ class GraphSteps:
             graph.mask.fill_(True)
         else:
             graph.mask.copy_(mask)
-        self._current = graph
 
     def step(self, t: torch.Tensor, dt: torch.Tensor) -> None:
-        graph = self._current
+        graph: _Graph | None = self._local.graph
         if graph is None:
             self._eager.step(t, dt)
             return
@@ -105,7 +106,8 @@ class GraphSteps:
         graph.graph.replay()
 
     def result(self) -> torch.Tensor:
-        graph, self._current = self._current, None
+        graph: _Graph | None = self._local.graph
+        self._local.graph = None
         if graph is None:
             return self._eager.result()
         return graph.x.clone()
@@ -151,7 +153,7 @@ class GraphSteps:
         embeds_in = dit.TextEmbeds(static.text, static.null_text)
 
         def step() -> None:
-            v = self._velocity(
+            v = dit.velocity(
                 transformer, static.x, static.cond, embeds_in, static.mask, static.t, cfg_strength
             )
             static.x.copy_((static.x + static.dt * v) * static.mask[..., None])

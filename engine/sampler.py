@@ -9,7 +9,9 @@ steps run (eager, compiled, a replayed CUDA graph) is the `Steps` runner's.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
@@ -64,22 +66,27 @@ class Steps(Protocol):
     def result(self) -> torch.Tensor: ...
 
 
-Velocity = Callable[..., torch.Tensor]
+@dataclass
+class _Request:
+    transformer: Any
+    x: torch.Tensor
+    cond: torch.Tensor
+    embeds: dit.TextEmbeds
+    mask: torch.Tensor | None
+    cfg_strength: float
 
 
 class EagerSteps:
-    """Each step as ordinary torch calls (through `velocity`, which may be compiled).
+    """Each step as ordinary torch calls (the DiT's blocks may be compiled).
 
-    With `bucket` > 1 the sequence is padded up to a multiple of it, so a
-    compiled graph sees few distinct lengths; the padding is masked out.
+    With `bucket` > 1 the sequence is padded up to a multiple of it and the
+    padding masked out. The request in progress is the calling thread's own:
+    a stuck inference thread that wakes up cannot disturb its replacement's.
     """
 
-    def __init__(self, velocity: Velocity = dit.velocity, bucket: int = 1) -> None:
-        self._velocity = velocity
+    def __init__(self, bucket: int = 1) -> None:
         self._bucket = bucket
-        self._state: tuple[Any, torch.Tensor, dit.TextEmbeds, torch.Tensor | None, float] | None
-        self._state = None
-        self._x: torch.Tensor | None = None
+        self._local = threading.local()
 
     def length(self, frames: int) -> int:
         return -(-frames // self._bucket) * self._bucket
@@ -93,20 +100,18 @@ class EagerSteps:
         mask: torch.Tensor | None,
         cfg_strength: float,
     ) -> None:
-        self._state = (transformer, cond, embeds, mask, cfg_strength)
-        self._x = x
+        self._local.request = _Request(transformer, x, cond, embeds, mask, cfg_strength)
 
     def step(self, t: torch.Tensor, dt: torch.Tensor) -> None:
-        assert self._state is not None and self._x is not None
-        transformer, cond, embeds, mask, cfg = self._state
-        v = self._velocity(transformer, self._x, cond, embeds, mask, t, cfg)
-        x = self._x + dt * v
-        self._x = x if mask is None else x * mask[..., None]
+        r: _Request = self._local.request
+        v = dit.velocity(r.transformer, r.x, r.cond, r.embeds, r.mask, t, r.cfg_strength)
+        x = r.x + dt * v
+        r.x = x if r.mask is None else x * r.mask[..., None]
 
     def result(self) -> torch.Tensor:
-        assert self._x is not None
-        x, self._x, self._state = self._x, None, None
-        return x
+        r: _Request = self._local.request
+        self._local.request = None
+        return r.x
 
 
 @torch.inference_mode()

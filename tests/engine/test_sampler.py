@@ -118,6 +118,47 @@ def test_padded_attention_equals_the_packages_masked_attention(model: object) ->
     assert not torch.allclose(ours[:, :55], unmasked[:, :55], atol=1e-4)
 
 
+def test_a_runner_keeps_each_threads_request_apart(model: object, tiny_files: ModelFiles) -> None:
+    # The engine's watchdog may hand the runner to a fresh thread while a stuck
+    # one still holds a request: neither may see the other's state.
+    import threading
+
+    vocab = read_vocab(tiny_files.vocab)
+    torch.manual_seed(4)
+    cond = model.mel_spec(torch.randn(1, 24000) * 0.1).permute(0, 2, 1)  # type: ignore[attr-defined]
+    ids = sampler.text_ids("one request", vocab, torch.device("cpu"))
+    other = sampler.text_ids("and another, longer request", vocab, torch.device("cpu"))
+    runner = sampler.EagerSteps(bucket=64)
+
+    def run(text: torch.Tensor, seed: int, stop: object = lambda: False) -> torch.Tensor:
+        return sampler.sample(model, cond, text, cond.shape[1] + 80, seed=seed, steps=4,
+                              cfg_strength=2.0, sway=-1.0, runner=runner,
+                              should_stop=stop)  # type: ignore[arg-type]  # fmt: skip
+
+    alone = run(ids, 1)
+    other_alone = run(other, 2)
+    paused, resume = threading.Event(), threading.Event()
+    calls: list[int] = []
+
+    def pause_at_step_two() -> bool:
+        calls.append(1)
+        if len(calls) == 2:
+            paused.set()
+            resume.wait(30)
+        return False
+
+    out: list[torch.Tensor] = []
+    stuck = threading.Thread(target=lambda: out.append(run(ids, 1, pause_at_step_two)))
+    stuck.start()
+    assert paused.wait(30)
+    interleaved = run(other, 2)  # a whole request while the other is mid-way
+    resume.set()
+    stuck.join(30)
+    assert torch.equal(out[0], alone)
+    assert torch.equal(interleaved, other_alone)
+    assert not torch.equal(alone[:, :100], other_alone[:, :100])
+
+
 def test_cancel_stops_between_steps(model: object, tiny_files: ModelFiles) -> None:
     vocab = read_vocab(tiny_files.vocab)
     cond = torch.zeros(1, 50, 100)
