@@ -275,7 +275,44 @@ def time_vocoder(engine: Engine, seconds: float, reps: int = 20) -> float:
     return (time.perf_counter() - started) / reps * 1000
 
 
+#: Short chat lines of a flood, synthesised B at a time.
+FLOOD = ["Thanks for the follow, welcome in!", "gg", "lol that was so close", "hype hype hype"]
+
+
+def batch_throughput(
+    engine: Engine, sizes: tuple[int, ...] = (1, 4, 16), reps: int = 3
+) -> dict[int, float]:
+    """Short lines per second (sampling + decoding) when B wait and go in one batch."""
+    model, runner, vocoder = engine._model, engine._runner, engine._vocoder
+    ref = engine._reference(engine.voices.get("ref"))
+    device = torch.device(engine.device)
+    rates = {}
+    for size in sizes:
+        lines = []
+        for i in range(size):
+            text = FLOOD[i % len(FLOOD)]
+            ids = sampler.text_ids(ref.text + text, engine._vocab, device)
+            frames = chunking.duration_frames(ref.frames, ref.text, text)
+            lines.append(sampler.Line(ref.mel, ids, frames, seed=i))
+
+        def once(lines: list[sampler.Line] = lines) -> None:
+            mels = sampler.sample_batch(model, lines, steps=NFE, cfg_strength=2.0, sway=-1.0,
+                                        runner=runner)  # fmt: skip
+            for mel in mels:
+                vocoder.decode(mel[:, ref.frames :].float().permute(0, 2, 1)).cpu()
+
+        once()  # records this batch size's graphs
+        sync()
+        started = time.perf_counter()
+        for _ in range(reps):
+            once()
+        sync()
+        rates[size] = round(size * reps / (time.perf_counter() - started), 1)
+    return rates
+
+
 # regression check -------------------------------------------------------------------------
+#: msgs_per_s is higher-is-better and left out of the check.
 LOWER_IS_BETTER = (
     "ttfa_ms_median",
     "ttfa_ms_min",
@@ -414,6 +451,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             }
             summary[f"{label}.step"] = step
             emit({"event": "step", "path": label, "frames": frames, **step}, records)
+        if device == "cuda" and compile_ and graphs_:
+            for size, rate in batch_throughput(engine).items():
+                summary[f"{label}.batch{size}"] = {"msgs_per_s": rate}
+                emit({"event": "batch", "path": label, "batch": size, "msgs_per_s": rate}, records)
         engine.close()
         del engine  # its weights and graphs must not count in the next path's peak
         gc.collect()

@@ -113,10 +113,11 @@ def velocity(
     time: torch.Tensor,
     cfg_strength: float,
 ) -> torch.Tensor:
-    """The guided flow velocity at `x` (1, length, n_mels); `mask` (1, length) marks real
-    frames, None when nothing is padded. Guidance is one batch-2 forward."""
+    """The guided flow velocity at `x` (batch, length, n_mels); `mask` (batch, length)
+    marks real frames, None when nothing is padded. Guidance doubles the batch in
+    one forward rather than running two."""
     guided = cfg_strength >= NO_GUIDANCE
-    t = dit.time_embed(time.reshape(1))
+    t = dit.time_embed(time.reshape(1).repeat(x.shape[0]))
     h = dit.input_embed(x, cond, embeds.cond, drop_audio_cond=False, audio_mask=mask)
     if guided:
         null = dit.input_embed(x, cond, embeds.uncond, drop_audio_cond=True, audio_mask=mask)

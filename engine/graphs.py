@@ -52,7 +52,8 @@ class GraphSteps:
 
     def __init__(self, bucket: int = BUCKET_FRAMES) -> None:
         self._bucket = bucket
-        self._graphs: dict[tuple[int, float], _Graph | None] = {}
+        #: By (batch, length, guidance).
+        self._graphs: dict[tuple[int, int, float], _Graph | None] = {}
         self._pool: Any = None
         #: The calling thread's graph in use (see EagerSteps on why per thread).
         self._local = threading.local()
@@ -79,7 +80,7 @@ class GraphSteps:
         mask: torch.Tensor | None,
         cfg_strength: float,
     ) -> None:
-        key = (x.shape[1], cfg_strength)
+        key = (x.shape[0], x.shape[1], cfg_strength)
         if key not in self._graphs:
             self._graphs[key] = self._try_capture(transformer, x, cond, embeds, cfg_strength)
         graph = self._graphs[key]
@@ -171,6 +172,7 @@ class GraphSteps:
         log.info(
             "engine.graph_captured",
             frames=x.shape[1],
+            batch=x.shape[0],
             capture_ms=round((time.perf_counter() - started) * 1000, 1),
             graphs=len(self._graphs) + 1,
         )

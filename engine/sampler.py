@@ -114,7 +114,17 @@ class EagerSteps:
         return r.x
 
 
-@torch.inference_mode()
+@dataclass(frozen=True, slots=True)
+class Line:
+    """One request of a batch: reference mel (1, n_ref, n_mels), text ids (1, nt),
+    total frames, and the noise seed."""
+
+    cond: torch.Tensor
+    text: torch.Tensor
+    duration: int
+    seed: int | None = None
+
+
 def sample(
     model: Any,
     cond: torch.Tensor,
@@ -129,30 +139,65 @@ def sample(
     runner: Steps | None = None,
 ) -> torch.Tensor:
     """Mel frames (1, duration, n_mels) with the reference `cond` (1, n_ref, n_mels) kept."""
+    (mel,) = sample_batch(
+        model,
+        [Line(cond, text, duration, seed)],
+        steps=steps,
+        cfg_strength=cfg_strength,
+        sway=sway,
+        should_stop=should_stop,
+        runner=runner,
+    )
+    return mel
+
+
+@torch.inference_mode()
+def sample_batch(
+    model: Any,
+    lines: list[Line],
+    *,
+    steps: int,
+    cfg_strength: float,
+    sway: float,
+    should_stop: Callable[[], bool] = lambda: False,
+    runner: Steps | None = None,
+) -> list[torch.Tensor]:
+    """Several lines in one batch, padded to a common length (the padding masked
+    out): each result equals that line sampled alone."""
     runner = runner or EagerSteps()
     transformer = model.transformer
-    ref_len = cond.shape[1]
-    duration = max(duration, max(text.shape[1], ref_len) + 1)
-    length = runner.length(duration)
-    cond = F.pad(cond, (0, 0, 0, duration - ref_len))
-    cond_mask = (torch.arange(duration, device=cond.device) < ref_len)[None, :, None]
-    step_cond = torch.where(cond_mask, cond, torch.zeros_like(cond))
-    t = timesteps(steps, sway, cond.device, cond.dtype)
-    dts = t[1:] - t[:-1]
-    generator = None
-    if seed is not None:
-        generator = torch.Generator(device=cond.device).manual_seed(seed)
-    x = torch.randn(
-        duration, cond.shape[-1], generator=generator, device=cond.device, dtype=cond.dtype
-    )[None]
-    mask = None
-    if length != duration:
-        dit.allow_padding(transformer)
+    durations = [max(ln.duration, max(ln.text.shape[1], ln.cond.shape[1]) + 1) for ln in lines]
+    length = runner.length(max(durations))
+    conds, cond_masks, xs, step_conds, embeds = [], [], [], [], []
+    for line, duration in zip(lines, durations, strict=True):
+        ref_len, device = line.cond.shape[1], line.cond.device
+        cond = F.pad(line.cond, (0, 0, 0, duration - ref_len))
+        cond_mask = (torch.arange(duration, device=device) < ref_len)[None, :, None]
+        generator = None
+        if line.seed is not None:
+            generator = torch.Generator(device=device).manual_seed(line.seed)
+        x = torch.randn(
+            duration, cond.shape[-1], generator=generator, device=device, dtype=cond.dtype
+        )[None]
         pad = (0, 0, 0, length - duration)
-        x, step_cond = F.pad(x, pad), F.pad(step_cond, pad)
-        mask = (torch.arange(length, device=cond.device) < duration)[None]
-    embeds = dit.text_embeds(transformer, text, duration, length)
-    runner.start(transformer, x, step_cond, embeds, mask, cfg_strength)
+        conds.append(cond)
+        cond_masks.append(cond_mask)
+        xs.append(F.pad(x, pad))
+        step_conds.append(F.pad(torch.where(cond_mask, cond, torch.zeros_like(cond)), pad))
+        embeds.append(dit.text_embeds(transformer, line.text, duration, length))
+    mask = None
+    if any(d != length for d in durations):
+        dit.allow_padding(transformer)
+        positions = torch.arange(length, device=xs[0].device)
+        mask = torch.stack([positions < d for d in durations])
+    t = timesteps(steps, sway, xs[0].device, xs[0].dtype)
+    dts = t[1:] - t[:-1]
+    batch_embeds = dit.TextEmbeds(
+        torch.cat([e.cond for e in embeds]), torch.cat([e.uncond for e in embeds])
+    )
+    runner.start(
+        transformer, torch.cat(xs), torch.cat(step_conds), batch_embeds, mask, cfg_strength
+    )
     try:
         for i in range(steps):
             if should_stop():
@@ -160,4 +205,9 @@ def sample(
             runner.step(t[i], dts[i])
     finally:
         x = runner.result()
-    return torch.where(cond_mask, cond, x[:, :duration])
+    return [
+        torch.where(cond_mask, cond, x[row : row + 1, :duration])
+        for row, (cond, cond_mask, duration) in enumerate(
+            zip(conds, cond_masks, durations, strict=True)
+        )
+    ]

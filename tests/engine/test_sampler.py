@@ -159,6 +159,29 @@ def test_a_runner_keeps_each_threads_request_apart(model: object, tiny_files: Mo
     assert not torch.equal(alone[:, :100], other_alone[:, :100])
 
 
+def test_a_batch_gives_each_line_what_it_gets_alone(model: object, tiny_files: ModelFiles) -> None:
+    vocab = read_vocab(tiny_files.vocab)
+    torch.manual_seed(8)
+    lines = []
+    for seconds, text, extra, seed in [
+        (1.0, "Short one.", 40, 1),
+        (2.0, "A second line, a little longer than the first.", 150, 2),
+        (1.5, "大家好，欢迎！", 90, 3),
+    ]:
+        audio = torch.randn(1, int(24000 * seconds)) * 0.1
+        cond = model.mel_spec(audio).permute(0, 2, 1)  # type: ignore[attr-defined]
+        ids = sampler.text_ids(text, vocab, torch.device("cpu"))
+        lines.append(sampler.Line(cond, ids, cond.shape[1] + extra, seed))
+    kwargs = {"steps": 6, "cfg_strength": 2.0, "sway": -1.0}
+    batched = sampler.sample_batch(model, lines, **kwargs)  # type: ignore[arg-type]
+    for line, mel in zip(lines, batched, strict=True):
+        alone = sampler.sample(model, line.cond, line.text, line.duration, seed=line.seed,
+                               **kwargs)  # type: ignore[arg-type]  # fmt: skip
+        assert mel.shape == alone.shape == (1, line.duration, 100)
+        assert torch.allclose(mel, alone, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(batched[0][:, -30:], batched[1][:, -30:], atol=1e-3)
+
+
 def test_cancel_stops_between_steps(model: object, tiny_files: ModelFiles) -> None:
     vocab = read_vocab(tiny_files.vocab)
     cond = torch.zeros(1, 50, 100)
