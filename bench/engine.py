@@ -275,6 +275,35 @@ def time_vocoder(engine: Engine, seconds: float, reps: int = 20) -> float:
     return (time.perf_counter() - started) / reps * 1000
 
 
+def phase_times(engine: Engine, text: str, reps: int = 10) -> dict[str, float]:
+    """Where a short line's first audio goes: text to ids on the CPU, sampling
+    (text embedding and the steps), decoding; the rest of first audio is the
+    engine's thread hand-offs."""
+    model, vocoder = engine._model, engine._vocoder
+    ref = engine._reference(engine.voices.get("ref"))
+    device = torch.device(engine.device)
+    frames = chunking.duration_frames(ref.frames, ref.text, text)
+    totals = {"text_ids_ms": 0.0, "sample_ms": 0.0, "vocoder_ms": 0.0}
+    for _ in range(reps + 1):
+        sync()
+        t0 = time.perf_counter()
+        ids = sampler.text_ids(ref.text + text, engine._vocab, device)
+        sync()
+        t1 = time.perf_counter()
+        mel = sampler.sample(model, ref.mel, ids, frames, seed=0, steps=NFE, cfg_strength=2.0,
+                             sway=-1.0, runner=engine._runner)  # fmt: skip
+        sync()
+        t2 = time.perf_counter()
+        vocoder.decode(mel[:, ref.frames :].float().permute(0, 2, 1))[0].cpu().numpy()
+        t3 = time.perf_counter()
+        if _ == 0:
+            continue  # warm
+        totals["text_ids_ms"] += (t1 - t0) * 1000
+        totals["sample_ms"] += (t2 - t1) * 1000
+        totals["vocoder_ms"] += (t3 - t2) * 1000
+    return {k: round(v / reps, 2) for k, v in totals.items()}
+
+
 #: Short chat lines of a flood, synthesised B at a time.
 FLOOD = ["Thanks for the follow, welcome in!", "gg", "lol that was so close", "hype hype hype"]
 
@@ -321,6 +350,7 @@ LOWER_IS_BETTER = (
     "peak_gb",
     "startup_s",
     "step_ms",
+    "step_940_ms",
     "vocoder_ms",
     "warm_s",
 )
@@ -446,12 +476,17 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         if device == "cuda":
             step = {
                 "step_ms": round(time_engine_step(engine, frames, text_len), 3),
+                # The issue's reference length (a short line after a 7 s reference).
+                "step_940_ms": round(time_engine_step(engine, 940, text_len), 3),
                 # The short line's decode: what first audio costs beyond the steps.
                 "vocoder_ms": round(time_vocoder(engine, summary["stock.short"]["audio_s"]), 3),
             }
             summary[f"{label}.step"] = step
             emit({"event": "step", "path": label, "frames": frames, **step}, records)
         if device == "cuda" and compile_ and graphs_:
+            phases = phase_times(engine, LINES["short"])
+            summary[f"{label}.phases"] = phases
+            emit({"event": "phases", "path": label, "line": "short", **phases}, records)
             for size, rate in batch_throughput(engine).items():
                 summary[f"{label}.batch{size}"] = {"msgs_per_s": rate}
                 emit({"event": "batch", "path": label, "batch": size, "msgs_per_s": rate}, records)
