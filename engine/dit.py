@@ -38,6 +38,13 @@ def text_embeds(dit: Any, text: torch.Tensor, frames: int, length: int) -> TextE
     return TextEmbeds(embed(False), embed(True))
 
 
+def compile_regions(dit: Any) -> None:
+    """Regional compilation: the DiT's blocks share one compiled graph, so the
+    compile costs one block's time, not the whole model's."""
+    for block in dit.transformer_blocks:
+        block.compile(dynamic=True)
+
+
 def allow_padding(dit: Any) -> None:
     """Let attention honour the padding mask (f5-tts's v1 config turns it off)."""
     for block in dit.transformer_blocks:

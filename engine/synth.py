@@ -33,7 +33,7 @@ import structlog
 import torch
 
 from bot.config import EngineConfig
-from engine import chunking, faults, graphs, sampler
+from engine import chunking, dit, faults, graphs, sampler
 from engine.checkpoints import HOP_LENGTH, SAMPLE_RATE, ModelFiles, load_f5, load_vocos, read_vocab
 from engine.voices import TARGET_RMS, Voice, VoiceLibrary, VoiceSettings
 
@@ -262,11 +262,8 @@ class Engine:
                     fallback="cuda graphs" if self.config.cuda_graphs else "eager",
                 )
             else:
-                # Regional compilation: the DiT's blocks share one compiled graph, so
-                # the compile costs one block's time, not the whole model's.
                 _persist_compile_cache()
-                for block in self._model.transformer.transformer_blocks:
-                    block.compile(dynamic=True)
+                dit.compile_regions(self._model.transformer)
                 self._compiled = True
         if self.config.cuda_graphs:
             return graphs.GraphSteps()
