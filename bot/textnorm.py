@@ -48,6 +48,8 @@ CLAUSE_BREAK = frozenset(",;:，、；：")
 
 def clean_unicode(text: str) -> str:
     """NFC, controls to spaces, invisible characters and mark floods removed."""
+    if text.isascii() and text.isprintable():
+        return text  # most chat: nothing to change (and this runs per message)
     text = unicodedata.normalize("NFC", text)
     out: list[str] = []
     marks: list[str] = []

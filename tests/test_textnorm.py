@@ -113,3 +113,11 @@ def test_pipeline_never_crashes_and_removes_invisibles(text: str) -> None:
     )
     assert not any(unicodedata.category(c) in ("Cc", "Cf", "Cs", "Co", "Cn") for c in out)
     assert out == out.strip()
+
+
+def test_printable_ascii_is_already_clean() -> None:
+    # The fast path for plain chat gives what the full pass gives.
+    printable = "".join(chr(c) for c in range(0x20, 0x7F))
+    assert textnorm.clean_unicode(printable) == printable
+    assert textnorm.clean_unicode(printable + "\u00e9") == printable + "\u00e9"
+    assert textnorm.clean_unicode("tab\there") == "tab here"
