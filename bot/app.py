@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -17,6 +16,7 @@ from bot import outcomes
 from bot.config import Config
 from bot.control import Control, Reply
 from bot.lag import LagProbe
+from bot.logs import tell_user
 from bot.policy import SpeechPolicy
 from bot.queue import SpeechQueue
 from bot.router import Router
@@ -117,7 +117,7 @@ async def run_bot(config: Config) -> int:
         files = resolve_files(config.engine)
     except (VoiceError, CheckpointError, AudioDeviceError, OSError) as exc:
         log.error("bot.cannot_start", error=str(exc))
-        print(f"start-up error: {exc}", file=sys.stderr)
+        tell_user(f"start-up error: {exc}")
         return EXIT_STARTUP
 
     stop = asyncio.Event()
@@ -140,7 +140,7 @@ async def run_bot(config: Config) -> int:
         ready.result()
     except Exception as exc:  # a bad checkpoint, or the GPU failing at warm-up
         log.error("bot.cannot_start", error=str(exc))
-        print(f"start-up error: {exc}", file=sys.stderr)
+        tell_user(f"start-up error: {exc}")
         engine.close()
         return EXIT_STARTUP
 

@@ -13,7 +13,7 @@ import numpy as np
 import yaml
 
 from bot.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
-from bot.logs import configure_logging
+from bot.logs import configure_logging, tell_user
 from engine.voices import VoiceError, VoiceLibrary
 
 EXIT_CONFIG = 2
@@ -55,7 +55,7 @@ def _load(path: Path) -> Config | None:
     try:
         return load_config(path)
     except ConfigError as exc:
-        print(exc, file=sys.stderr)
+        tell_user(str(exc))
         return None
 
 
@@ -116,7 +116,7 @@ def _say(path: Path, text: str, voice: str | None, out: Path, seed: int | None) 
     try:
         files = resolve_files(config.engine)
     except CheckpointError as exc:
-        print(f"engine error: {exc}", file=sys.stderr)
+        tell_user(f"engine error: {exc}")
         return EXIT_CONFIG
     engine = Engine(config.engine, VoiceLibrary(config.engine.voices_dir), files)
 
@@ -134,7 +134,7 @@ def _say(path: Path, text: str, voice: str | None, out: Path, seed: int | None) 
     try:
         chunks = asyncio.run(synthesise())
     except (CheckpointError, SynthesisError) as exc:
-        print(f"engine error: {exc}", file=sys.stderr)
+        tell_user(f"engine error: {exc}")
         return 1
     finally:
         engine.close()
@@ -148,10 +148,9 @@ def _devices() -> int:
     try:
         import sounddevice as sd
     except OSError as exc:
-        print(
+        tell_user(
             f"audio error: PortAudio is not available ({exc}); "
-            "install it (Debian/Ubuntu: apt-get install libportaudio2)",
-            file=sys.stderr,
+            "install it (Debian/Ubuntu: apt-get install libportaudio2)"
         )
         return 1
     devices = sd.query_devices()

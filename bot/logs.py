@@ -124,6 +124,13 @@ def flush_logs(timeout: float = 5.0) -> None:
 atexit.register(flush_logs)
 
 
+def tell_user(text: str) -> None:
+    """A line for the person at the terminal, after every log line logged before
+    it (they are written from another thread), so it is the last thing shown."""
+    flush_logs()
+    print(text, file=sys.stderr)
+
+
 def configure_logging(
     level: str = "info", fmt: LogFormat = "auto", stream: TextIO | None = None
 ) -> None:
