@@ -58,18 +58,14 @@ class GraphSteps:
         #: The calling thread's graph in use (see EagerSteps on why per thread).
         self._local = threading.local()
         #: Lengths whose capture failed run eagerly (padded and masked all the same).
-        self._eager = EagerSteps()
+        self._eager = EagerSteps(bucket)
 
     @property
     def bucket(self) -> int:
         return self._bucket
 
-    @property
-    def captured(self) -> int:
-        return sum(g is not None for g in self._graphs.values())
-
     def length(self, frames: int) -> int:
-        return -(-frames // self._bucket) * self._bucket
+        return self._eager.length(frames)
 
     def start(
         self,
