@@ -44,6 +44,34 @@ def text_ids(text: str, vocab: dict[str, int], device: torch.device) -> torch.Te
     return torch.tensor([ids], dtype=torch.long, device=device)
 
 
+@dataclass
+class StepInputs:
+    """One request's inputs, padded to the runner's length: noise x (batch, length,
+    n_mels), the audio condition (zero past the reference), text ids padded with
+    `dit.PAD_ID`, the mask of real frames (None when nothing is padded), and per
+    step its `dit.modulations` row and its time step dt."""
+
+    transformer: Any
+    x: torch.Tensor
+    cond: torch.Tensor
+    text: torch.Tensor
+    mask: torch.Tensor | None
+    cfg_strength: float
+    mods: torch.Tensor  # (steps, width)
+    dts: torch.Tensor  # (steps,)
+
+
+def schedule(transformer: Any, steps: int, sway: float, t: torch.Tensor) -> torch.Tensor:
+    """`dit.modulations` at the schedule's times: the same for every request with
+    these settings, so computed once and kept on the model."""
+    cache: dict[tuple[int, float, torch.dtype, torch.device], torch.Tensor]
+    cache = transformer.__dict__.setdefault("_ishowtts_schedules", {})
+    key = (steps, sway, t.dtype, t.device)
+    if key not in cache:
+        cache[key] = dit.modulations(transformer, t[:steps])
+    return cache[key]
+
+
 class Steps(Protocol):
     """Runs the Euler steps of one request: eagerly, or by replaying a captured graph."""
 
@@ -51,29 +79,21 @@ class Steps(Protocol):
         """The (padded) sequence length this runner computes `frames` frames at."""
         ...
 
-    def start(
-        self,
-        transformer: Any,
-        x: torch.Tensor,
-        cond: torch.Tensor,
-        embeds: dit.TextEmbeds,
-        mask: torch.Tensor | None,
-        cfg_strength: float,
-    ) -> None: ...
+    def start(self, inputs: StepInputs) -> None:
+        """Takes the request (and embeds its text); `inputs.x` is then the runner's."""
+        ...
 
-    def step(self, t: torch.Tensor, dt: torch.Tensor) -> None: ...
+    def step(self, i: int) -> None:
+        """Euler step `i` of the request."""
+        ...
 
     def result(self) -> torch.Tensor: ...
 
 
 @dataclass
 class _Request:
-    transformer: Any
-    x: torch.Tensor
-    cond: torch.Tensor
+    inputs: StepInputs
     embeds: dit.TextEmbeds
-    mask: torch.Tensor | None
-    cfg_strength: float
 
 
 class EagerSteps:
@@ -91,27 +111,22 @@ class EagerSteps:
     def length(self, frames: int) -> int:
         return -(-frames // self._bucket) * self._bucket
 
-    def start(
-        self,
-        transformer: Any,
-        x: torch.Tensor,
-        cond: torch.Tensor,
-        embeds: dit.TextEmbeds,
-        mask: torch.Tensor | None,
-        cfg_strength: float,
-    ) -> None:
-        self._local.request = _Request(transformer, x, cond, embeds, mask, cfg_strength)
+    def start(self, inputs: StepInputs) -> None:
+        embeds = dit.text_embeds(inputs.transformer, inputs.text)
+        self._local.request = _Request(inputs, embeds)
 
-    def step(self, t: torch.Tensor, dt: torch.Tensor) -> None:
+    def step(self, i: int) -> None:
         r: _Request = self._local.request
-        v = dit.velocity(r.transformer, r.x, r.cond, r.embeds, r.mask, t, r.cfg_strength)
-        x = r.x + dt * v
-        r.x = x if r.mask is None else x * r.mask[..., None]
+        a = r.inputs
+        mod = a.mods[i : i + 1]
+        v = dit.velocity(a.transformer, a.x, a.cond, r.embeds, a.mask, mod, a.cfg_strength)
+        x = a.x + a.dts[i] * v
+        a.x = x if a.mask is None else x * a.mask[..., None]
 
     def result(self) -> torch.Tensor:
         r: _Request = self._local.request
         self._local.request = None
-        return r.x
+        return r.inputs.x
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,9 +181,10 @@ def sample_batch(
     out): each result equals that line sampled alone."""
     runner = runner or EagerSteps()
     transformer = model.transformer
+    dit.prepare(transformer)
     durations = [max(ln.duration, max(ln.text.shape[1], ln.cond.shape[1]) + 1) for ln in lines]
     length = runner.length(max(durations))
-    conds, cond_masks, xs, step_conds, embeds = [], [], [], [], []
+    conds, cond_masks, xs, step_conds = [], [], [], []
     for line, duration in zip(lines, durations, strict=True):
         ref_len, device = line.cond.shape[1], line.cond.device
         cond = F.pad(line.cond, (0, 0, 0, duration - ref_len))
@@ -184,25 +200,20 @@ def sample_batch(
         cond_masks.append(cond_mask)
         xs.append(F.pad(x, pad))
         step_conds.append(F.pad(torch.where(cond_mask, cond, torch.zeros_like(cond)), pad))
-        embeds.append(dit.text_embeds(transformer, line.text, duration, length))
     mask = None
     if any(d != length for d in durations):
-        dit.allow_padding(transformer)
         positions = torch.arange(length, device=xs[0].device)
         mask = torch.stack([positions < d for d in durations])
     t = timesteps(steps, sway, xs[0].device, xs[0].dtype)
-    dts = t[1:] - t[:-1]
-    batch_embeds = dit.TextEmbeds(
-        torch.cat([e.cond for e in embeds]), torch.cat([e.uncond for e in embeds])
-    )
-    runner.start(
-        transformer, torch.cat(xs), torch.cat(step_conds), batch_embeds, mask, cfg_strength
-    )
+    text = dit.pad_ids([line.text for line in lines], length)
+    mods = schedule(transformer, steps, sway, t)
+    x, cond = torch.cat(xs), torch.cat(step_conds)
+    runner.start(StepInputs(transformer, x, cond, text, mask, cfg_strength, mods, t[1:] - t[:-1]))
     try:
         for i in range(steps):
             if should_stop():
                 raise Cancelled
-            runner.step(t[i], dts[i])
+            runner.step(i)
     finally:
         x = runner.result()
     return [

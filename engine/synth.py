@@ -161,6 +161,7 @@ class Engine:
             model = load_f5(self.files, self.config.arch, self.device, self.dtype)
             self._vocoder = load_vocos(self.files, self.device)
             loaded = time.perf_counter()
+            dit.prepare(model.transformer)
             self._model = model
             self._runner = self._choose_runner()
             self._warm_up()

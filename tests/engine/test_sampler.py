@@ -13,6 +13,12 @@ def model(tiny_files: ModelFiles) -> object:
     return load_f5(tiny_files, TINY_ARCH, "cpu", torch.float32)
 
 
+@pytest.fixture(scope="module")
+def stock(tiny_files: ModelFiles) -> object:
+    """The same weights, never touched by our code (`dit.prepare` rewires attention)."""
+    return load_f5(tiny_files, TINY_ARCH, "cpu", torch.float32)
+
+
 @pytest.mark.parametrize(
     "text",
     [
@@ -27,6 +33,7 @@ def model(tiny_files: ModelFiles) -> object:
 @pytest.mark.parametrize("bucket", [1, 64])
 def test_our_sampler_equals_cfm_sample(
     model: object,
+    stock: object,
     tiny_files: ModelFiles,
     text: str,
     steps: int,
@@ -53,7 +60,7 @@ def test_our_sampler_equals_cfm_sample(
         sway=sway,
         runner=runner,
     )
-    theirs, _ = model.sample(  # type: ignore[attr-defined]
+    theirs, _ = stock.sample(  # type: ignore[attr-defined]
         cond=cond,
         text=ids,
         duration=duration,
@@ -76,46 +83,101 @@ def test_chinese_becomes_pinyin_and_unknown_characters_are_skipped(tiny_files: M
     assert [inverse[i] for i in ids] == [" ", "ni2", " ", "hao3"]
 
 
-def test_velocity_equals_dit_forward(model: object, tiny_files: ModelFiles) -> None:
+def test_velocity_equals_dit_forward(model: object, stock: object, tiny_files: ModelFiles) -> None:
     from engine import dit
 
     transformer = model.transformer  # type: ignore[attr-defined]
+    dit.prepare(transformer)
     vocab = read_vocab(tiny_files.vocab)
     torch.manual_seed(5)
     x, cond = torch.randn(1, 90, 100), torch.randn(1, 90, 100)
     ids = sampler.text_ids("Velocity check, one two three.", vocab, torch.device("cpu"))
     t = torch.tensor(0.3)
     with torch.inference_mode():
-        both = transformer(x=x, cond=cond, text=ids, time=t, mask=None, cfg_infer=True)
+        both = stock.transformer(  # type: ignore[attr-defined]
+            x=x, cond=cond, text=ids, time=t, mask=None, cfg_infer=True
+        )
         pred, null = torch.chunk(both, 2, dim=0)
         theirs = pred + (pred - null) * 2.0
-        ours = dit.velocity(transformer, x, cond, dit.text_embeds(transformer, ids, 90, 90),
-                            None, t, 2.0)  # fmt: skip
+        embeds = dit.text_embeds(transformer, dit.pad_ids([ids], 90))
+        mod = dit.modulations(transformer, t.reshape(1))
+        ours = dit.velocity(transformer, x, cond, embeds, None, mod, 2.0)
     assert torch.allclose(ours, theirs, atol=1e-5, rtol=1e-4)
     assert theirs.abs().mean() > 1e-2
 
 
-def test_padded_attention_equals_the_packages_masked_attention(model: object) -> None:
+def test_text_embedded_at_the_padded_length_equals_the_packages_zero_padding(
+    stock: object, tiny_files: ModelFiles
+) -> None:
+    # f5-tts embeds a line's text at its frame count and zero-pads the batch; we
+    # embed at the padded length (a fixed shape a graph can replay): the same.
+    import torch.nn.functional as F
+
+    from engine import dit
+
+    transformer = stock.transformer  # type: ignore[attr-defined]
+    vocab = read_vocab(tiny_files.vocab)
+    short = sampler.text_ids("Short line.", vocab, torch.device("cpu"))
+    long = sampler.text_ids("A rather longer line of chat, with more words.", vocab,
+                            torch.device("cpu"))  # fmt: skip
+    frames, length = (60, 90), 128
+    with torch.inference_mode():
+        ours = dit.text_embeds(transformer, dit.pad_ids([short, long], length))
+        for row, (ids, n) in enumerate(zip((short, long), frames, strict=True)):
+            for drop, got in ((False, ours.cond), (True, ours.uncond)):
+                theirs = F.pad(transformer.text_embed(ids, seq_len=n, drop_text=drop),
+                               (0, 0, 0, length - n))  # fmt: skip
+                # Equal up to float rounding: GRN's norm over positions sums the
+                # masked zeros in a different order.
+                assert torch.allclose(got[row : row + 1], theirs, atol=1e-4, rtol=1e-4)
+        assert ours.cond[1, : long.shape[1]].abs().mean() > 1e-2
+        assert not torch.allclose(ours.cond, ours.uncond)
+
+
+def test_padded_attention_equals_the_packages_masked_attention(
+    model: object, stock: object
+) -> None:
     from f5_tts.model.modules import AttnProcessor
 
     from engine import dit
 
     transformer = model.transformer  # type: ignore[attr-defined]
     attn = transformer.transformer_blocks[0].attn
+    stock_attn = stock.transformer.transformer_blocks[0].attn  # type: ignore[attr-defined]
     torch.manual_seed(6)
     x = torch.randn(2, 70, attn.dim)
     mask = torch.ones(2, 70, dtype=torch.bool)
     mask[:, 55:] = False
     rope = transformer.rotary_embed.forward_from_seq_len(70)
     with torch.inference_mode(), pytest.warns(UserWarning):
-        theirs = AttnProcessor(attn_mask_enabled=True)(attn, x, mask=mask, rope=rope)
+        theirs = AttnProcessor(attn_mask_enabled=True)(stock_attn, x, mask=mask, rope=rope)
     with torch.inference_mode():
-        ours = dit.PaddedAttention()(attn, x, mask=mask, rope=rope)
-        unmasked = dit.PaddedAttention()(attn, x, mask=None, rope=rope)
+        ours = dit.PaddedAttention(attn)(attn, x, mask=mask, rope=rope)
+        unmasked = dit.PaddedAttention(attn)(attn, x, mask=None, rope=rope)
     assert torch.allclose(ours, theirs, atol=1e-5, rtol=1e-4)
     assert ours[:, 55:].abs().max() == 0
     # The mask does change the real frames' attention: this compares something.
     assert not torch.allclose(ours[:, :55], unmasked[:, :55], atol=1e-4)
+
+
+def test_prepare_joins_qkv_without_copying_the_weights(tiny_files: ModelFiles) -> None:
+    from engine import dit
+
+    fresh = load_f5(tiny_files, TINY_ARCH, "cpu", torch.float32)
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    params = sum(p.numel() for p in fresh.parameters())
+    dit.prepare(fresh.transformer)
+    processors = [b.attn.processor for b in fresh.transformer.transformer_blocks]
+    dit.prepare(fresh.transformer)  # idempotent: the same processors stay
+    assert [b.attn.processor for b in fresh.transformer.transformer_blocks] == processors
+    assert all(isinstance(p, dit.PaddedAttention) for p in processors)
+    # The package's projections now view the joined tensor: same values, no second copy.
+    attn = fresh.transformer.transformer_blocks[0].attn
+    joined = processors[0].qkv.weight
+    assert attn.to_k.weight.data_ptr() == joined[attn.to_q.weight.shape[0] :].data_ptr()
+    after = fresh.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert sum(p.numel() for p in fresh.parameters()) == params
 
 
 def test_a_runner_keeps_each_threads_request_apart(model: object, tiny_files: ModelFiles) -> None:

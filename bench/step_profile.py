@@ -1,0 +1,428 @@
+"""Where one guided sampling step's time goes on the GPU, and what candidate
+changes do to it. Each variant is timed as the engine runs it: regional
+compile, padded to its bucket, replayed as a CUDA graph, at the issue's
+reference length (940 frames, padded to 1,024, batch 1 with guidance).
+
+Prints JSON lines: kernel time per step by category and the top kernels,
+SDPA backends and GEMM rates at the step's shapes, the step time of each
+variant, the vocoder's parts, and the per-request set-up.
+
+Run on the GPU:  python -m bench.step_profile [--variants baseline ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from bot.config import ArchConfig
+from engine import dit, sampler
+from engine.checkpoints import ModelFiles, load_f5, load_vocos
+from engine.graphs import GraphSteps
+from tests.engine.tiny import PUBLISHED_VOCOS_CONFIG, write_f5, write_vocos
+
+FRAMES = 940
+TEXT_LEN = 130
+
+
+def emit(record: dict[str, Any]) -> None:
+    print(json.dumps(record), flush=True)
+
+
+def cuda_ms(fn: Callable[[], object], reps: int = 50, warm: int = 5) -> float:
+    for _ in range(warm):
+        fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()  # type: ignore[no-untyped-call]
+    for _ in range(reps):
+        fn()
+    end.record()  # type: ignore[no-untyped-call]
+    torch.cuda.synchronize()
+    return float(start.elapsed_time(end)) / reps  # type: ignore[no-untyped-call]
+
+
+def wall_ms(fn: Callable[[], object], reps: int = 20, warm: int = 3) -> float:
+    for _ in range(warm):
+        fn()
+    torch.cuda.synchronize()
+    started = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - started) / reps * 1000
+
+
+def inputs(model: Any, length: int) -> sampler.StepInputs:
+    dtype = next(model.parameters()).dtype
+    x = torch.randn(1, length, 100, device="cuda", dtype=dtype)
+    text = torch.randint(0, 100, (1, TEXT_LEN), device="cuda")
+    mask = (torch.arange(length, device="cuda") < FRAMES)[None]
+    mods = dit.modulations(model.transformer, torch.full((1,), 0.5, device="cuda", dtype=dtype))
+    dts = torch.zeros(1, device="cuda", dtype=dtype)  # timed steps leave x as it is
+    ids = dit.pad_ids([text], length)
+    return sampler.StepInputs(model.transformer, x, x.clone(), ids, mask, 2.0, mods, dts)
+
+
+# variants ---------------------------------------------------------------------------
+def unfold_conv(conv: torch.nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
+    """A grouped conv1d as one batched matmul over the groups (im2col)."""
+    w, g = conv.weight, conv.groups
+    c_out, c_in_g, k = w.shape
+    b, _, n = x.shape
+    cols = F.pad(x, (k // 2, k // 2)).unfold(2, k, 1)  # (b, c, n, k)
+    cols = cols.reshape(b, g, c_in_g, n, k).permute(1, 0, 3, 2, 4).reshape(g, b * n, c_in_g * k)
+    wg = w.reshape(g, c_out // g, c_in_g * k).transpose(1, 2)
+    out = torch.bmm(cols, wg).reshape(g, b, n, c_out // g).permute(1, 0, 3, 2)
+    return out.reshape(b, c_out, n) + conv.bias[None, :, None]
+
+
+def patch_unfold(model: Any) -> None:
+    pos = model.transformer.input_embed.conv_pos_embed
+
+    def forward(x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        m = mask.unsqueeze(1) if mask is not None else None
+        x = x.permute(0, 2, 1)
+        if m is not None:
+            x = x.masked_fill(~m, 0.0)
+        for layer in pos.conv1d:
+            x = unfold_conv(layer, x) if isinstance(layer, torch.nn.Conv1d) else layer(x)
+            if m is not None and isinstance(layer, torch.nn.Conv1d):
+                x = x.masked_fill(~m, 0.0)
+        return x.permute(0, 2, 1)
+
+    pos.forward = forward
+
+
+#: Candidate changes over the engine's own path (measured; see the README for which stayed).
+VARIANTS: dict[str, dict[str, bool]] = {
+    "baseline": {},
+    "cudnn_benchmark": {"benchmark": True},
+    "compile_input": {"compile_input": True},
+    "unfold_conv": {"unfold": True, "compile_input": True},
+    "max_autotune": {"autotune": True},
+}
+
+
+def build(files: ModelFiles, arch: ArchConfig, opts: dict[str, bool]) -> Any:
+    torch._dynamo.reset()
+    torch.backends.cudnn.benchmark = opts.get("benchmark", False)
+    model = load_f5(files, arch, "cuda", torch.float16)
+    transformer = model.transformer
+    dit.prepare(transformer)
+    if opts.get("unfold"):
+        patch_unfold(model)
+    if opts.get("compile_input"):
+        transformer.input_embed.compile(dynamic=True)
+    if opts.get("autotune"):
+        for block in transformer.transformer_blocks:
+            block.compile(dynamic=True, mode="max-autotune-no-cudagraphs")
+    else:
+        dit.compile_regions(transformer)
+    return model
+
+
+def graph_step_ms(model: Any) -> tuple[float, torch.Tensor]:
+    """One replayed step's time, and one step's result from seeded inputs."""
+    runner = GraphSteps()
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        request = inputs(model, 1024)
+        x, dts = request.x.clone(), request.dts
+        request.dts = torch.ones_like(dts)
+        runner.start(request)
+        runner.step(0)
+        first = runner.result()
+        request.x, request.dts = x, dts
+        runner.start(request)
+        ms = cuda_ms(lambda: runner.step(0), reps=100)
+        runner.result()
+    return ms, first
+
+
+CATEGORIES = (
+    ("attention", ("fmha", "flash", "attention", "attn", "cudnn_generated_fort_native_sdpa")),
+    ("conv", ("conv", "implicit", "winograd", "xmma_fprop", "sm90_xmma", "fft")),
+    ("gemm", ("gemm", "nvjet", "cutlass", "sm90", "s16816", "cublas", "splitk")),
+    ("triton", ("triton",)),
+)
+
+
+def profile(model: Any, steps: int = 4) -> None:
+    """Kernel time per step by category (the engine's step, eagerly launched:
+    kernel durations are what a graph replays)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    runner = sampler.EagerSteps(128)
+    with torch.inference_mode():
+        request = inputs(model, 1024)
+        runner.start(request)
+        for _ in range(3):
+            runner.step(0)
+        torch.cuda.synchronize()
+        with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(steps):
+                runner.step(0)
+            torch.cuda.synchronize()
+        runner.result()
+    by_name: dict[str, float] = collections.defaultdict(float)
+    counts: dict[str, int] = collections.defaultdict(int)
+    for event in prof.events():
+        if event.device_type != torch.autograd.DeviceType.CUDA:
+            continue
+        by_name[event.name] += event.time_range.elapsed_us() / steps
+        counts[event.name] += 1
+    categories: dict[str, float] = collections.defaultdict(float)
+    for name, us in by_name.items():
+        low = name.lower()
+        category = next((c for c, keys in CATEGORIES if any(k in low for k in keys)), "other")
+        categories[category] += us
+    emit({"event": "profile", "kernels_per_step": sum(counts.values()) // steps,
+          "us_per_step": {k: round(v, 1) for k, v in sorted(categories.items())},
+          "total_us": round(sum(by_name.values()), 1)})  # fmt: skip
+    for name, us in sorted(by_name.items(), key=lambda kv: -kv[1])[:30]:
+        emit({"event": "kernel", "us": round(us, 1), "per_step": counts[name] // steps,
+              "name": name[:140]})  # fmt: skip
+
+
+def sdpa_backends() -> None:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    q, k, v = (torch.randn(2, 16, 1024, 64, device="cuda", dtype=torch.float16) for _ in "qkv")
+    mask = (torch.arange(1024, device="cuda") < FRAMES)[None].expand(2, 1024)
+    bias = torch.zeros(2, 1024, device="cuda", dtype=torch.float16)
+    bias = bias.masked_fill(~mask, float("-inf"))[:, None, None, :]
+    pad = lambda t: F.pad(t, (0, 8))  # noqa: E731
+    cases = {
+        "flash_nomask_d64": (SDPBackend.FLASH_ATTENTION, q, k, v, None),
+        "flash_nomask_d72": (SDPBackend.FLASH_ATTENTION, pad(q), pad(k), pad(v), None),
+        "efficient_bias": (SDPBackend.EFFICIENT_ATTENTION, q, k, v, bias),
+        "efficient_nomask": (SDPBackend.EFFICIENT_ATTENTION, q, k, v, None),
+        "cudnn_nomask_d64": (SDPBackend.CUDNN_ATTENTION, q, k, v, None),
+        "cudnn_nomask_d72": (SDPBackend.CUDNN_ATTENTION, pad(q), pad(k), pad(v), None),
+        "cudnn_bias": (SDPBackend.CUDNN_ATTENTION, q, k, v, bias),
+    }
+    for name, (backend, q_, k_, v_, m) in cases.items():
+        try:
+            with sdpa_kernel(backend):
+                ms = cuda_ms(
+                    lambda q_=q_, k_=k_, v_=v_, m=m: F.scaled_dot_product_attention(
+                        q_, k_, v_, attn_mask=m
+                    )
+                )
+            emit({"event": "sdpa", "case": name, "us": round(ms * 1000, 1)})
+        except Exception as exc:  # a backend that does not take this case
+            emit({"event": "sdpa", "case": name, "error": str(exc)[:200]})
+
+
+def gemm_rates() -> None:
+    for m, k, n in ((2048, 1024, 1024), (2048, 1024, 3072), (2048, 1024, 2048),
+                    (2048, 2048, 1024), (2, 1024, 6144)):  # fmt: skip
+        a = torch.randn(m, k, device="cuda", dtype=torch.float16)
+        b = torch.randn(n, k, device="cuda", dtype=torch.float16)
+        ms = cuda_ms(lambda a=a, b=b: F.linear(a, b), reps=200)
+        emit({"event": "gemm", "mkn": [m, k, n], "us": round(ms * 1000, 1),
+              "tflops": round(2 * m * k * n / ms / 1e9, 1)})  # fmt: skip
+
+
+def vocoder_parts(files: ModelFiles) -> None:
+    vocoder = load_vocos(files, "cuda")
+    mel = torch.randn(1, 100, 284, device="cuda")
+    with torch.inference_mode():
+        out = {
+            "decode_fp32_wall_ms": wall_ms(lambda: vocoder.decode(mel).cpu()),
+            "decode_fp32_gpu_ms": cuda_ms(lambda: vocoder.decode(mel)),
+            "backbone_fp32_gpu_ms": cuda_ms(lambda: vocoder.backbone(mel)),
+        }
+        hidden = vocoder.backbone(mel)
+        out["head_fp32_gpu_ms"] = cuda_ms(lambda: vocoder.head(hidden))
+        graph = torch.cuda.CUDAGraph()
+        static = mel.clone()
+        side = torch.cuda.Stream()  # type: ignore[no-untyped-call]
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                vocoder.backbone(static)
+        torch.cuda.current_stream().wait_stream(side)
+        with torch.cuda.graph(graph):
+            hidden_static = vocoder.backbone(static)
+        out["backbone_graph_then_head_wall_ms"] = wall_ms(
+            lambda: (graph.replay(), vocoder.head(hidden_static).cpu())
+        )
+        half = vocoder.backbone.half()
+        out["backbone_fp16_gpu_ms"] = cuda_ms(lambda: half(mel.half()))
+        h16 = half(mel.half()).float()
+        out["fp16_backbone_max_diff"] = float((h16 - hidden).abs().max())
+    emit({"event": "vocoder", **{k: round(v, 4) for k, v in out.items()}})
+
+
+def setup_parts(model: Any) -> None:
+    """The per-request work before the first step, piece by piece."""
+    transformer = model.transformer
+    text = torch.randint(0, 100, (1, TEXT_LEN), device="cuda")
+    cond = torch.randn(1, 656, 100, device="cuda", dtype=torch.float16)
+    runner = GraphSteps()
+    h512 = torch.randn(1, 1024, 512, device="cuda", dtype=torch.float16)
+    ids = dit.pad_ids([text], 1024)
+    with torch.inference_mode():
+        sampler.sample(model, cond, text, FRAMES, seed=0, steps=8, cfg_strength=2.0,
+                       sway=-1.0, runner=runner)  # fmt: skip
+        out = {
+            "text_embeds_gpu_ms": cuda_ms(lambda: dit.text_embeds(transformer, ids), reps=20),
+            "text_embeds_ms": wall_ms(lambda: dit.text_embeds(transformer, ids)),
+            "text_block_graphed_ms": graphed_ms(
+                lambda: transformer.text_embed.text_blocks[0](h512)
+            ),
+            "text_dwconv_graphed_ms": graphed_ms(
+                lambda: transformer.text_embed.text_blocks[0].dwconv(h512.transpose(1, 2))
+            ),
+            "text_embeds_graphed_ms": graphed_ms(lambda: dit.text_embeds(transformer, ids)),
+            "timesteps_ms": wall_ms(
+                lambda: sampler.timesteps(8, -1.0, torch.device("cuda"), torch.float16)
+            ),
+            "sample_ms": wall_ms(
+                lambda: sampler.sample(
+                    model,
+                    cond,
+                    text,
+                    FRAMES,
+                    seed=0,
+                    steps=8,
+                    cfg_strength=2.0,
+                    sway=-1.0,
+                    runner=runner,
+                )
+            ),
+        }
+        request = inputs(model, 1024)
+        runner.start(request)
+        out["graph_step_wall_ms"] = wall_ms(lambda: runner.step(0))
+        runner.result()
+    emit({"event": "setup", **{k: round(v, 3) for k, v in out.items()}})
+
+
+def main(args: argparse.Namespace) -> None:
+    root = Path(tempfile.mkdtemp(prefix="step-"))
+    arch = ArchConfig()
+    model_path, vocab = write_f5(root / "f5", arch)
+    vocos = write_vocos(root / "vocos", config_doc=PUBLISHED_VOCOS_CONFIG)
+    files = ModelFiles(model_path, vocab, vocos / "config.yaml", vocos / "pytorch_model.bin")
+    emit({"event": "setup", "gpu": torch.cuda.get_device_name(), "torch": torch.__version__})
+    if args.embed:
+        torch._dynamo.reset()
+        embed_parts(load_f5(files, arch, "cuda", torch.float16))
+        return
+    if not args.variants:
+        gemm_rates()
+        sdpa_backends()
+        vocoder_parts(files)
+    reference = None
+    for name in args.variants or list(VARIANTS):
+        started = time.perf_counter()
+        model = build(files, arch, VARIANTS[name])
+        ms, out = graph_step_ms(model)
+        reference = out if reference is None else reference
+        diff = float((out.float() - reference.float()).abs().max())
+        emit({"event": "variant", "name": name, "graph_step_ms": round(ms, 3),
+              "max_diff_vs_first": diff,
+              "build_s": round(time.perf_counter() - started, 1)})  # fmt: skip
+        if name == "baseline":
+            profile(model)
+            setup_parts(model)
+        if name in args.profile_also:
+            profile(model)
+        del model
+        torch.cuda.empty_cache()
+
+
+# the input embedding (the grouped position convolutions) -----------------------------
+def nhwc_conv(conv: torch.nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
+    """The grouped conv1d as a channels-last conv2d (cuDNN then needs no layout copies)."""
+    k = conv.weight.shape[-1]
+    x4 = x.unsqueeze(2).contiguous(memory_format=torch.channels_last)
+    w4 = conv.weight.unsqueeze(2).contiguous(memory_format=torch.channels_last)
+    out = F.conv2d(x4, w4, conv.bias, padding=(0, k // 2), groups=conv.groups)
+    return out.squeeze(2)
+
+
+def embed_with(conv: Callable[[torch.nn.Conv1d, torch.Tensor], torch.Tensor], model: Any,
+               x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    pos = model.transformer.input_embed.conv_pos_embed
+    m = mask.unsqueeze(1)
+    h = x.permute(0, 2, 1).masked_fill(~m, 0.0)
+    for layer in pos.conv1d:
+        h = conv(layer, h).masked_fill(~m, 0.0) if isinstance(layer, torch.nn.Conv1d) else layer(h)
+    return h.permute(0, 2, 1)
+
+
+def graphed_ms(fn: Callable[[], object]) -> float:
+    side = torch.cuda.Stream()  # type: ignore[no-untyped-call]
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return cuda_ms(graph.replay, reps=100)
+
+
+def embed_parts(model: Any) -> None:
+    """The position convolutions of one step (guided: 2 rows), each way, as a graph."""
+    pos = model.transformer.input_embed.conv_pos_embed
+    h1 = torch.randn(1, 1024, 1024, device="cuda", dtype=torch.float16)
+    h2 = torch.randn(2, 1024, 1024, device="cuda", dtype=torch.float16)
+    m1 = (torch.arange(1024, device="cuda") < FRAMES)[None]
+    m2 = m1.expand(2, 1024)
+    cudnn = lambda conv, x: conv(x)  # noqa: E731
+    out: dict[str, float] = {}
+    with torch.inference_mode():
+        ref = embed_with(cudnn, model, h2, m2).float()
+        out["cudnn_2x_batch1_ms"] = graphed_ms(lambda: (pos(h1, m1), pos(h1, m1)))
+        out["cudnn_batch2_ms"] = graphed_ms(lambda: pos(h2, m2))
+        out["nhwc_batch2_ms"] = graphed_ms(lambda: embed_with(nhwc_conv, model, h2, m2))
+        out["unfold_batch2_ms"] = graphed_ms(lambda: embed_with(unfold_conv, model, h2, m2))
+        out["nhwc_diff"] = float((embed_with(nhwc_conv, model, h2, m2).float() - ref).abs().max())
+        out["unfold_diff"] = float(
+            (embed_with(unfold_conv, model, h2, m2).float() - ref).abs().max()
+        )
+        torch.backends.cudnn.benchmark = True
+        out["cudnn_benchmark_batch2_ms"] = graphed_ms(lambda: pos(h2, m2))
+        out["nhwc_benchmark_batch2_ms"] = graphed_ms(lambda: embed_with(nhwc_conv, model, h2, m2))
+        torch.backends.cudnn.benchmark = False
+        blocks = dit.blocks(model.transformer)
+        time = torch.tensor([0.5], device="cuda").half()
+        mods = dit.modulations(model.transformer, time)
+        width = 6 * 1024
+        rope = model.transformer.rotary_embed.forward_from_seq_len(1024)
+
+        def run_blocks() -> None:
+            h = h2
+            for i, block in enumerate(blocks):
+                h = block(h, mods[:, i * width : (i + 1) * width], m2, rope)
+
+        out["blocks_eager_uncompiled_ms"] = graphed_ms(run_blocks)
+
+        # What the blocks' AdaLN modulations cost when computed in every step.
+        out["adaln_linears_ms"] = graphed_ms(lambda: dit.modulations(model.transformer, time))
+        dit.compile_regions(model.transformer)
+        out["blocks_compiled_ms"] = graphed_ms(run_blocks)
+    emit({"event": "embed", **{k: round(v, 4) for k, v in out.items()}})
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--variants", nargs="*")
+    parser.add_argument("--embed", action="store_true")
+    parser.add_argument("--profile-also", nargs="*", default=["all"])
+    main(parser.parse_args())
