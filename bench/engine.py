@@ -33,9 +33,10 @@ import torch
 
 from bot.config import ArchConfig, EngineConfig
 from engine import chunking, dit, sampler
-from engine.checkpoints import HOP_LENGTH, SAMPLE_RATE, ModelFiles, load_f5
+from engine.checkpoints import HOP_LENGTH, SAMPLE_RATE, ModelFiles, load_f5, load_vocos
 from engine.graphs import GraphSteps
 from engine.synth import Engine
+from engine.vocoder import GraphVocoder
 from engine.voices import VoiceLibrary
 from tests.engine.tiny import PUBLISHED_VOCOS_CONFIG, TINY_ARCH, write_f5, write_vocos, write_voice
 
@@ -267,14 +268,15 @@ async def startup_only(label: str) -> None:
 
 
 def time_vocoder(engine: Engine, seconds: float, reps: int = 20) -> float:
+    """Decoding `seconds` of audio the engine's way, to samples on the host."""
     mel = torch.randn(1, 100, int(seconds * SAMPLE_RATE / HOP_LENGTH), device="cuda")
     with torch.inference_mode():
         for _ in range(3):
-            engine._vocoder.decode(mel)
+            engine._decoder.decode(mel)
         sync()
         started = time.perf_counter()
         for _ in range(reps):
-            engine._vocoder.decode(mel).cpu()
+            engine._decoder.decode(mel).cpu()
         sync()
     return (time.perf_counter() - started) / reps * 1000
 
@@ -283,7 +285,7 @@ def phase_times(engine: Engine, text: str, reps: int = 10) -> dict[str, float]:
     """Where a short line's first audio goes: text to ids on the CPU, sampling
     (text embedding and the steps), decoding; the rest of first audio is the
     engine's thread hand-offs."""
-    model, vocoder = engine._model, engine._vocoder
+    model = engine._model
     ref = engine._reference(engine.voices.get("ref"))
     device = torch.device(engine.device)
     frames = chunking.duration_frames(ref.frames, ref.text, text)
@@ -298,7 +300,8 @@ def phase_times(engine: Engine, text: str, reps: int = 10) -> dict[str, float]:
                              sway=-1.0, runner=engine._runner)  # fmt: skip
         sync()
         t2 = time.perf_counter()
-        vocoder.decode(mel[:, ref.frames :].float().permute(0, 2, 1))[0].cpu().numpy()
+        with torch.inference_mode():
+            engine._decoder.decode(mel[:, ref.frames :].float().permute(0, 2, 1))[0].cpu()
         t3 = time.perf_counter()
         if _ == 0:
             continue  # warm
@@ -316,7 +319,7 @@ def batch_throughput(
     engine: Engine, sizes: tuple[int, ...] = (1, 4, 16), reps: int = 3
 ) -> dict[int, float]:
     """Short lines per second (sampling + decoding) when B wait and go in one batch."""
-    model, runner, vocoder = engine._model, engine._runner, engine._vocoder
+    model, runner, decoder = engine._model, engine._runner, engine._decoder
     ref = engine._reference(engine.voices.get("ref"))
     device = torch.device(engine.device)
     rates = {}
@@ -332,7 +335,7 @@ def batch_throughput(
             mels = sampler.sample_batch(model, lines, steps=NFE, cfg_strength=2.0, sway=-1.0,
                                         runner=runner)  # fmt: skip
             for mel in mels:
-                vocoder.decode(mel[:, ref.frames :].float().permute(0, 2, 1)).cpu()
+                decoder.decode(mel[:, ref.frames :].float().permute(0, 2, 1)).cpu()
 
         once()  # records this batch size's graphs
         sync()
@@ -462,8 +465,17 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         engine.start()
         await engine.wait_ready()
         startup = time.perf_counter() - started
+        memory = {}
+        if device == "cuda":
+            gb = 2**30
+            memory = {
+                "before_gb": round(before / gb, 3),
+                "ready_gb": round(torch.cuda.memory_allocated() / gb, 3),
+                "ready_peak_gb": round(torch.cuda.max_memory_allocated() / gb, 3),
+            }
         emit({"event": "engine", "path": label, "engine_path": engine.path,
-              "startup_s": round(startup, 1), "dynamo_graphs": graphs()}, records)  # fmt: skip
+              "startup_s": round(startup, 1), "dynamo_graphs": graphs(), **memory},
+             records)  # fmt: skip
         for name, text in LINES.items():
             runs = [await run_ours(engine, text) for _ in range(args.runs + 1)]
             peak = (torch.cuda.max_memory_allocated() - before) / 2**30 if device == "cuda" else 0.0
@@ -538,6 +550,14 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         }
         emit({"event": "equivalence", "path": "compiled+graphs", **summary["equivalence_graphs"]},
              records)  # fmt: skip
+        # The vocoder's graph path (padded, masked backbone) against Vocos.decode.
+        vocos = load_vocos(files, device)
+        mel = torch.randn(1, 100, 281, device=device)
+        with torch.inference_mode():
+            diff = float((GraphVocoder(vocos).decode(mel) - vocos.decode(mel)).abs().max())
+        summary["equivalence_vocoder"] = {"max_abs_diff": diff, "ok": bool(diff < 1e-3)}
+        emit({"event": "equivalence", "path": "vocoder_graphs",
+              **summary["equivalence_vocoder"]}, records)  # fmt: skip
     return summary
 
 

@@ -310,6 +310,82 @@ def setup_parts(model: Any) -> None:
     emit({"event": "setup", **{k: round(v, 3) for k, v in out.items()}})
 
 
+def memory(files: ModelFiles, arch: ArchConfig) -> None:
+    """GPU memory through the engine's warm-up: DiT graphs, then vocoder graphs."""
+    from engine.vocoder import GraphVocoder
+
+    def report(stage: str) -> None:
+        emit({"event": "memory", "stage": stage,
+              "allocated_gb": round(torch.cuda.memory_allocated() / 2**30, 3),
+              "peak_gb": round(torch.cuda.max_memory_allocated() / 2**30, 3),
+              "reserved_gb": round(torch.cuda.memory_reserved() / 2**30, 3)})  # fmt: skip
+
+    model = build(files, arch, {})
+    vocos = load_vocos(files, "cuda")
+    report("loaded")
+    runner, decoder = GraphSteps(), GraphVocoder(vocos)
+    cond = torch.zeros(1, 1, 100, device="cuda", dtype=torch.float16)
+    text = torch.zeros(1, 1, dtype=torch.long, device="cuda")
+    for frames in range(128, 2048 + 1, 128):
+        sampler.sample(model, cond, text, frames, steps=1, cfg_strength=2.0, sway=-1.0,
+                       runner=runner)  # fmt: skip
+    report("dit_graphs")
+    for frames in range(128, 2048 + 1, 128):
+        decoder.capture(frames, "cuda")
+        if frames in (128, 256, 1024):
+            report(f"vocoder_graph_{frames}")
+    report("vocoder_graphs")
+    mel = torch.randn(1, 100, 281, device="cuda")
+    with torch.inference_mode():
+        decoder.decode(mel)
+    report("decoded")
+
+
+def engine_memory(files: ModelFiles, arch: ArchConfig, root: Path) -> None:
+    """GPU memory through an Engine's start (graphs, no compile) and one line."""
+    import asyncio
+
+    from bot.config import EngineConfig
+    from engine.synth import Engine
+    from engine.voices import VoiceLibrary
+    from tests.engine.tiny import write_voice
+
+    def report(stage: str) -> None:
+        emit({"event": "engine_memory", "stage": stage,
+              "allocated_gb": round(torch.cuda.memory_allocated() / 2**30, 3),
+              "peak_gb": round(torch.cuda.max_memory_allocated() / 2**30, 3)})  # fmt: skip
+
+    write_voice(root / "voices", "ref", "Hello everyone and welcome back to the stream.", seconds=7)
+    original = Engine._capture_graphs
+
+    def capture(self: Engine, runner: Any) -> None:
+        report("before_capture_graphs")
+        original(self, runner)
+        report("after_capture_graphs")
+
+    Engine._capture_graphs = capture  # type: ignore[method-assign]
+    original_warm = Engine._warm_up_once
+
+    def warm(self: Engine) -> None:
+        report("before_warm_up")
+        original_warm(self)
+
+    Engine._warm_up_once = warm  # type: ignore[method-assign]
+
+    async def run() -> None:
+        config = EngineConfig(nfe_steps=8, compile=False, cuda_graphs=True, arch=arch)
+        engine = Engine(config, VoiceLibrary(root / "voices"), files)
+        engine.start()
+        await engine.wait_ready()
+        report("ready")
+        async for _ in engine.stream("Thanks for the follow, welcome in!", "ref", seed=0):
+            pass
+        report("spoken")
+        engine.close()
+
+    asyncio.run(run())
+
+
 def main(args: argparse.Namespace) -> None:
     root = Path(tempfile.mkdtemp(prefix="step-"))
     arch = ArchConfig()
@@ -317,6 +393,10 @@ def main(args: argparse.Namespace) -> None:
     vocos = write_vocos(root / "vocos", config_doc=PUBLISHED_VOCOS_CONFIG)
     files = ModelFiles(model_path, vocab, vocos / "config.yaml", vocos / "pytorch_model.bin")
     emit({"event": "setup", "gpu": torch.cuda.get_device_name(), "torch": torch.__version__})
+    if args.memory:
+        engine_memory(files, arch, root)
+        memory(files, arch)
+        return
     if args.embed:
         torch._dynamo.reset()
         embed_parts(load_f5(files, arch, "cuda", torch.float16))
@@ -424,5 +504,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--variants", nargs="*")
     parser.add_argument("--embed", action="store_true")
+    parser.add_argument("--memory", action="store_true")
     parser.add_argument("--profile-also", nargs="*", default=["all"])
     main(parser.parse_args())

@@ -60,6 +60,9 @@ class GraphSteps:
         #: By (batch, length, guidance).
         self._graphs: dict[tuple[int, int, float], _Graph | None] = {}
         self._pool: Any = None
+        #: One side stream for every capture's warm-up runs: cuBLAS keeps a
+        #: workspace per stream, so a stream per capture cost ~30 MB each.
+        self._stream: Any = None
         #: The calling thread's graph in use (see EagerSteps on why per thread).
         self._local = threading.local()
         #: Lengths whose capture failed run eagerly (padded and masked all the same).
@@ -147,7 +150,9 @@ class GraphSteps:
                              static.mod, cfg_strength)  # fmt: skip
             static.x.copy_((static.x + static.dt * v) * static.mask[..., None])
 
-        side = torch.cuda.Stream()  # type: ignore[no-untyped-call]
+        if self._stream is None:
+            self._stream = torch.cuda.Stream()  # type: ignore[no-untyped-call]
+        side = self._stream
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(WARMUP_RUNS):

@@ -33,7 +33,7 @@ import structlog
 import torch
 
 from bot.config import EngineConfig
-from engine import chunking, dit, faults, graphs, sampler
+from engine import chunking, dit, faults, graphs, sampler, vocoder
 from engine.checkpoints import HOP_LENGTH, SAMPLE_RATE, ModelFiles, load_f5, load_vocos, read_vocab
 from engine.voices import TARGET_RMS, Voice, VoiceLibrary, VoiceSettings
 
@@ -41,9 +41,11 @@ log = structlog.get_logger()
 
 #: Two warm-up passes of different lengths: after the second, torch.compile has
 #: built its dynamic-shape graph, so a new message length never recompiles on air.
+#: The first is a typical request's length (948 frames, the 1,024 bucket):
+#: torch.compile tunes its kernels for the sizes it sees first.
 WARMUP = (
+    (3.0, "A warm up line, about as long as chat."),
     (2.0, "Hello there, this is a warm up."),
-    (5.0, "A second, longer warm up sentence, so that every later length reuses the graph."),
 )
 
 
@@ -116,6 +118,8 @@ class Engine:
         self._compiled = False
         self._runner: sampler.Steps = sampler.EagerSteps()
         self._vocoder: Any = None
+        #: Decodes mels: the vocoder itself, or a GraphVocoder around it.
+        self._decoder: Any = None
         self._vocab: dict[str, int] = {}
 
     # asyncio side ------------------------------------------------------------
@@ -164,6 +168,9 @@ class Engine:
             dit.prepare(model.transformer)
             self._model = model
             self._runner = self._choose_runner()
+            self._decoder = self._vocoder
+            if isinstance(self._runner, graphs.GraphSteps):
+                self._decoder = vocoder.GraphVocoder(self._vocoder)
             self._warm_up()
             log.info(
                 "engine.ready",
@@ -279,6 +286,7 @@ class Engine:
                 raise
             log.warning("engine.graphs_unavailable", error=str(exc), fallback="no graphs")
             self._runner = sampler.EagerSteps()
+            self._decoder = self._vocoder
             self._warm_up_once()
 
     def _warm_up_once(self) -> None:
@@ -298,6 +306,8 @@ class Engine:
         cond = torch.zeros(1, 1, self._model.num_channels, device=self.device, dtype=self.dtype)
         text = torch.zeros(1, 1, dtype=torch.long, device=self.device)
         for frames in range(runner.bucket, runner.length(longest) + 1, runner.bucket):
+            if isinstance(self._decoder, vocoder.GraphVocoder):
+                self._decoder.capture(frames, self.device)
             sampler.sample(
                 self._model,
                 cond,
@@ -376,7 +386,7 @@ class Engine:
         )
         generated = mel[:, ref.frames :, :].float().permute(0, 2, 1)
         with torch.inference_mode():
-            wave: np.ndarray = self._vocoder.decode(generated)[0].cpu().numpy()
+            wave: np.ndarray = self._decoder.decode(generated)[0].cpu().numpy()
         gain = voice.settings.volume
         if voice.rms < TARGET_RMS:
             gain *= voice.rms / TARGET_RMS
