@@ -505,5 +505,5 @@ if __name__ == "__main__":
     parser.add_argument("--variants", nargs="*")
     parser.add_argument("--embed", action="store_true")
     parser.add_argument("--memory", action="store_true")
-    parser.add_argument("--profile-also", nargs="*", default=["all"])
+    parser.add_argument("--profile-also", nargs="*", default=[], help="variants profiled too")
     main(parser.parse_args())

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 import torch
@@ -36,6 +37,37 @@ BUCKET_FRAMES = 128
 
 #: Untimed runs before a capture (they also trigger any torch.compile work).
 WARMUP_RUNS = 2
+
+T = TypeVar("T")
+
+
+class Recorder:
+    """Records CUDA graphs: untimed runs on one side stream, then the capture.
+
+    One side stream for every capture: cuBLAS keeps a workspace per stream, and
+    a stream per capture cost about 30 MB a graph. One memory pool for every
+    graph: they replay one at a time, and nothing they allocate outlives a
+    replay except the outputs the caller keeps.
+    """
+
+    def __init__(self) -> None:
+        self._stream: Any = None
+        self._pool: Any = None
+
+    def record(self, fn: Callable[[], T]) -> tuple[torch.cuda.CUDAGraph, T]:
+        if self._stream is None:
+            self._stream = torch.cuda.Stream()  # type: ignore[no-untyped-call]
+            self._pool = torch.cuda.graph_pool_handle()
+        side = self._stream
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(WARMUP_RUNS):
+                fn()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            out = fn()
+        return graph, out
 
 
 @dataclass
@@ -59,10 +91,7 @@ class GraphSteps:
         self._bucket = bucket
         #: By (batch, length, guidance).
         self._graphs: dict[tuple[int, int, float], _Graph | None] = {}
-        self._pool: Any = None
-        #: One side stream for every capture's warm-up runs: cuBLAS keeps a
-        #: workspace per stream, so a stream per capture cost ~30 MB each.
-        self._stream: Any = None
+        self._recorder = Recorder()
         #: The calling thread's graph in use (see EagerSteps on why per thread).
         self._local = threading.local()
         #: Lengths whose capture failed run eagerly (padded and masked all the same).
@@ -128,43 +157,23 @@ class GraphSteps:
         scalar = torch.zeros((), device=x.device, dtype=x.dtype)
         ids = inputs.text.clone()
         embeds = dit.text_embeds(transformer, ids)
-        static = _Graph(
-            embed=torch.cuda.CUDAGraph(),
-            step=torch.cuda.CUDAGraph(),
-            x=torch.zeros_like(x),
-            cond=torch.zeros_like(inputs.cond),
-            ids=ids,
-            embeds=dit.TextEmbeds(torch.zeros_like(embeds.cond), torch.zeros_like(embeds.uncond)),
-            mask=torch.ones(x.shape[:2], device=x.device, dtype=torch.bool),
-            mod=torch.zeros_like(inputs.mods[:1]),
-            dt=scalar,
-        )
+        text = dit.TextEmbeds(torch.zeros_like(embeds.cond), torch.zeros_like(embeds.uncond))
+        x_in, cond = torch.zeros_like(x), torch.zeros_like(inputs.cond)
+        mask = torch.ones(x.shape[:2], device=x.device, dtype=torch.bool)
+        mod, dt = torch.zeros_like(inputs.mods[:1]), scalar
 
         def embed() -> None:
-            out = dit.text_embeds(transformer, static.ids)
-            static.embeds.cond.copy_(out.cond)
-            static.embeds.uncond.copy_(out.uncond)
+            out = dit.text_embeds(transformer, ids)
+            text.cond.copy_(out.cond)
+            text.uncond.copy_(out.uncond)
 
         def step() -> None:
-            v = dit.velocity(transformer, static.x, static.cond, static.embeds, static.mask,
-                             static.mod, cfg_strength)  # fmt: skip
-            static.x.copy_((static.x + static.dt * v) * static.mask[..., None])
+            v = dit.velocity(transformer, x_in, cond, text, mask, mod, cfg_strength)
+            x_in.copy_((x_in + dt * v) * mask[..., None])
 
-        if self._stream is None:
-            self._stream = torch.cuda.Stream()  # type: ignore[no-untyped-call]
-        side = self._stream
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(WARMUP_RUNS):
-                embed()
-                step()
-        torch.cuda.current_stream().wait_stream(side)
-        if self._pool is None:
-            self._pool = torch.cuda.graph_pool_handle()
-        with torch.cuda.graph(static.embed, pool=self._pool):
-            embed()
-        with torch.cuda.graph(static.step, pool=self._pool):
-            step()
+        embed_graph, _ = self._recorder.record(embed)
+        step_graph, _ = self._recorder.record(step)
+        static = _Graph(embed_graph, step_graph, x_in, cond, ids, text, mask, mod, dt)
         log.info(
             "engine.graph_captured",
             frames=x.shape[1],

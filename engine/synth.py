@@ -41,11 +41,11 @@ log = structlog.get_logger()
 
 #: Two warm-up passes of different lengths: after the second, torch.compile has
 #: built its dynamic-shape graph, so a new message length never recompiles on air.
-#: The first is a typical request's length (948 frames, the 1,024 bucket):
-#: torch.compile tunes its kernels for the sizes it sees first.
+#: The first must not pad to 1,024 frames: a first length equal to the model's width
+#: gets specialised (duck sizing), costing a recompile and a second graph.
 WARMUP = (
-    (3.0, "A warm up line, about as long as chat."),
     (2.0, "Hello there, this is a warm up."),
+    (5.0, "A second, longer warm up sentence, so that every later length reuses the graph."),
 )
 
 

@@ -19,6 +19,8 @@ from typing import Any
 import structlog
 import torch
 
+from engine.graphs import Recorder
+
 log = structlog.get_logger()
 
 #: Same as the DiT's graph buckets: 128 mel frames = 1.37 s of audio.
@@ -51,10 +53,7 @@ class GraphVocoder:
         self.vocos = vocos
         self.bucket = bucket
         self._graphs: dict[int, _Graph | None] = {}
-        self._pool: Any = None
-        #: One side stream for every capture's warm-up runs: cuBLAS keeps a
-        #: workspace per stream, so a stream per capture cost ~30 MB each.
-        self._stream: Any = None
+        self._recorder = Recorder()
         #: One decode at a time (the graphs' static tensors are shared).
         self._lock = threading.Lock()
 
@@ -96,17 +95,5 @@ class GraphVocoder:
             raise ValueError("conditioned Vocos backbones are decoded eagerly")
         mel = torch.zeros(1, like.shape[1], length, device=like.device, dtype=like.dtype)
         keep = torch.ones(1, 1, length, device=like.device, dtype=like.dtype)
-        if self._stream is None:
-            self._stream = torch.cuda.Stream()  # type: ignore[no-untyped-call]
-        side = self._stream
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(2):
-                masked_backbone(backbone, mel, keep)
-        torch.cuda.current_stream().wait_stream(side)
-        if self._pool is None:
-            self._pool = torch.cuda.graph_pool_handle()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
-            hidden = masked_backbone(backbone, mel, keep)
+        graph, hidden = self._recorder.record(lambda: masked_backbone(backbone, mel, keep))
         return _Graph(graph, mel, keep, hidden)
