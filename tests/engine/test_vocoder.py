@@ -25,3 +25,23 @@ def test_padded_and_masked_backbone_equals_the_unpadded_one(tiny_files: ModelFil
     # Without the mask the last frames see the padding: the mask is doing work.
     assert not torch.allclose(unmasked[:, -3:], theirs[:, -3:], atol=1e-3)
     assert torch.allclose(audio, vocos.decode(mel), atol=1e-5)
+
+
+def test_a_length_without_a_graph_decodes_eagerly_and_says_so(tiny_files: ModelFiles) -> None:
+    # Where a graph cannot be recorded (here: no CUDA at all) the line is still
+    # spoken, decoded the ordinary way, and the failure is logged once per length.
+    from structlog.testing import capture_logs
+
+    from engine.vocoder import GraphVocoder
+
+    vocos = load_vocos(tiny_files, "cpu")
+    decoder = GraphVocoder(vocos)
+    mel = torch.randn(1, 100, 40)
+    with capture_logs() as logs:
+        first = decoder.decode(mel)
+        again = decoder.decode(torch.randn(1, 100, 50))  # the same 128-frame bucket
+    with torch.inference_mode():
+        assert torch.equal(first, vocos.decode(mel))
+    assert again.shape[-1] > first.shape[-1]
+    failures = [e for e in logs if e["event"] == "engine.vocoder_graph_failed"]
+    assert len(failures) == 1 and failures[0]["frames"] == 128
