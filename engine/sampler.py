@@ -44,6 +44,11 @@ def text_ids(text: str, vocab: dict[str, int], device: torch.device) -> torch.Te
     return torch.tensor([ids], dtype=torch.long, device=device)
 
 
+def padded_length(frames: int, bucket: int) -> int:
+    """`frames` rounded up to a whole number of buckets (the length graphs run at)."""
+    return -(-frames // bucket) * bucket
+
+
 @dataclass
 class StepInputs:
     """One request's inputs, padded to the runner's length: noise x (batch, length,
@@ -109,7 +114,7 @@ class EagerSteps:
         self._local = threading.local()
 
     def length(self, frames: int) -> int:
-        return -(-frames // self._bucket) * self._bucket
+        return padded_length(frames, self._bucket)
 
     def start(self, inputs: StepInputs) -> None:
         embeds = dit.text_embeds(inputs.transformer, inputs.text)

@@ -19,12 +19,10 @@ from typing import Any
 import structlog
 import torch
 
-from engine.graphs import Recorder
+from engine.graphs import BUCKET_FRAMES, Recorder
+from engine.sampler import padded_length
 
 log = structlog.get_logger()
-
-#: Same as the DiT's graph buckets: 128 mel frames = 1.37 s of audio.
-BUCKET_FRAMES = 128
 
 
 def masked_backbone(backbone: Any, mel: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -60,7 +58,7 @@ class GraphVocoder:
     @torch.inference_mode()
     def decode(self, mel: torch.Tensor) -> torch.Tensor:
         frames = mel.shape[-1]
-        length = -(-frames // self.bucket) * self.bucket
+        length = padded_length(frames, self.bucket)
         with self._lock:
             graph = self._graph(length, mel)
             if graph is None:
@@ -75,7 +73,7 @@ class GraphVocoder:
     @torch.inference_mode()
     def capture(self, frames: int, device: str) -> None:
         """Records the graph that `frames` frames use (at warm-up, so none is on air)."""
-        length = -(-frames // self.bucket) * self.bucket
+        length = padded_length(frames, self.bucket)
         channels = self.vocos.backbone.input_channels
         with self._lock:
             self._graph(length, torch.zeros(1, channels, 1, device=device))
