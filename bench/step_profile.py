@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from bot.config import ArchConfig
-from engine import dit, sampler
+from engine import dit, graphs, sampler
 from engine.checkpoints import ModelFiles, load_f5, load_vocos
 from engine.graphs import GraphSteps
 from tests.engine.tiny import PUBLISHED_VOCOS_CONFIG, write_f5, write_vocos
@@ -110,15 +110,64 @@ VARIANTS: dict[str, dict[str, bool]] = {
     "compile_input": {"compile_input": True},
     "unfold_conv": {"unfold": True, "compile_input": True},
     "max_autotune": {"autotune": True},
+    "static": {"static": True},
+    "fp8_row": {"fp8_row": True},
+    "fp8_tensor": {"fp8_tensor": True},
+    "warmup1": {"warmup1": True},
 }
+
+FP8_MAX = 448.0  # largest float8_e4m3fn
+
+
+class Fp8Linear(torch.nn.Module):
+    """A Linear as an FP8 (e4m3) matmul on Hopper, fp32 accumulation: weights
+    scaled once (per output row, or per tensor), activations at run time the
+    same way. A candidate only: its error is measured by `quality`."""
+
+    def __init__(self, linear: torch.nn.Linear, rowwise: bool) -> None:
+        super().__init__()
+        w = linear.weight.detach().float()
+        amax = w.abs().amax(dim=1, keepdim=True) if rowwise else w.abs().amax().reshape(1, 1)
+        scale = amax.clamp(min=1e-12) / FP8_MAX
+        self.rowwise = rowwise
+        self.register_buffer("weight", (w / scale).to(torch.float8_e4m3fn))
+        self.register_buffer("scale", scale.t().contiguous() if rowwise else scale.reshape(()))
+        self.bias = linear.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        a = x.reshape(-1, shape[-1])
+        dims = (1,) if self.rowwise else (0, 1)
+        amax = a.abs().amax(dim=dims, keepdim=self.rowwise).float()
+        s = amax.clamp(min=1e-12) / FP8_MAX
+        a8 = (a.float() / s).to(torch.float8_e4m3fn)
+        out = torch._scaled_mm(a8, self.weight.t(), scale_a=s, scale_b=self.scale,
+                               out_dtype=torch.bfloat16)  # fmt: skip
+        out = out.to(x.dtype) + self.bias
+        return out.reshape(*shape[:-1], out.shape[-1])
+
+
+def to_fp8(transformer: Any, rowwise: bool) -> None:
+    """The blocks' four matmuls (QKV, attention out, feed-forward in and out) in FP8."""
+    for block in transformer.transformer_blocks:
+        processor = block.attn.processor
+        processor.qkv = Fp8Linear(processor.qkv, rowwise)
+        block.attn.to_out[0] = Fp8Linear(block.attn.to_out[0], rowwise)
+        block.ff.ff[0][0] = Fp8Linear(block.ff.ff[0][0], rowwise)
+        block.ff.ff[2] = Fp8Linear(block.ff.ff[2], rowwise)
 
 
 def build(files: ModelFiles, arch: ArchConfig, opts: dict[str, bool]) -> Any:
     torch._dynamo.reset()
+    torch._dynamo.config.automatic_dynamic_shapes = not opts.get("static", False)
+    torch._dynamo.config.cache_size_limit = 64
     torch.backends.cudnn.benchmark = opts.get("benchmark", False)
+    graphs.WARMUP_RUNS = 1 if opts.get("warmup1") else 2
     model = load_f5(files, arch, "cuda", torch.float16)
     transformer = model.transformer
     dit.prepare(transformer)
+    if opts.get("fp8_row") or opts.get("fp8_tensor"):
+        to_fp8(transformer, rowwise=bool(opts.get("fp8_row")))
     if opts.get("unfold"):
         patch_unfold(model)
     if opts.get("compile_input"):
@@ -126,27 +175,146 @@ def build(files: ModelFiles, arch: ArchConfig, opts: dict[str, bool]) -> Any:
     if opts.get("autotune"):
         for block in transformer.transformer_blocks:
             block.compile(dynamic=True, mode="max-autotune-no-cudagraphs")
+    elif opts.get("static"):
+        for wrapped in dit.blocks(transformer):
+            wrapped.compile(dynamic=False)
     else:
         dit.compile_regions(transformer)
     return model
 
 
-def graph_step_ms(model: Any) -> tuple[float, torch.Tensor]:
-    """One replayed step's time, and one step's result from seeded inputs."""
+def graph_step_ms(model: Any, length: int = 1024) -> tuple[float, torch.Tensor, float]:
+    """One replayed step's time, one step's result from seeded inputs, and the
+    capture's time (ms)."""
     runner = GraphSteps()
     torch.manual_seed(0)
     with torch.inference_mode():
-        request = inputs(model, 1024)
+        request = inputs(model, length)
         x, dts = request.x.clone(), request.dts
         request.dts = torch.ones_like(dts)
+        torch.cuda.synchronize()
+        started = time.perf_counter()
         runner.start(request)
+        torch.cuda.synchronize()
+        capture_ms = (time.perf_counter() - started) * 1000
         runner.step(0)
         first = runner.result()
         request.x, request.dts = x, dts
         runner.start(request)
         ms = cuda_ms(lambda: runner.step(0), reps=100)
         runner.result()
-    return ms, first
+    return ms, first, capture_ms
+
+
+def step_parts(model: Any, length: int = 1024) -> None:
+    """Each part of one guided step (`dit.velocity` and the Euler update), replayed
+    as a graph, eager and compiled: what the step costs outside its blocks."""
+    t = model.transformer
+    torch.manual_seed(0)
+    x = torch.randn(1, length, 100, device="cuda", dtype=torch.float16)
+    cond = torch.randn_like(x)
+    mask = (torch.arange(length, device="cuda") < FRAMES)[None]
+    ids = dit.pad_ids([torch.randint(0, 100, (1, TEXT_LEN), device="cuda")], length)
+    times = torch.full((1,), 0.5, device="cuda", dtype=torch.float16)
+    dt = torch.tensor(0.1, device="cuda", dtype=torch.float16)
+    out: dict[str, float] = {}
+    with torch.inference_mode():
+        embeds = dit.text_embeds(t, ids)
+        mod = dit.modulations(t, times)
+        width = 6 * 1024
+        depth = len(t.transformer_blocks)
+
+        def doubling() -> tuple[torch.Tensor, ...]:
+            return (torch.cat((x, x)), torch.cat((cond, torch.zeros_like(cond))),
+                    torch.cat((embeds.cond, embeds.uncond)), torch.cat((mask, mask)))  # fmt: skip
+
+        x2, cond2, text2, mask2 = doubling()
+        h = torch.randn(2, length, 1024, device="cuda", dtype=torch.float16)
+        rope = t.rotary_embed.forward_from_seq_len(length)
+
+        def head() -> torch.Tensor:
+            xs, conds, texts, masks = doubling()
+            out: torch.Tensor = t.input_embed(xs, conds, texts, audio_mask=masks)
+            return out
+
+        def run_blocks() -> None:
+            hh = h
+            for i, block in enumerate(dit.blocks(t)):
+                hh = block(hh, mod[:, i * width : (i + 1) * width], mask2, rope)
+
+        def tail() -> torch.Tensor:
+            scale, shift = torch.chunk(mod[:, depth * width :], 2, dim=1)
+            hh = t.norm_out.norm(h) * (1 + scale)[:, None, :] + shift[:, None, :]
+            pred, null = torch.chunk(t.proj_out(hh), 2, dim=0)
+            v = pred + (pred - null) * 2.0
+            return (x + dt * v) * mask[..., None]
+
+        out["step_ms"] = graphed_ms(lambda: dit.velocity(t, x, cond, embeds, mask, mod, 2.0))
+        out["doubling_ms"] = graphed_ms(doubling)
+        joined = torch.cat((x2, cond2, text2), -1)
+        out["input_proj_ms"] = graphed_ms(lambda: t.input_embed.proj(joined))
+        out["conv_pos_ms"] = graphed_ms(lambda: t.input_embed.conv_pos_embed(h, mask=mask2))
+        out["head_ms"] = graphed_ms(head)
+        out["rope_ms"] = graphed_ms(lambda: t.rotary_embed.forward_from_seq_len(length))
+        out["blocks_ms"] = graphed_ms(run_blocks)
+        out["tail_ms"] = graphed_ms(tail)
+        out["head_compiled_ms"] = graphed_ms(torch.compile(head, dynamic=True))
+        out["tail_compiled_ms"] = graphed_ms(torch.compile(tail, dynamic=True))
+    emit({"event": "step_parts", "length": length, **{k: round(v, 4) for k, v in out.items()}})
+
+
+def capture_profile(model: Any, lengths: tuple[int, ...] = (1152, 1280)) -> None:
+    """Where the host time of recording a new length's graphs goes (cProfile)."""
+    import cProfile
+    import io
+    import pstats
+
+    graph_step_ms(model, 960)  # compiled and recorded once, as at start-up
+    for length in lengths:
+        profiler = cProfile.Profile()
+        profiler.enable()
+        _, _, capture_ms = graph_step_ms(model, length)
+        profiler.disable()
+        for key in ("tottime", "cumulative"):
+            text = io.StringIO()
+            pstats.Stats(profiler, stream=text).sort_stats(key).print_stats(25)
+            stats = text.getvalue()[-6000:]
+            emit({"event": "capture_profile", "length": length, "sort": key,
+                  "capture_ms": round(capture_ms, 1), "stats": stats})  # fmt: skip
+
+
+def quality(files: ModelFiles, arch: ArchConfig, names: list[str]) -> None:
+    """Mel of a whole request (8 steps, guidance, same noise) from each variant
+    against fp32 eager: how far it moves, next to how far plain fp16 moves."""
+    torch._dynamo.reset()
+    torch.manual_seed(1)
+    cond = torch.randn(1, 656, 100, device="cuda")
+    text = torch.randint(0, 100, (1, TEXT_LEN), device="cuda")
+
+    def mel(model: Any, dtype: torch.dtype) -> torch.Tensor:
+        out = sampler.sample(model, cond.to(dtype), text, FRAMES, seed=0, steps=8,
+                             cfg_strength=2.0, sway=-1.0, runner=GraphSteps())  # fmt: skip
+        return out[0, 656:].float()
+
+    with torch.inference_mode():
+        reference = sampler.sample(
+            load_f5(files, arch, "cuda", torch.float32),
+            cond,
+            text,
+            FRAMES,
+            seed=0,
+            steps=8,
+            cfg_strength=2.0,
+            sway=-1.0,
+        )
+        reference = reference[0, 656:].float()
+        rms = float(reference.pow(2).mean().sqrt())
+        for name in names:
+            got = mel(build(files, arch, VARIANTS[name]), torch.float16)
+            diff = got - reference
+            emit({"event": "quality", "variant": name, "ref_rms": round(rms, 4),
+                  "max_abs_diff": round(float(diff.abs().max()), 4),
+                  "rel_rms_diff": round(float(diff.pow(2).mean().sqrt()) / rms, 5)})  # fmt: skip
 
 
 CATEGORIES = (
@@ -406,16 +574,31 @@ def main(args: argparse.Namespace) -> None:
         sdpa_backends()
         vocoder_parts(files)
     reference = None
+    if args.quality:
+        quality(files, arch, args.quality)
+    if args.capture_profile:
+        capture_profile(build(files, arch, {}))
+        return
     for name in args.variants or list(VARIANTS):
         started = time.perf_counter()
         model = build(files, arch, VARIANTS[name])
-        ms, out = graph_step_ms(model)
-        reference = out if reference is None else reference
-        diff = float((out.float() - reference.float()).abs().max())
-        emit({"event": "variant", "name": name, "graph_step_ms": round(ms, 3),
-              "max_diff_vs_first": diff,
-              "build_s": round(time.perf_counter() - started, 1)})  # fmt: skip
-        if name == "baseline":
+        diff = float("nan")
+        for length in args.lengths:
+            try:
+                ms, out, capture_ms = graph_step_ms(model, length)
+            except Exception as exc:  # e.g. a shape FP8 matmuls do not take
+                emit({"event": "variant", "name": name, "length": length, "error": str(exc)[:300]})
+                continue
+            if length == args.lengths[0]:
+                reference = out if reference is None else reference
+                diff = float((out.float() - reference.float()).abs().max())
+            emit({"event": "variant", "name": name, "length": length,
+                  "graph_step_ms": round(ms, 3), "capture_ms": round(capture_ms, 1),
+                  "max_diff_vs_first": diff,
+                  "build_s": round(time.perf_counter() - started, 1)})  # fmt: skip
+        if name == "baseline" and args.parts:
+            step_parts(model)
+        if name == "baseline" and not args.no_profile:
             profile(model)
             setup_parts(model)
         if name in args.profile_also:
@@ -505,5 +688,10 @@ if __name__ == "__main__":
     parser.add_argument("--variants", nargs="*")
     parser.add_argument("--embed", action="store_true")
     parser.add_argument("--memory", action="store_true")
+    parser.add_argument("--lengths", nargs="*", type=int, default=[1024])
+    parser.add_argument("--quality", nargs="*", default=[], help="variants to compare to fp32")
+    parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument("--parts", action="store_true", help="time the step's parts")
+    parser.add_argument("--capture-profile", action="store_true")
     parser.add_argument("--profile-also", nargs="*", default=[], help="variants profiled too")
     main(parser.parse_args())

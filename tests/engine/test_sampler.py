@@ -106,6 +106,33 @@ def test_velocity_equals_dit_forward(model: object, stock: object, tiny_files: M
     assert theirs.abs().mean() > 1e-2
 
 
+def test_every_block_gets_its_hidden_state_row_major(model: object) -> None:
+    """The input embedding leaves its result channels-first in memory; blocks fed
+    that layout keep it, and on a GPU read it across the grain (10 % of a step)."""
+    from engine import dit
+
+    transformer = model.transformer  # type: ignore[attr-defined]
+    layouts: list[bool] = []
+    hooks = [
+        block.register_forward_pre_hook(lambda _m, args: layouts.append(args[0].is_contiguous()))
+        for block in dit.blocks(transformer)
+    ]
+    torch.manual_seed(2)
+    x, cond = torch.randn(1, 64, 100), torch.randn(1, 64, 100)
+    mask = torch.arange(64)[None] < 50
+    try:
+        with torch.inference_mode():
+            embeds = dit.text_embeds(transformer, dit.pad_ids([torch.tensor([[3, 4, 5]])], 64))
+            mod = dit.modulations(transformer, torch.tensor([0.3]))
+            dit.velocity(transformer, x, cond, embeds, mask, mod, 2.0)
+            raw = transformer.input_embed(x, cond, embeds.cond, audio_mask=mask)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert not raw.is_contiguous()  # what the package's embedding gives
+    assert layouts == [True] * len(transformer.transformer_blocks)
+
+
 def test_text_embedded_at_the_padded_length_equals_the_packages_zero_padding(
     stock: object, tiny_files: ModelFiles
 ) -> None:
