@@ -283,6 +283,45 @@ def capture_profile(model: Any, lengths: tuple[int, ...] = (1152, 1280)) -> None
                   "capture_ms": round(capture_ms, 1), "stats": stats})  # fmt: skip
 
 
+def native_convs(files: ModelFiles, arch: ArchConfig, lengths: tuple[int, ...]) -> None:
+    """Recording the text embedding's and the vocoder backbone's graphs at a new
+    length, with cuDNN's convolutions and with PyTorch's own: record time,
+    replay time and how far the results move. cuDNN runs first at each length,
+    so its record time includes the plan it builds for a new length."""
+    from engine.vocoder import masked_backbone
+
+    model = load_f5(files, arch, "cuda", torch.float16)
+    t = model.transformer
+    backbone = load_vocos(files, "cuda").backbone
+    torch.manual_seed(0)
+    for length in lengths:
+        ids = dit.pad_ids([torch.randint(0, 100, (1, TEXT_LEN), device="cuda")], length)
+        mel = torch.randn(1, 100, length, device="cuda")
+        keep = torch.ones(1, 1, length, device="cuda")
+        row: dict[str, Any] = {"event": "native_convs", "length": length}
+        outs: dict[str, torch.Tensor] = {}
+        parts: dict[str, Callable[[], Any]] = {
+            "embed": lambda ids=ids: dit.text_embeds(t, ids).cond,
+            "vocoder": lambda mel=mel, keep=keep: masked_backbone(backbone, mel, keep),
+        }
+        with torch.inference_mode():
+            for cudnn in (True, False):
+                tag = "cudnn" if cudnn else "native"
+                recorder = graphs.Recorder()
+                for name, fn in parts.items():
+                    torch.cuda.synchronize()
+                    started = time.perf_counter()
+                    graph, out = recorder.record(fn, cudnn=cudnn)
+                    torch.cuda.synchronize()
+                    row[f"{name}_record_ms_{tag}"] = round((time.perf_counter() - started) * 1e3, 1)
+                    row[f"{name}_replay_ms_{tag}"] = round(cuda_ms(graph.replay, reps=100), 4)
+                    outs[f"{name}_{tag}"] = out.float().clone()
+            for name in parts:
+                diff = (outs[f"{name}_cudnn"] - outs[f"{name}_native"]).abs().max()
+                row[f"{name}_max_diff"] = float(diff)
+        emit(row)
+
+
 def quality(files: ModelFiles, arch: ArchConfig, names: list[str]) -> None:
     """Mel of a whole request (8 steps, guidance, same noise) from each variant
     against fp32 eager: how far it moves, next to how far plain fp16 moves."""
@@ -579,6 +618,9 @@ def main(args: argparse.Namespace) -> None:
     if args.capture_profile:
         capture_profile(build(files, arch, {}))
         return
+    if args.native_convs:
+        native_convs(files, arch, (384, 1152, 1408, 2048))
+        return
     for name in args.variants or list(VARIANTS):
         started = time.perf_counter()
         model = build(files, arch, VARIANTS[name])
@@ -693,5 +735,6 @@ if __name__ == "__main__":
     parser.add_argument("--no-profile", action="store_true")
     parser.add_argument("--parts", action="store_true", help="time the step's parts")
     parser.add_argument("--capture-profile", action="store_true")
+    parser.add_argument("--native-convs", action="store_true")
     parser.add_argument("--profile-also", nargs="*", default=[], help="variants profiled too")
     main(parser.parse_args())

@@ -11,7 +11,8 @@ launched op by op it cost about 6 ms of host time per request on the bench's
 H100 host, replayed 0.64 ms.
 
 All graphs share one memory pool: they replay one at a time on the engine
-thread, and nothing they allocate outlives a replay (inputs and the step's
+thread, and nothing they allocate outlives a replay except the text
+embedding graph's outputs, which its step graph reads (inputs and the step's
 result live in each graph's own static tensors).
 """
 
@@ -54,19 +55,25 @@ class Recorder:
         self._stream: Any = None
         self._pool: Any = None
 
-    def record(self, fn: Callable[[], T]) -> tuple[torch.cuda.CUDAGraph, T]:
+    def record(self, fn: Callable[[], T], cudnn: bool = True) -> tuple[torch.cuda.CUDAGraph, T]:
+        """`fn`'s work as a graph, and `fn`'s result (its tensors are rewritten by
+        every replay). With `cudnn` False, convolutions are recorded with
+        PyTorch's own kernels: cuDNN builds a plan for every new length, which
+        made recording a length's depthwise convolutions take a quarter of a
+        second (cuDNN is a global switch: this is for the one engine thread)."""
         if self._stream is None:
             self._stream = torch.cuda.Stream()  # type: ignore[no-untyped-call]
             self._pool = torch.cuda.graph_pool_handle()
         side = self._stream
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(WARMUP_RUNS):
-                fn()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
-            out = fn()
+        with torch.backends.cudnn.flags(enabled=cudnn):
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(WARMUP_RUNS):
+                    fn()
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self._pool):
+                out = fn()
         return graph, out
 
 
@@ -156,22 +163,19 @@ class GraphSteps:
         dit.prepare(transformer)
         scalar = torch.zeros((), device=x.device, dtype=x.dtype)
         ids = inputs.text.clone()
-        embeds = dit.text_embeds(transformer, ids)
-        text = dit.TextEmbeds(torch.zeros_like(embeds.cond), torch.zeros_like(embeds.uncond))
         x_in, cond = torch.zeros_like(x), torch.zeros_like(inputs.cond)
         mask = torch.ones(x.shape[:2], device=x.device, dtype=torch.bool)
         mod, dt = torch.zeros_like(inputs.mods[:1]), scalar
-
-        def embed() -> None:
-            out = dit.text_embeds(transformer, ids)
-            text.cond.copy_(out.cond)
-            text.uncond.copy_(out.uncond)
+        # The step graph reads the embedding graph's own outputs, which every
+        # embedding replay rewrites in place.
+        embed_graph, text = self._recorder.record(
+            lambda: dit.text_embeds(transformer, ids), cudnn=False
+        )
 
         def step() -> None:
             v = dit.velocity(transformer, x_in, cond, text, mask, mod, cfg_strength)
             x_in.copy_((x_in + dt * v) * mask[..., None])
 
-        embed_graph, _ = self._recorder.record(embed)
         step_graph, _ = self._recorder.record(step)
         static = _Graph(embed_graph, step_graph, x_in, cond, ids, text, mask, mod, dt)
         log.info(

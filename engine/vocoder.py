@@ -93,5 +93,7 @@ class GraphVocoder:
             raise ValueError("conditioned Vocos backbones are decoded eagerly")
         mel = torch.zeros(1, like.shape[1], length, device=like.device, dtype=like.dtype)
         keep = torch.ones(1, 1, length, device=like.device, dtype=like.dtype)
-        graph, hidden = self._recorder.record(lambda: masked_backbone(backbone, mel, keep))
+        graph, hidden = self._recorder.record(
+            lambda: masked_backbone(backbone, mel, keep), cudnn=False
+        )
         return _Graph(graph, mel, keep, hidden)
