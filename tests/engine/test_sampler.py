@@ -133,6 +133,29 @@ def test_every_block_gets_its_hidden_state_row_major(model: object) -> None:
     assert layouts == [True] * len(transformer.transformer_blocks)
 
 
+def test_fused_feed_forward_keeps_the_packages_layers(model: object) -> None:
+    """The GPU's feed-forward (bias and GELU in the matmul), run on the CPU, where
+    the op applies the exact GELU: equal to the package's layers with that GELU."""
+    import copy
+
+    from engine import dit
+
+    ff = model.transformer.transformer_blocks[0].ff  # type: ignore[attr-defined]
+    exact = copy.deepcopy(ff)
+    exact.ff[0][1].approximate = "none"
+    torch.manual_seed(3)
+    x = torch.randn(2, 37, ff.ff[0][0].in_features)
+    with torch.inference_mode():
+        fused, expected = dit.fused_feed_forward(ff, x), exact(x)
+        on_cpu = dit.feed_forward(ff, x)
+    assert fused.shape == expected.shape == (2, 37, ff.ff[2].out_features)
+    assert torch.allclose(fused, expected, atol=1e-6, rtol=1e-5)
+    assert expected.abs().mean() > 1e-2
+    # On the CPU the engine keeps the package's tanh GELU.
+    assert ff.ff[0][1].approximate == "tanh"
+    assert torch.equal(on_cpu, ff(x))
+
+
 def test_text_embedded_at_the_padded_length_equals_the_packages_zero_padding(
     stock: object, tiny_files: ModelFiles
 ) -> None:
