@@ -341,26 +341,16 @@ def quality(files: ModelFiles, arch: ArchConfig, names: list[str]) -> None:
     cond = torch.randn(1, 656, 100, device="cuda")
     text = torch.randint(0, 100, (1, TEXT_LEN), device="cuda")
 
-    def mel(model: Any, dtype: torch.dtype) -> torch.Tensor:
+    def mel(model: Any, dtype: torch.dtype, runner: Any = None) -> torch.Tensor:
         out = sampler.sample(model, cond.to(dtype), text, FRAMES, seed=0, steps=8,
-                             cfg_strength=2.0, sway=-1.0, runner=GraphSteps())  # fmt: skip
+                             cfg_strength=2.0, sway=-1.0, runner=runner)  # fmt: skip
         return out[0, 656:].float()
 
     with torch.inference_mode():
-        reference = sampler.sample(
-            load_f5(files, arch, "cuda", torch.float32),
-            cond,
-            text,
-            FRAMES,
-            seed=0,
-            steps=8,
-            cfg_strength=2.0,
-            sway=-1.0,
-        )
-        reference = reference[0, 656:].float()
+        reference = mel(load_f5(files, arch, "cuda", torch.float32), torch.float32)
         rms = float(reference.pow(2).mean().sqrt())
         for name in names:
-            got = mel(build(files, arch, VARIANTS[name]), torch.float16)
+            got = mel(build(files, arch, VARIANTS[name]), torch.float16, GraphSteps())
             diff = got - reference
             emit({"event": "quality", "variant": name, "ref_rms": round(rms, 4),
                   "max_abs_diff": round(float(diff.abs().max()), 4),
