@@ -171,7 +171,7 @@ class Engine:
             self._decoder = self._vocoder
             if isinstance(self._runner, graphs.GraphSteps):
                 self._decoder = vocoder.GraphVocoder(self._vocoder)
-            self._warm_up()
+            phases = self._warm_up()
             log.info(
                 "engine.ready",
                 device=self.device,
@@ -179,6 +179,7 @@ class Engine:
                 path=self.path,
                 load_s=round(loaded - started, 2),
                 warmup_s=round(time.perf_counter() - loaded, 2),
+                **phases,
             )
             self.ready.set_result(None)
         except BaseException as exc:
@@ -277,28 +278,35 @@ class Engine:
             return graphs.GraphSteps()
         return sampler.EagerSteps()
 
-    def _warm_up(self) -> None:
-        """Syntheses before going live, so no first-request cost lands on air."""
+    def _warm_up(self) -> dict[str, float]:
+        """Syntheses before going live, so no first-request cost lands on air; returns
+        the seconds each part took (`engine.ready` reports them)."""
         try:
-            self._warm_up_once()
+            return self._warm_up_once()
         except Exception as exc:
             if not isinstance(self._runner, graphs.GraphSteps):
                 raise
             log.warning("engine.graphs_unavailable", error=str(exc), fallback="no graphs")
             self._runner = sampler.EagerSteps()
             self._decoder = self._vocoder
-            self._warm_up_once()
+            return self._warm_up_once()
 
-    def _warm_up_once(self) -> None:
+    def _warm_up_once(self) -> dict[str, float]:
         rng = np.random.default_rng(0)
-        for seconds, text in WARMUP:
+        phases: dict[str, float] = {}
+        started = time.perf_counter()
+        for (seconds, text), phase in zip(WARMUP, ("first_line_s", "second_line_s"), strict=True):
             audio = (rng.standard_normal(int(SAMPLE_RATE * seconds)) * 0.05).astype(np.float32)
             voice = Voice("warmup", audio, "This is a test.", 0.05, VoiceSettings(), "warmup")
             for _ in self._synthesize(text, voice, _Job(text, "warmup", None, None, seed=0)):
                 pass
             self._references.pop("warmup", None)
+            phases[phase] = round(time.perf_counter() - started, 2)
+            started = time.perf_counter()
         if isinstance(self._runner, graphs.GraphSteps):
             self._capture_graphs(self._runner)
+            phases["graphs_s"] = round(time.perf_counter() - started, 2)
+        return phases
 
     def _capture_graphs(self, runner: graphs.GraphSteps) -> None:
         """One graph per length a chat line can take, so none is recorded on air."""

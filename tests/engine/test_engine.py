@@ -259,3 +259,23 @@ async def test_a_failed_graph_capture_falls_back_to_eager_and_still_starts(
         assert len(await collect(eng, "Still speaking after the fallback.")) == 1
     finally:
         eng.close()
+
+
+async def test_ready_says_where_the_start_up_time_went(tiny_files: Path, voices_dir: Path) -> None:
+    # Operators (and the benchmark) read engine.ready to see what a start cost:
+    # loading, then each warm-up line (the first one compiles where compiling is on).
+    from bot.config import EngineConfig
+    from engine.voices import VoiceLibrary
+    from tests.engine.tiny import TINY_ARCH
+
+    eng = Engine(EngineConfig(arch=TINY_ARCH, nfe_steps=4), VoiceLibrary(voices_dir), tiny_files)  # type: ignore[arg-type]
+    with capture_logs() as logs:
+        eng.start()
+        await eng.wait_ready()
+    eng.close()
+    (ready,) = [e for e in logs if e["event"] == "engine.ready"]
+    assert ready["path"] == "eager"
+    assert "graphs_s" not in ready  # no graphs on this path
+    phases = [ready[k] for k in ("load_s", "first_line_s", "second_line_s")]
+    assert all(isinstance(p, float) and p > 0 for p in phases)
+    assert ready["first_line_s"] + ready["second_line_s"] <= ready["warmup_s"] + 0.02
