@@ -211,17 +211,27 @@ class PaddedAttention:
             else:
                 query = apply_rotary_pos_emb(query, freqs, q_scale)
                 key = apply_rotary_pos_emb(key, freqs, k_scale)
-        bias = None
-        if mask is not None:
-            bias = torch.zeros(mask.shape, dtype=query.dtype, device=query.device)
-            bias = bias.masked_fill(~mask, float("-inf"))[:, None, None, :]
-        out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias)
+        if mask is None:
+            out = F.scaled_dot_product_attention(query, key, value)
+        else:
+            out = masked_attention(query, key, value, mask)
         out = out.transpose(1, 2).reshape(batch, -1, query.shape[1] * query.shape[-1])
         projected: torch.Tensor = attn.to_out[1](attn.to_out[0](out.to(query.dtype)))
         out = projected
         if mask is not None:
             out = out.masked_fill(~mask[..., None], 0.0)
         return out
+
+
+def masked_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """SDPA over (batch, heads, length, dim), the padded keys (`mask` (batch, length)
+    False) left out by an additive (batch, 1, 1, length) mask: SDPA keeps a fused
+    kernel for it, where the package's expanded boolean mask does not."""
+    bias = torch.zeros(mask.shape, dtype=query.dtype, device=query.device)
+    bias = bias.masked_fill(~mask, float("-inf"))[:, None, None, :]
+    return F.scaled_dot_product_attention(query, key, value, attn_mask=bias)
 
 
 def velocity(

@@ -210,6 +210,24 @@ def test_padded_attention_equals_the_packages_masked_attention(
     assert not torch.allclose(ours[:, :55], unmasked[:, :55], atol=1e-4)
 
 
+def test_the_penalty_column_candidate_equals_the_masked_attention() -> None:
+    # bench/step_profile's candidate for the GPU (attention without a mask tensor):
+    # the extra column must leave padded keys out exactly as the mask does.
+    from bench.step_profile import penalty_column
+    from engine import dit
+
+    torch.manual_seed(8)
+    q, k, v = (torch.randn(2, 4, 70, 16) * 3 for _ in range(3))
+    mask = torch.arange(70)[None] < torch.tensor([[55], [70]])
+    with torch.inference_mode():
+        masked = dit.masked_attention(q, k, v, mask)
+        ours = penalty_column(q, k, v, mask)
+        unmasked = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    assert ours.shape == masked.shape
+    assert torch.allclose(ours, masked, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(ours[0], unmasked[0], atol=1e-3)
+
+
 def test_prepare_joins_qkv_without_copying_the_weights(tiny_files: ModelFiles) -> None:
     from engine import dit
 
