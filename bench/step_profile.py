@@ -4,7 +4,7 @@ compile, padded to its bucket, replayed as a CUDA graph, at the issue's
 reference length (940 frames, padded to 1,024, batch 1 with guidance).
 
 Prints JSON lines: kernel time per step by category and the top kernels,
-SDPA backends and GEMM rates at the step's shapes, the step time of each
+the attention each way (graphed) and GEMM rates at the step's shapes, the step time of each
 variant, the vocoder's parts, and the per-request set-up.
 
 Run on the GPU:  python -m bench.step_profile [--variants baseline ...]
@@ -430,48 +430,16 @@ def profile(model: Any, steps: int = 4) -> None:
               "name": name[:140]})  # fmt: skip
 
 
-def sdpa_backends() -> None:
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    q, k, v = (torch.randn(2, 16, 1024, 64, device="cuda", dtype=torch.float16) for _ in "qkv")
-    mask = (torch.arange(1024, device="cuda") < FRAMES)[None].expand(2, 1024)
-    bias = torch.zeros(2, 1024, device="cuda", dtype=torch.float16)
-    bias = bias.masked_fill(~mask, float("-inf"))[:, None, None, :]
-    pad = lambda t: F.pad(t, (0, 8))  # noqa: E731
-    cases = {
-        "flash_nomask_d64": (SDPBackend.FLASH_ATTENTION, q, k, v, None),
-        "flash_nomask_d72": (SDPBackend.FLASH_ATTENTION, pad(q), pad(k), pad(v), None),
-        "efficient_bias": (SDPBackend.EFFICIENT_ATTENTION, q, k, v, bias),
-        "efficient_nomask": (SDPBackend.EFFICIENT_ATTENTION, q, k, v, None),
-        "cudnn_nomask_d64": (SDPBackend.CUDNN_ATTENTION, q, k, v, None),
-        "cudnn_nomask_d72": (SDPBackend.CUDNN_ATTENTION, pad(q), pad(k), pad(v), None),
-        "cudnn_bias": (SDPBackend.CUDNN_ATTENTION, q, k, v, bias),
-    }
-    for name, (backend, q_, k_, v_, m) in cases.items():
-        try:
-            with sdpa_kernel(backend):
-                ms = cuda_ms(
-                    lambda q_=q_, k_=k_, v_=v_, m=m: F.scaled_dot_product_attention(
-                        q_, k_, v_, attn_mask=m
-                    )
-                )
-            emit({"event": "sdpa", "case": name, "us": round(ms * 1000, 1)})
-        except Exception as exc:  # a backend that does not take this case
-            emit({"event": "sdpa", "case": name, "error": str(exc)[:200]})
-
-
 def attention_cases(frames: int = FRAMES, length: int = 1024) -> None:
     """The step's attention (guided: 2 rows, `frames` real of `length`) each way,
-    replayed as a graph (eagerly launched, small kernels time the launch), from
-    the QKV projection's output to the input of the output projection."""
+    from the QKV projection's output to the output projection's input, replayed
+    as a graph: launched eagerly, kernels this small time the launch instead."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     heads, dim = 16, 64
     torch.manual_seed(0)
     qkv = torch.randn(2, length, 3 * heads * dim, device="cuda", dtype=torch.float16)
     mask = (torch.arange(length, device="cuda") < frames)[None].expand(2, length)
-    bias = torch.zeros(2, length, device="cuda", dtype=torch.float16)
-    bias = bias.masked_fill(~mask, float("-inf"))[:, None, None, :]
 
     def split() -> tuple[torch.Tensor, ...]:
         return tuple(t.reshape(2, length, heads, dim).transpose(1, 2) for t in qkv.chunk(3, -1))
@@ -479,18 +447,20 @@ def attention_cases(frames: int = FRAMES, length: int = 1024) -> None:
     def out(o: torch.Tensor) -> torch.Tensor:
         return o.transpose(1, 2).reshape(2, length, heads * dim)
 
-    def sdpa(backend: Any, m: torch.Tensor | None) -> Callable[[], torch.Tensor]:
+    def sdpa(backend: Any, masked: bool) -> Callable[[], torch.Tensor]:
         def run() -> torch.Tensor:
             with sdpa_kernel(backend):
-                return out(F.scaled_dot_product_attention(*split(), attn_mask=m))
+                if masked:
+                    return out(_MASKED(*split(), mask))
+                return out(F.scaled_dot_product_attention(*split()))
 
         return run
 
     cases: dict[str, Callable[[], torch.Tensor]] = {
-        "cudnn_bias": sdpa(SDPBackend.CUDNN_ATTENTION, bias),
-        "cudnn_nomask": sdpa(SDPBackend.CUDNN_ATTENTION, None),
-        "flash_nomask": sdpa(SDPBackend.FLASH_ATTENTION, None),
-        "efficient_bias": sdpa(SDPBackend.EFFICIENT_ATTENTION, bias),
+        "cudnn_mask": sdpa(SDPBackend.CUDNN_ATTENTION, True),  # the engine's
+        "cudnn_nomask": sdpa(SDPBackend.CUDNN_ATTENTION, False),
+        "flash_nomask": sdpa(SDPBackend.FLASH_ATTENTION, False),
+        "efficient_mask": sdpa(SDPBackend.EFFICIENT_ATTENTION, True),
         "penalty_column": lambda: out(penalty_column(*split(), mask)),
     }
     results: dict[str, torch.Tensor] = {}
@@ -502,7 +472,7 @@ def attention_cases(frames: int = FRAMES, length: int = 1024) -> None:
             except Exception as exc:  # a backend that does not take this case
                 emit({"event": "attention", "case": name, "error": str(exc)[:200]})
                 continue
-            diff = float((results[name] - results["cudnn_bias"])[:, :frames].abs().max())
+            diff = float((results[name] - results["cudnn_mask"])[:, :frames].abs().max())
             emit({"event": "attention", "case": name, "length": length, "frames": frames,
                   "graphed_us": round(us, 1), "max_diff_real_rows": diff})  # fmt: skip
 
@@ -648,9 +618,9 @@ def engine_memory(files: ModelFiles, arch: ArchConfig, root: Path) -> None:
     Engine._capture_graphs = capture  # type: ignore[method-assign]
     original_warm = Engine._warm_up_once
 
-    def warm(self: Engine) -> None:
+    def warm(self: Engine) -> dict[str, float]:
         report("before_warm_up")
-        original_warm(self)
+        return original_warm(self)
 
     Engine._warm_up_once = warm  # type: ignore[method-assign]
 
@@ -683,12 +653,11 @@ def main(args: argparse.Namespace) -> None:
         torch._dynamo.reset()
         embed_parts(load_f5(files, arch, "cuda", torch.float16))
         return
-    if args.attention:
+    if args.attention or not args.variants:
         attention_cases()
         attention_cases(1024, 1024)
     if not args.variants:
         gemm_rates()
-        sdpa_backends()
         vocoder_parts(files)
     reference = None
     if args.quality:
