@@ -113,17 +113,26 @@ def _say(path: Path, text: str, voice: str | None, out: Path, seed: int | None) 
     from engine.checkpoints import SAMPLE_RATE, CheckpointError, resolve_files
     from engine.synth import Engine, SynthesisError
 
+    library = VoiceLibrary(config.engine.voices_dir)
+    name = voice or config.engine.default_voice
+    try:
+        # A mistyped voice is told at once, not after the model has loaded (or
+        # downloaded: 1.4 GB on a first run).
+        library.get(name)
+    except VoiceError as exc:
+        tell_user(f"voice error: {exc}")
+        return EXIT_CONFIG
     try:
         files = resolve_files(config.engine)
     except CheckpointError as exc:
         tell_user(f"engine error: {exc}")
         return EXIT_CONFIG
-    engine = Engine(config.engine, VoiceLibrary(config.engine.voices_dir), files)
+    engine = Engine(config.engine, library, files)
 
     async def synthesise() -> list[np.ndarray]:
         await engine.wait_ready()
         started = time.perf_counter()
-        chunks = [c async for c in engine.stream(text, voice or config.engine.default_voice, seed)]
+        chunks = [c async for c in engine.stream(text, name, seed)]
         elapsed = time.perf_counter() - started
         seconds = sum(len(c) for c in chunks) / SAMPLE_RATE
         rtf = elapsed / seconds if seconds else 0.0
