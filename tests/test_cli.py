@@ -104,7 +104,8 @@ def test_say_writes_a_wav_with_the_tiny_engine(tmp_path: Path) -> None:
     assert abs(audio).max() > 0
 
 
-def test_say_without_model_files_is_one_clear_error(tmp_path: Path) -> None:
+def say_without_model(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`ishowtts say hi ARGS` with one voice (alice, the default) and no model files."""
     from tests.engine.tiny import write_voice
 
     write_voice(tmp_path / "voices", "alice")
@@ -113,25 +114,19 @@ def test_say_without_model_files_is_one_clear_error(tmp_path: Path) -> None:
         f"engine: {{model_path: {tmp_path / 'missing.safetensors'}, "
         f"voices_dir: {tmp_path / 'voices'}, default_voice: alice}}\n"
     )
-    result = run("say", "hi", "--config", str(config), env={"HF_HUB_OFFLINE": "1"})
+    return run("say", "hi", *args, "--config", str(config), env={"HF_HUB_OFFLINE": "1"})
+
+
+def test_say_without_model_files_is_one_clear_error(tmp_path: Path) -> None:
+    result = say_without_model(tmp_path)
     assert result.returncode == 2
     assert result.stderr.startswith("engine error: model files not found: ")
     assert "Traceback" not in result.stderr
 
 
 def test_say_with_an_unknown_voice_says_so_before_touching_the_model(tmp_path: Path) -> None:
-    from tests.engine.tiny import write_voice
-
-    write_voice(tmp_path / "voices", "alice")
-    config = tmp_path / "c.yaml"
     # No model files either: the voice is what is wrong, and is said first.
-    config.write_text(
-        f"engine: {{model_path: {tmp_path / 'missing.safetensors'}, "
-        f"voices_dir: {tmp_path / 'voices'}}}\n"
-    )
-    result = run(
-        "say", "hi", "--voice", "bob", "--config", str(config), env={"HF_HUB_OFFLINE": "1"}
-    )
+    result = say_without_model(tmp_path, "--voice", "bob")
     assert result.returncode == 2
     assert result.stderr.startswith("voice error: voice 'bob' not found")
     assert "alice" in result.stderr  # what there is to pick from
