@@ -112,17 +112,21 @@ def headless_pulse(scratch: Path) -> Iterator[None]:
     conf = scratch / "client.conf"
     conf.write_text("autospawn = no\n")
     os.environ["PULSE_CLIENTCONFIG"] = str(conf)
+    log_file = scratch / "pulseaudio.log"
     proc = None
     if not _pulse_up():
         proc = subprocess.Popen(
             [
                 "pulseaudio",
                 "--exit-idle-time=-1",
+                # Its CPU watchdog ends the daemon after a spell of heavy use;
+                # the tests keep both cores busy for minutes at a time.
+                "--no-cpu-limit",
                 "-n",
                 f"--load=module-null-sink sink_name={SINK} norewinds=1 rate=48000",
                 "--load=module-native-protocol-unix",
                 "--load=module-cli-protocol-unix",
-                "--log-target=stderr",
+                f"--log-target=file:{log_file}",
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -139,8 +143,16 @@ def headless_pulse(scratch: Path) -> Iterator[None]:
         yield
     finally:
         if proc is not None:
-            proc.terminate()
-            proc.wait(timeout=10)
+            code = proc.poll()
+            if code is None:
+                proc.terminate()
+                proc.wait(timeout=10)
+            else:  # every audio test after this point failed for want of a server
+                tail = log_file.read_text(errors="replace").splitlines()[-15:]
+                raise RuntimeError(
+                    f"the test sound server exited by itself (code {code}); its log ends:\n"
+                    + "\n".join(tail)
+                )
 
 
 def _pulse_up() -> bool:

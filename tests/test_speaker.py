@@ -43,7 +43,7 @@ async def rig(pulse_server: None, tiny_files: ModelFiles, tmp_path: Path) -> Asy
     await engine.wait_ready()
     player = Player(config.audio)
     player_task = asyncio.create_task(player.run())
-    await player.opened.wait()
+    await asyncio.wait_for(player.opened.wait(), 10)
     speaker = Speaker(bot.queue, engine, player, bot.control)
     task = asyncio.create_task(speaker.run())
     yield bot, speaker
