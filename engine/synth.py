@@ -33,7 +33,7 @@ import structlog
 import torch
 
 from bot.config import EngineConfig
-from engine import chunking, dit, faults, graphs, sampler, vocoder
+from engine import chunking, conv_pos, dit, faults, graphs, sampler, vocoder
 from engine.checkpoints import HOP_LENGTH, SAMPLE_RATE, ModelFiles, load_f5, load_vocos, read_vocab
 from engine.voices import TARGET_RMS, Voice, VoiceLibrary, VoiceSettings
 
@@ -177,6 +177,7 @@ class Engine:
                 device=self.device,
                 dtype=str(self.dtype).removeprefix("torch."),
                 path=self.path,
+                conv=conv_pos.path(self.device),
                 load_s=round(loaded - started, 2),
                 warmup_s=round(time.perf_counter() - loaded, 2),
                 **phases,
