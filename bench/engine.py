@@ -32,8 +32,9 @@ import numpy as np
 import torch
 
 from bot.config import ArchConfig, EngineConfig
-from engine import chunking, dit, sampler
+from engine import chunking, conv_pos, dit, sampler
 from engine.checkpoints import HOP_LENGTH, SAMPLE_RATE, ModelFiles, load_f5, load_vocos
+from engine.conv_pos import triton_available
 from engine.graphs import GraphSteps
 from engine.synth import Engine
 from engine.vocoder import GraphVocoder
@@ -457,6 +458,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             continue
         if args.paths and label not in args.paths:
             continue
+        # The paths without compile stand for a machine without Triton (Windows,
+        # mostly): there the position convolutions are the package's (cuDNN) too.
+        conv_pos.triton_available = triton_available if compile_ else lambda: False  # type: ignore[assignment]
         config = EngineConfig(nfe_steps=NFE, compile=compile_, cuda_graphs=graphs_, arch=arch)
         engine = Engine(config, VoiceLibrary(root / "voices"), files)
         # Peak memory counts what this engine adds, not what an earlier one left.
@@ -474,7 +478,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 "ready_peak_gb": round(torch.cuda.max_memory_allocated() / gb, 3),
             }
         emit({"event": "engine", "path": label, "engine_path": engine.path,
-              "startup_s": round(startup, 1), "dynamo_graphs": graphs(), **memory},
+              "conv": conv_pos.path(device), "startup_s": round(startup, 1),
+              "dynamo_graphs": graphs(), **memory},
              records)  # fmt: skip
         for name, text in LINES.items():
             runs = [await run_ours(engine, text) for _ in range(args.runs + 1)]
@@ -518,6 +523,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             summary[f"{label}.startup"] = {"cold_s": round(startup, 1), "warm_s": warm}
             emit({"event": "startup", "path": label, **summary[f"{label}.startup"]}, records)
 
+    conv_pos.triton_available = triton_available
     # Same weights, same noise: ours equals stock's sampler (checked on this device).
     model = load_f5(files, arch, device, torch.float16 if device == "cuda" else torch.float32)
     cond = model.mel_spec(ref[0].to(device)).permute(0, 2, 1).to(next(model.parameters()).dtype)

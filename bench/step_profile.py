@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from bot.config import ArchConfig
-from engine import dit, graphs, sampler
+from engine import conv_pos, dit, graphs, sampler
 from engine.checkpoints import ModelFiles, load_f5, load_vocos
 from engine.graphs import GraphSteps
 from tests.engine.tiny import PUBLISHED_VOCOS_CONFIG, write_f5, write_vocos
@@ -116,6 +116,7 @@ VARIANTS: dict[str, dict[str, bool]] = {
     "warmup1": {"warmup1": True},
     "ff_separate": {"ff_separate": True},
     "penalty_column": {"penalty_column": True},
+    "cudnn_conv": {"cudnn_conv": True},
 }
 
 FP8_MAX = 448.0  # largest float8_e4m3fn
@@ -160,6 +161,14 @@ def to_fp8(transformer: Any, rowwise: bool) -> None:
 
 
 _FEED_FORWARD = dit.feed_forward
+_SUPPORTED = conv_pos.supported
+
+
+def _no_triton_conv(conv: Any, h: torch.Tensor) -> bool:
+    """The position convolutions as cuDNN runs them (the package's modules)."""
+    return False
+
+
 _MASKED = dit.masked_attention
 
 #: Added to a padded key's score by `penalty_column`: exp() of it is exactly 0
@@ -204,6 +213,7 @@ def build(files: ModelFiles, arch: ArchConfig, opts: dict[str, bool]) -> Any:
     transformer = model.transformer
     dit.prepare(transformer)
     dit.masked_attention = penalty_column if opts.get("penalty_column") else _MASKED  # type: ignore[assignment]
+    conv_pos.supported = _no_triton_conv if opts.get("cudnn_conv") else _SUPPORTED  # type: ignore[assignment]
     if opts.get("fp8_row") or opts.get("fp8_tensor"):
         to_fp8(transformer, rowwise=bool(opts.get("fp8_row")))
     if opts.get("unfold"):
@@ -291,7 +301,11 @@ def step_parts(model: Any, length: int = 1024) -> None:
         out["doubling_ms"] = graphed_ms(doubling)
         joined = torch.cat((x2, cond2, text2), -1)
         out["input_proj_ms"] = graphed_ms(lambda: t.input_embed.proj(joined))
-        out["conv_pos_ms"] = graphed_ms(lambda: t.input_embed.conv_pos_embed(h, mask=mask2))
+        pos = t.input_embed.conv_pos_embed
+        out["conv_pos_ms"] = graphed_ms(lambda: pos(h, mask=mask2) + h)
+        fused = lambda: conv_pos.fused_position_embedding(pos, h, mask2)  # noqa: E731
+        out["conv_pos_triton_ms"] = graphed_ms(fused)
+        out["conv_pos_triton_diff"] = float((fused() - (pos(h, mask=mask2) + h)).abs().max())
         out["head_ms"] = graphed_ms(head)
         out["rope_ms"] = graphed_ms(lambda: t.rotary_embed.forward_from_seq_len(length))
         out["blocks_ms"] = graphed_ms(run_blocks)
@@ -649,6 +663,10 @@ def main(args: argparse.Namespace) -> None:
         engine_memory(files, arch, root)
         memory(files, arch)
         return
+    if args.conv:
+        torch._dynamo.reset()
+        conv_configs(load_f5(files, arch, "cuda", torch.float16))
+        return
     if args.embed:
         torch._dynamo.reset()
         embed_parts(load_f5(files, arch, "cuda", torch.float16))
@@ -697,6 +715,51 @@ def main(args: argparse.Namespace) -> None:
 
 
 # the input embedding (the grouped position convolutions) -----------------------------
+def conv_configs(model: Any, length: int = 1024) -> None:
+    """The Triton position convolutions at each launch setting, against cuDNN's."""
+    pos = model.transformer.input_embed.conv_pos_embed
+    torch.manual_seed(0)
+    h = torch.randn(2, length, 1024, device="cuda", dtype=torch.float16)
+    mask = (torch.arange(length, device="cuda") < FRAMES)[None].expand(2, length)
+    defaults = conv_pos.BLOCK_FRAMES, conv_pos.NUM_WARPS, conv_pos.NUM_STAGES
+    with torch.inference_mode():
+        ref = pos(h, mask=mask) + h
+        emit(
+            {
+                "event": "conv",
+                "path": "cudnn",
+                "graphed_ms": round(graphed_ms(lambda: pos(h, mask=mask) + h), 4),
+            }
+        )
+        for block in (32, 64, 128):
+            for warps in (2, 4, 8):
+                for stages in (2, 3, 4):
+                    conv_pos.BLOCK_FRAMES, conv_pos.NUM_WARPS, conv_pos.NUM_STAGES = (
+                        block,
+                        warps,
+                        stages,
+                    )
+                    fused = lambda: conv_pos.fused_position_embedding(pos, h, mask)  # noqa: E731
+                    try:
+                        ms = graphed_ms(fused)
+                        diff = float((fused() - ref).abs().max())
+                    except Exception as exc:
+                        emit(
+                            {
+                                "event": "conv",
+                                "block": block,
+                                "warps": warps,
+                                "stages": stages,
+                                "error": str(exc)[:200],
+                            }
+                        )
+                        continue
+                    emit({"event": "conv", "path": "triton", "block": block,
+                          "warps": warps, "stages": stages,
+                          "graphed_ms": round(ms, 4), "max_diff": diff})  # fmt: skip
+    conv_pos.BLOCK_FRAMES, conv_pos.NUM_WARPS, conv_pos.NUM_STAGES = defaults
+
+
 def nhwc_conv(conv: torch.nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
     """The grouped conv1d as a channels-last conv2d (cuDNN then needs no layout copies)."""
     k = conv.weight.shape[-1]
@@ -776,6 +839,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--variants", nargs="*")
     parser.add_argument("--embed", action="store_true")
+    parser.add_argument("--conv", action="store_true", help="the Triton convolutions' settings")
     parser.add_argument("--attention", action="store_true", help="time the attention each way")
     parser.add_argument("--memory", action="store_true")
     parser.add_argument("--lengths", nargs="*", type=int, default=[1024])
