@@ -27,6 +27,13 @@ def test_our_loader_and_f5_tts_loader_agree(tiny_files: ModelFiles) -> None:
     mine, other = ours.state_dict(), theirs.state_dict()
     assert mine.keys() == other.keys()
     assert all(torch.equal(mine[k], other[k]) for k in mine)
+    # Ours builds the DiT without drawing weights (meta tensors, then the file's);
+    # what no file holds (the text embedding's position table) is computed alike.
+    buffers, their_buffers = dict(ours.named_buffers()), dict(theirs.named_buffers())
+    assert "transformer.text_embed.freqs_cis" in buffers.keys() - mine.keys()
+    assert buffers.keys() == their_buffers.keys()
+    assert all(torch.equal(buffers[k], their_buffers[k]) for k in buffers)
+    assert not any(p.is_meta for p in ours.parameters())
 
     vocoder = load_vocos(tiny_files, "cpu")
     reference = load_vocoder(
