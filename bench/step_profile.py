@@ -221,8 +221,8 @@ def build(files: ModelFiles, arch: ArchConfig, opts: dict[str, bool]) -> Any:
     if opts.get("compile_input"):
         transformer.input_embed.compile(dynamic=True)
     if opts.get("autotune"):
-        for block in transformer.transformer_blocks:
-            block.compile(dynamic=True, mode="max-autotune-no-cudagraphs")
+        for wrapped in dit.blocks(transformer):
+            wrapped.compile(dynamic=True, mode="max-autotune-no-cudagraphs")
     elif opts.get("static"):
         for wrapped in dit.blocks(transformer):
             wrapped.compile(dynamic=False)

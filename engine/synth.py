@@ -171,6 +171,7 @@ class Engine:
             self._decoder = self._vocoder
             if isinstance(self._runner, graphs.GraphSteps):
                 self._decoder = vocoder.GraphVocoder(self._vocoder)
+            set_up = time.perf_counter()
             phases = self._warm_up()
             log.info(
                 "engine.ready",
@@ -179,6 +180,8 @@ class Engine:
                 path=self.path,
                 conv=conv_pos.path(self.device),
                 load_s=round(loaded - started, 2),
+                # Mostly importing torch.compile's machinery, where compiling is on.
+                setup_s=round(set_up - loaded, 2),
                 warmup_s=round(time.perf_counter() - loaded, 2),
                 **phases,
             )

@@ -279,4 +279,6 @@ async def test_ready_says_where_the_start_up_time_went(tiny_files: Path, voices_
     assert "graphs_s" not in ready  # no graphs on this path
     phases = [ready[k] for k in ("load_s", "first_line_s", "second_line_s")]
     assert all(isinstance(p, float) and p > 0 for p in phases)
-    assert ready["first_line_s"] + ready["second_line_s"] <= ready["warmup_s"] + 0.02
+    assert isinstance(ready["setup_s"], float) and ready["setup_s"] >= 0
+    parts = ready["setup_s"] + ready["first_line_s"] + ready["second_line_s"]
+    assert parts <= ready["warmup_s"] + 0.03
