@@ -111,13 +111,31 @@ async def run_bot(config: Config) -> int:
     from engine.voices import VoiceError
 
     bot = Bot(config)
+    # Every problem that can be seen before the model is fetched is told at once,
+    # so that a streamer setting up fixes them in one go, not one per restart.
+    problems: list[str] = []
     try:
         bot.voices.get(config.engine.default_voice)
+    except (VoiceError, OSError) as exc:
+        problems.append(str(exc))
+    try:
         find_output_device(config.audio.output_device)
-        files = resolve_files(config.engine)
-    except (VoiceError, CheckpointError, AudioDeviceError, OSError) as exc:
-        log.error("bot.cannot_start", error=str(exc))
-        tell_user(f"start-up error: {exc}")
+    except (AudioDeviceError, OSError) as exc:
+        problems.append(str(exc))
+    if not problems:  # the model files last: a first run downloads them
+        try:
+            files = resolve_files(config.engine)
+        except (CheckpointError, OSError) as exc:
+            problems.append(str(exc))
+    if problems:
+        for problem in problems:
+            log.error("bot.cannot_start", error=problem)
+            tell_user(f"start-up error: {problem}")
+        if not bot.adapters():
+            tell_user(
+                "also: no chat platform is on yet (set platforms.twitch.enabled or "
+                "platforms.bilibili.enabled to true in the config)"
+            )
         return EXIT_STARTUP
 
     stop = asyncio.Event()

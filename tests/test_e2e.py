@@ -42,8 +42,16 @@ async def test_run_without_platforms_starts_warns_and_stops_cleanly(
     assert bot.logged("bot.stopped")
 
 
-async def test_start_up_errors_are_one_clear_line(tiny_files: ModelFiles, tmp_path: Path) -> None:
-    config = write_run_config(tmp_path, tiny_files, engine={"default_voice": "nobody"})
+async def test_start_up_errors_are_told_together_one_line_each(
+    tiny_files: ModelFiles, tmp_path: Path
+) -> None:
+    # A streamer setting up fixes everything in one go, not one thing per restart.
+    config = write_run_config(
+        tmp_path,
+        tiny_files,
+        engine={"default_voice": "nobody"},
+        audio={"output_device": "Speakers That Are Not There"},
+    )
     proc = await asyncio.create_subprocess_exec(
         *command("run", "--config", str(config)),
         cwd=ROOT,
@@ -52,9 +60,13 @@ async def test_start_up_errors_are_one_clear_line(tiny_files: ModelFiles, tmp_pa
     )
     _, err = await asyncio.wait_for(proc.communicate(), TIMEOUT)
     assert proc.returncode == 2
-    lines = err.decode().splitlines()
-    assert "start-up error: voice 'nobody' not found in" in lines[-1]
-    assert "(have: default, mei)" in lines[-1]
+    told = [line for line in err.decode().splitlines() if not line.startswith("{")]
+    assert len(told) == 3, told
+    assert told[0].startswith("start-up error: voice 'nobody' not found in")
+    assert "(have: default, mei)" in told[0]
+    assert told[1].startswith("start-up error: output device 'Speakers That Are Not There'")
+    assert told[2].startswith("also: no chat platform is on yet")
+    assert "platforms.twitch.enabled" in told[2]
 
 
 async def test_twitch_chat_is_spoken_retracted_skipped_and_commanded(
