@@ -17,6 +17,7 @@ within fp16 rounding.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from typing import Any
 
@@ -35,6 +36,7 @@ NUM_STAGES = 3
 _failed: list[str] = []  # the first failure's message, once one has happened
 
 
+@functools.cache
 def triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None
 
