@@ -117,6 +117,7 @@ VARIANTS: dict[str, dict[str, bool]] = {
     "ff_separate": {"ff_separate": True},
     "penalty_column": {"penalty_column": True},
     "cudnn_conv": {"cudnn_conv": True},
+    "fused_rope_keys": {"fused_rope_keys": True},
 }
 
 FP8_MAX = 448.0  # largest float8_e4m3fn
@@ -196,6 +197,35 @@ def penalty_column(
     return F.scaled_dot_product_attention(query, key, value, scale=scale)
 
 
+_PADDED_CALL = dit.PaddedAttention.__call__
+
+
+def _fused_rope_keys_call(
+    self: dit.PaddedAttention,
+    attn: Any,
+    x: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    rope: Any = None,
+) -> torch.Tensor:
+    """`PaddedAttention` with `bench.rope_keys`: the rotation, head layout and mask
+    column in one kernel, then SDPA unmasked (80-wide queries and keys)."""
+    plain = rope is None or not isinstance(rope[1], float) or rope[1] != 1.0
+    if mask is None or plain or attn.q_norm is not None or self.pe_attn_head is not None:
+        out: torch.Tensor = _PADDED_CALL(self, attn, x, mask, rope)
+        return out
+    from bench import rope_keys
+
+    batch, heads = x.shape[0], attn.heads
+    qkv = self.qkv(x)
+    dim = qkv.shape[-1] // (3 * heads)
+    query, key = rope_keys.op(qkv, rope[0], mask, heads)
+    value = qkv[..., 2 * heads * dim :].reshape(batch, -1, heads, dim).transpose(1, 2)
+    out = F.scaled_dot_product_attention(query, key, value, scale=dim**-0.5)
+    out = out.transpose(1, 2).reshape(batch, -1, heads * dim)
+    out = attn.to_out[1](attn.to_out[0](out))
+    return out.masked_fill(~mask[..., None], 0.0)
+
+
 def _separate_ff(ff: Any, x: torch.Tensor) -> torch.Tensor:
     """The package's feed-forward: GELU as its own kernel after the matmul."""
     out: torch.Tensor = ff(x)
@@ -214,6 +244,9 @@ def build(files: ModelFiles, arch: ArchConfig, opts: dict[str, bool]) -> Any:
     dit.prepare(transformer)
     dit.masked_attention = penalty_column if opts.get("penalty_column") else _MASKED  # type: ignore[assignment]
     conv_pos.supported = _no_triton_conv if opts.get("cudnn_conv") else _SUPPORTED  # type: ignore[assignment]
+    dit.PaddedAttention.__call__ = (  # type: ignore[method-assign]
+        _fused_rope_keys_call if opts.get("fused_rope_keys") else _PADDED_CALL
+    )
     if opts.get("fp8_row") or opts.get("fp8_tensor"):
         to_fp8(transformer, rowwise=bool(opts.get("fp8_row")))
     if opts.get("unfold"):
@@ -477,6 +510,27 @@ def attention_cases(frames: int = FRAMES, length: int = 1024) -> None:
         "efficient_mask": sdpa(SDPBackend.EFFICIENT_ATTENTION, True),
         "penalty_column": lambda: out(penalty_column(*split(), mask)),
     }
+    # With the rotary embedding too: the engine's way, and bench.rope_keys's.
+    from f5_tts.model.modules import apply_rotary_pos_emb
+    from x_transformers.x_transformers import RotaryEmbedding
+
+    from bench import rope_keys
+
+    freqs, _ = RotaryEmbedding(dim).to("cuda").half().forward_from_seq_len(length)
+    contiguous_mask = mask.contiguous()
+
+    def rope_then_mask() -> torch.Tensor:
+        q, k, v = split()
+        q, k = apply_rotary_pos_emb(q, freqs), apply_rotary_pos_emb(k, freqs)
+        return out(_MASKED(q, k, v, mask))
+
+    def fused_rope_keys() -> torch.Tensor:
+        q, k = rope_keys.launch(qkv, freqs, contiguous_mask, heads)
+        v = split()[2]
+        return out(F.scaled_dot_product_attention(q, k, v, scale=dim**-0.5))
+
+    reference_case = {"rope_cudnn_mask": rope_then_mask, "fused_rope_keys": fused_rope_keys}
+    cases.update(reference_case)
     results: dict[str, torch.Tensor] = {}
     with torch.inference_mode():
         for name, fn in cases.items():
@@ -486,7 +540,8 @@ def attention_cases(frames: int = FRAMES, length: int = 1024) -> None:
             except Exception as exc:  # a backend that does not take this case
                 emit({"event": "attention", "case": name, "error": str(exc)[:200]})
                 continue
-            diff = float((results[name] - results["cudnn_mask"])[:, :frames].abs().max())
+            against = "rope_cudnn_mask" if name in reference_case else "cudnn_mask"
+            diff = float((results[name] - results[against])[:, :frames].abs().max())
             emit({"event": "attention", "case": name, "length": length, "frames": frames,
                   "graphed_us": round(us, 1), "max_diff_real_rows": diff})  # fmt: skip
 

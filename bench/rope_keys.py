@@ -1,0 +1,139 @@
+"""Candidate (not in the engine; measured by `bench.step_profile --variants
+fused_rope_keys`): the attention's rotary embedding, head layout and padding
+penalty in one Triton kernel.
+
+cuDNN's attention at the step's shape takes about 42 µs per block with the
+additive padding mask and about 28 µs unmasked with 80-wide queries and keys
+whose extra column carries the mask (bit-identical on real frames; H200).
+Built from torch ops, the wider queries and keys cost inductor more writes
+than the mask saved (stop 16's logs). This kernel reads the QKV projection's
+output once and writes the rotated 80-wide queries and keys (penalty column
+included) in the layout SDPA takes, which inductor's own fused kernel for the
+rotation and layout writes anyway at 64 wide.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op, wrap_triton
+
+#: Added to a padded key's score: exp() of it is exactly 0 beside any real score.
+PADDING_PENALTY = -30000.0
+#: Columns added to each head (cuDNN: 80-wide heads ran faster than 72).
+EXTRA = 16
+BLOCK_FRAMES = 64
+
+
+@triton.jit
+def _rotate(src, dst, cos, sin, inside):
+    """x_transformers' rotation of interleaved pairs, in float32."""
+    even = tl.load(src, mask=inside, other=0.0).to(tl.float32)
+    odd = tl.load(src + 1, mask=inside, other=0.0).to(tl.float32)
+    kind = dst.dtype.element_ty
+    tl.store(dst, (even * cos - odd * sin).to(kind), mask=inside)
+    tl.store(dst + 1, (odd * cos + even * sin).to(kind), mask=inside)
+
+
+@triton.jit
+def _rope_keys_kernel(
+    qkv_ptr,
+    freqs_ptr,
+    mask_ptr,
+    q_ptr,
+    k_ptr,
+    frames,
+    heads,
+    penalty,
+    DIM: tl.constexpr,
+    EXTRA: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """Queries and keys of one head for BLOCK frames of one row, rotated, then the
+    extra columns: [1, 0, …] for queries, [penalty or 0, 0, …] for keys."""
+    block, head, row = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    frame = block * BLOCK + tl.arange(0, BLOCK)
+    pair = tl.arange(0, DIM // 2)
+    inside = (frame < frames)[:, None]
+    width = 3 * heads * DIM
+    src = qkv_ptr + row * frames * width + frame[:, None] * width + head * DIM + 2 * pair[None, :]
+    angle = tl.load(freqs_ptr + frame[:, None] * DIM + 2 * pair[None, :], mask=inside, other=0.0)
+    angle = angle.to(tl.float32)
+    cos, sin = tl.cos(angle), tl.sin(angle)
+    out_width = DIM + EXTRA
+    dst = (row * heads + head) * frames * out_width + frame[:, None] * out_width
+    _rotate(src, q_ptr + dst + 2 * pair[None, :], cos, sin, inside)
+    _rotate(src + heads * DIM, k_ptr + dst + 2 * pair[None, :], cos, sin, inside)
+    extra = tl.arange(0, EXTRA)
+    first = (extra == 0)[None, :]
+    real = tl.load(mask_ptr + row * frames + frame, mask=frame < frames, other=0) != 0
+    zeros = tl.zeros((BLOCK, EXTRA), dtype=tl.float32)
+    ones = tl.where(first, 1.0, 0.0) + zeros
+    keys = tl.where(first & (real[:, None] == 0), penalty, 0.0) + zeros
+    tail = dst + DIM + extra[None, :]
+    tl.store(q_ptr + tail, ones.to(q_ptr.dtype.element_ty), mask=inside)
+    tl.store(k_ptr + tail, keys.to(k_ptr.dtype.element_ty), mask=inside)
+
+
+def launch(
+    qkv: torch.Tensor, freqs: torch.Tensor, mask: torch.Tensor, heads: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kernel, launched directly (the interpreter test runs this)."""
+    query, key = _outputs(qkv, heads)
+    freqs, mask = freqs.contiguous(), mask.contiguous()
+    _rope_keys_kernel[_grid(qkv, heads)](
+        qkv, freqs, mask, query, key, qkv.shape[1], heads, PADDING_PENALTY,
+        DIM=query.shape[-1] - EXTRA, EXTRA=EXTRA, BLOCK=BLOCK_FRAMES,
+    )  # fmt: skip
+    return query, key
+
+
+@triton_op("ishowtts::rope_keys", mutates_args=())
+def rope_keys(
+    qkv: torch.Tensor, freqs: torch.Tensor, mask: torch.Tensor, heads: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same, as an op torch.compile sees into (its kernel joins inductor's graph)."""
+    query, key = _outputs(qkv, heads)
+    freqs, mask = freqs.contiguous(), mask.contiguous()
+    wrap_triton(_rope_keys_kernel)[_grid(qkv, heads)](
+        qkv, freqs, mask, query, key, qkv.shape[1], heads, PADDING_PENALTY,
+        DIM=query.shape[-1] - EXTRA, EXTRA=EXTRA, BLOCK=BLOCK_FRAMES,
+    )  # fmt: skip
+    return query, key
+
+
+#: What the attention calls: the op (torch.compile sees into it). Triton's CPU
+#: interpreter cannot run an op's kernel, so the interpreter test calls `launch`.
+op: Any = torch.ops.ishowtts.rope_keys
+
+
+def _outputs(qkv: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+    batch, frames, width = qkv.shape
+    shape = (batch, heads, frames, width // (3 * heads) + EXTRA)
+    return qkv.new_empty(shape), qkv.new_empty(shape)
+
+
+def _grid(qkv: torch.Tensor, heads: int) -> tuple[Any, ...]:
+    return (triton.cdiv(qkv.shape[1], BLOCK_FRAMES), heads, qkv.shape[0])
+
+
+def reference(
+    qkv: torch.Tensor, freqs: torch.Tensor, mask: torch.Tensor, heads: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the kernel computes, from torch ops and f5-tts's own rotary function."""
+    from f5_tts.model.modules import apply_rotary_pos_emb
+
+    batch, frames, width = qkv.shape
+    dim = width // (3 * heads)
+    q, k, _ = (
+        t.reshape(batch, frames, heads, dim).transpose(1, 2) for t in qkv.split(width // 3, -1)
+    )
+    q, k = apply_rotary_pos_emb(q, freqs), apply_rotary_pos_emb(k, freqs)
+    column = torch.zeros(batch, heads, frames, EXTRA, dtype=qkv.dtype, device=qkv.device)
+    ones, penalty = column.clone(), column.clone()
+    ones[..., 0] = 1.0
+    penalty[..., 0] = torch.where(mask, 0.0, PADDING_PENALTY)[:, None, :].to(qkv.dtype)
+    return torch.cat((q, ones), -1), torch.cat((k, penalty), -1)
