@@ -95,6 +95,16 @@ def resolve_device(config: EngineConfig) -> tuple[str, torch.dtype]:
     return device, dtype
 
 
+def bind_device(device: str) -> None:
+    """Make `device` (cuda:N) the calling thread's current GPU. CUDA's current device
+    is per thread, and what does not name a device follows it: graph capture
+    streams, the compile's kernels, our Triton launches. Without this, an engine
+    on cuda:1 would record its graphs on GPU 0's streams."""
+    index = torch.device(device).index
+    if device.startswith("cuda") and index is not None:
+        torch.cuda.set_device(index)
+
+
 class Engine:
     def __init__(self, config: EngineConfig, voices: VoiceLibrary, files: ModelFiles) -> None:
         self.config = config
@@ -160,6 +170,7 @@ class Engine:
     # inference thread ---------------------------------------------------------
     def _main(self) -> None:
         try:
+            bind_device(self.device)
             started = time.perf_counter()
             self._vocab = read_vocab(self.files.vocab)
             model = load_f5(self.files, self.config.arch, self.device, self.dtype)
@@ -194,6 +205,7 @@ class Engine:
 
     def _serve(self) -> None:
         """Take jobs until closed, or until the watchdog hands the queue to another thread."""
+        bind_device(self.device)
         me = threading.current_thread()
         while True:
             with self._lock:

@@ -282,3 +282,17 @@ async def test_ready_says_where_the_start_up_time_went(tiny_files: Path, voices_
     assert isinstance(ready["setup_s"], float) and ready["setup_s"] >= 0
     parts = ready["setup_s"] + ready["first_line_s"] + ready["second_line_s"]
     assert parts <= ready["warmup_s"] + 0.03
+
+
+def test_engine_threads_take_the_configured_gpu_as_their_current_device(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Graph capture streams and Triton launches follow the thread's current
+    # device, so an engine on cuda:1 must make it current on its own threads.
+    from engine import synth
+
+    chosen: list[int] = []
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    for device in ("cuda:1", "cuda", "cpu", "cuda:0"):
+        synth.bind_device(device)
+    assert chosen == [1, 0]
