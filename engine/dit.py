@@ -65,6 +65,12 @@ def compile_regions(dit: Any) -> None:
         block.compile(dynamic=True)
 
 
+def uncompile_regions(dit: Any) -> None:
+    """Undo `compile_regions` (the engine's fallback when the compiler cannot build)."""
+    for block in blocks(dit):
+        block._compiled_call_impl = None
+
+
 def prepare(dit: Any) -> None:
     """Ready the DiT for our forward (idempotent, cheap when already done): attention
     that honours the padding mask (f5-tts's v1 config turns it off) through one

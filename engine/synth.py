@@ -296,16 +296,37 @@ class Engine:
 
     def _warm_up(self) -> dict[str, float]:
         """Syntheses before going live, so no first-request cost lands on air; returns
-        the seconds each part took (`engine.ready` reports them)."""
-        try:
-            return self._warm_up_once()
-        except Exception as exc:
-            if not isinstance(self._runner, graphs.GraphSteps):
-                raise
+        the seconds each part took (`engine.ready` reports them). A path that fails
+        here costs a warning and the next path down, never the start."""
+        while True:
+            try:
+                return self._warm_up_once()
+            except Exception as exc:
+                if not self._fall_back(exc):
+                    raise
+
+    def _fall_back(self, exc: Exception) -> bool:
+        """One step down after a failed warm-up: a compiler that cannot build (Triton
+        without a C compiler, say) → the same path uncompiled; graphs that cannot
+        be recorded → eager. False when there is nothing left to drop."""
+        if self._compiled and _is_compile_error(exc):
+            graphed = isinstance(self._runner, graphs.GraphSteps)
+            log.warning(
+                "engine.compile_failed",
+                error=str(exc)[:500],
+                fallback="cuda graphs" if graphed else "eager",
+            )
+            dit.uncompile_regions(self._model.transformer)
+            self._compiled = False
+            # Graphs recorded so far ran compiled code: start over without them.
+            self._runner = graphs.GraphSteps() if graphed else sampler.EagerSteps()
+            return True
+        if isinstance(self._runner, graphs.GraphSteps):
             log.warning("engine.graphs_unavailable", error=str(exc), fallback="no graphs")
             self._runner = sampler.EagerSteps()
             self._decoder = self._vocoder
-            return self._warm_up_once()
+            return True
+        return False
 
     def _warm_up_once(self) -> dict[str, float]:
         rng = np.random.default_rng(0)
@@ -429,6 +450,12 @@ class Engine:
         ref = _Reference(mel=mel, text=text, frames=audio.shape[-1] // HOP_LENGTH)
         self._references[voice.digest] = ref
         return ref
+
+
+def _is_compile_error(exc: Exception) -> bool:
+    from torch._dynamo.exc import TorchDynamoException
+
+    return isinstance(exc, TorchDynamoException)
 
 
 def compile_cache_dir() -> Path:

@@ -296,3 +296,76 @@ def test_engine_threads_take_the_configured_gpu_as_their_current_device(
     for device in ("cuda:1", "cuda", "cpu", "cuda:0"):
         synth.bind_device(device)
     assert chosen == [1, 0]
+
+
+async def test_a_compiler_that_cannot_build_costs_a_warning_not_the_start(
+    tiny_files: Path, voices_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Triton installed without a C compiler (a fresh Ubuntu desktop) fails at the
+    # first compile. The engine drops what fails and keeps going down: on this
+    # CPU-only machine the graphs fail first (no CUDA stream to record on), then
+    # the compile in the eager steps.
+    from bot.config import EngineConfig
+    from engine import dit, graphs
+    from engine.voices import VoiceLibrary
+    from tests.engine.tiny import TINY_ARCH
+
+    def no_compiler(gm: object, example_inputs: object) -> object:
+        raise RuntimeError("Failed to find C compiler. Please specify via CC environment variable.")
+
+    def compiled_graphs(self: Engine) -> graphs.GraphSteps:
+        for block in dit.blocks(self._model.transformer):
+            block.compile(backend=no_compiler, dynamic=True)
+        self._compiled = True
+        return graphs.GraphSteps()
+
+    monkeypatch.setattr(Engine, "_choose_runner", compiled_graphs)
+    eng = Engine(EngineConfig(arch=TINY_ARCH, nfe_steps=4), VoiceLibrary(voices_dir), tiny_files)  # type: ignore[arg-type]
+    with capture_logs() as logs:
+        eng.start()
+        await eng.wait_ready()
+    try:
+        warnings = [e for e in logs if e["log_level"] == "warning"]
+        assert [e["event"] for e in warnings] == [
+            "engine.graphs_unavailable",
+            "engine.compile_failed",
+        ]
+        assert warnings[1]["fallback"] == "eager"
+        assert "C compiler" in warnings[1]["error"]
+        assert [e["path"] for e in logs if e["event"] == "engine.ready"] == ["eager"]
+        assert all(b._compiled_call_impl is None for b in dit.blocks(eng._model.transformer))
+        assert len(await collect(eng, "Still speaking without the compiler.")) == 1
+    finally:
+        eng.close()
+
+
+def test_fall_back_order_on_a_gpu_compile_then_graphs_then_nothing(
+    tiny_files: Path, voices_dir: Path
+) -> None:
+    # On a GPU the compile fails inside the first graph's recording: the graphs
+    # are kept (recorded afresh, uncompiled); only a later failure drops them.
+    from torch._dynamo.exc import TorchDynamoException
+
+    from bot.config import EngineConfig
+    from engine import dit, graphs, sampler
+    from engine.checkpoints import load_f5
+    from engine.voices import VoiceLibrary
+    from tests.engine.tiny import TINY_ARCH
+
+    eng = Engine(EngineConfig(arch=TINY_ARCH, nfe_steps=4), VoiceLibrary(voices_dir), tiny_files)  # type: ignore[arg-type]
+    eng._model = load_f5(tiny_files, TINY_ARCH, "cpu", torch.float32)  # type: ignore[arg-type]
+    dit.compile_regions(eng._model.transformer)
+    eng._compiled = True
+    first = eng._runner = graphs.GraphSteps()
+    with capture_logs() as logs:
+        assert eng._fall_back(TorchDynamoException("Failed to find C compiler"))
+        assert isinstance(eng._runner, graphs.GraphSteps) and eng._runner is not first
+        assert not eng._compiled
+        assert all(b._compiled_call_impl is None for b in dit.blocks(eng._model.transformer))
+        assert eng._fall_back(RuntimeError("CUDA graphs unsupported"))
+        assert isinstance(eng._runner, sampler.EagerSteps)
+        assert not eng._fall_back(RuntimeError("the model itself is broken"))
+    assert [(e["event"], e["fallback"]) for e in logs] == [
+        ("engine.compile_failed", "cuda graphs"),
+        ("engine.graphs_unavailable", "no graphs"),
+    ]
