@@ -21,10 +21,8 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-#: Added to a padded key's score: exp() of it is exactly 0 beside any real score.
-PADDING_PENALTY = -30000.0
-#: Columns added to each head (cuDNN: 80-wide heads ran faster than 72).
-EXTRA = 16
+from bench.step_profile import PADDING_PENALTY, PENALTY_DIMS
+
 BLOCK_FRAMES = 64
 
 
@@ -82,13 +80,7 @@ def launch(
     qkv: torch.Tensor, freqs: torch.Tensor, mask: torch.Tensor, heads: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The kernel, launched directly (the interpreter test runs this)."""
-    query, key = _outputs(qkv, heads)
-    freqs, mask = freqs.contiguous(), mask.contiguous()
-    _rope_keys_kernel[_grid(qkv, heads)](
-        qkv, freqs, mask, query, key, qkv.shape[1], heads, PADDING_PENALTY,
-        DIM=query.shape[-1] - EXTRA, EXTRA=EXTRA, BLOCK=BLOCK_FRAMES,
-    )  # fmt: skip
-    return query, key
+    return _run(_rope_keys_kernel, qkv, freqs, mask, heads)
 
 
 @triton_op("ishowtts::rope_keys", mutates_args=())
@@ -96,11 +88,20 @@ def rope_keys(
     qkv: torch.Tensor, freqs: torch.Tensor, mask: torch.Tensor, heads: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The same, as an op torch.compile sees into (its kernel joins inductor's graph)."""
-    query, key = _outputs(qkv, heads)
-    freqs, mask = freqs.contiguous(), mask.contiguous()
-    wrap_triton(_rope_keys_kernel)[_grid(qkv, heads)](
-        qkv, freqs, mask, query, key, qkv.shape[1], heads, PADDING_PENALTY,
-        DIM=query.shape[-1] - EXTRA, EXTRA=EXTRA, BLOCK=BLOCK_FRAMES,
+    return _run(wrap_triton(_rope_keys_kernel), qkv, freqs, mask, heads)
+
+
+def _run(
+    kernel: Any, qkv: torch.Tensor, freqs: torch.Tensor, mask: torch.Tensor, heads: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    batch, frames, width = qkv.shape
+    dim = width // (3 * heads)
+    query = qkv.new_empty(batch, heads, frames, dim + PENALTY_DIMS)
+    key = torch.empty_like(query)
+    grid = (triton.cdiv(frames, BLOCK_FRAMES), heads, batch)
+    kernel[grid](
+        qkv, freqs.contiguous(), mask.contiguous(), query, key, frames, heads, PADDING_PENALTY,
+        DIM=dim, EXTRA=PENALTY_DIMS, BLOCK=BLOCK_FRAMES,
     )  # fmt: skip
     return query, key
 
@@ -108,16 +109,6 @@ def rope_keys(
 #: What the attention calls: the op (torch.compile sees into it). Triton's CPU
 #: interpreter cannot run an op's kernel, so the interpreter test calls `launch`.
 op: Any = torch.ops.ishowtts.rope_keys
-
-
-def _outputs(qkv: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
-    batch, frames, width = qkv.shape
-    shape = (batch, heads, frames, width // (3 * heads) + EXTRA)
-    return qkv.new_empty(shape), qkv.new_empty(shape)
-
-
-def _grid(qkv: torch.Tensor, heads: int) -> tuple[Any, ...]:
-    return (triton.cdiv(qkv.shape[1], BLOCK_FRAMES), heads, qkv.shape[0])
 
 
 def reference(
@@ -132,7 +123,7 @@ def reference(
         t.reshape(batch, frames, heads, dim).transpose(1, 2) for t in qkv.split(width // 3, -1)
     )
     q, k = apply_rotary_pos_emb(q, freqs), apply_rotary_pos_emb(k, freqs)
-    column = torch.zeros(batch, heads, frames, EXTRA, dtype=qkv.dtype, device=qkv.device)
+    column = torch.zeros(batch, heads, frames, PENALTY_DIMS, dtype=qkv.dtype, device=qkv.device)
     ones, penalty = column.clone(), column.clone()
     ones[..., 0] = 1.0
     penalty[..., 0] = torch.where(mask, 0.0, PADDING_PENALTY)[:, None, :].to(qkv.dtype)

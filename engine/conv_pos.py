@@ -41,18 +41,20 @@ def triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
+def _usable(on_gpu: bool) -> bool:
+    return on_gpu and not _failed and triton_available()
+
+
 def path(device: str) -> str:
     """Which position convolutions run on `device`: "triton" or "package"
     (`engine.ready` reports it)."""
-    if device.startswith("cuda") and triton_available() and not _failed:
-        return "triton"
-    return "package"
+    return "triton" if _usable(device.startswith("cuda")) else "package"
 
 
 def supported(conv_pos: Any, h: torch.Tensor) -> bool:
     """Whether the kernel takes this module at this input: a GPU tensor, Triton, and
     a group width that its matrix products take (a power of two, at least 16)."""
-    if _failed or not h.is_cuda or not triton_available():
+    if not _usable(h.is_cuda):
         return False
     conv = conv_pos.conv1d[0]
     width: int = conv.in_channels // conv.groups

@@ -100,8 +100,8 @@ def bind_device(device: str) -> None:
     is per thread, and what does not name a device follows it: graph capture
     streams, the compile's kernels, our Triton launches. Without this, an engine
     on cuda:1 would record its graphs on GPU 0's streams."""
-    index = torch.device(device).index
-    if device.startswith("cuda") and index is not None:
+    index = torch.device(device).index  # None for "cpu" and a bare "cuda"
+    if index is not None:
         torch.cuda.set_device(index)
 
 
