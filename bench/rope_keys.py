@@ -5,11 +5,11 @@ penalty in one Triton kernel.
 cuDNN's attention at the step's shape takes about 42 µs per block with the
 additive padding mask and about 28 µs unmasked with 80-wide queries and keys
 whose extra column carries the mask (bit-identical on real frames; H200).
-Built from torch ops, the wider queries and keys cost inductor more writes
-than the mask saved (stop 16's logs). This kernel reads the QKV projection's
-output once and writes the rotated 80-wide queries and keys (penalty column
-included) in the layout SDPA takes, which inductor's own fused kernel for the
-rotation and layout writes anyway at 64 wide.
+This kernel reads the QKV projection's output once and writes the rotated
+80-wide queries and keys (penalty column included) in the layout SDPA takes.
+Measured on an H200 (stop 17, `2026-11-30-h200-step-rope-keys-v2.log`) it
+loses: 32.7 µs a call against 10.7 µs for inductor's own 64-wide rotation,
+and the whole step 3.50 ms against 2.96 ms.
 """
 
 from __future__ import annotations
@@ -27,13 +27,15 @@ BLOCK_FRAMES = 64
 
 
 @triton.jit
-def _rotate(src, dst, cos, sin, inside):
-    """x_transformers' rotation of interleaved pairs, in float32."""
-    even = tl.load(src, mask=inside, other=0.0).to(tl.float32)
-    odd = tl.load(src + 1, mask=inside, other=0.0).to(tl.float32)
-    kind = dst.dtype.element_ty
-    tl.store(dst, (even * cos - odd * sin).to(kind), mask=inside)
-    tl.store(dst + 1, (odd * cos + even * sin).to(kind), mask=inside)
+def _rotate(src, dst, col, cos, sin, inside):
+    """x_transformers' rotation of interleaved pairs, in float32, on a whole
+    (frames, DIM) tile: each column's partner is the column beside it (col ^ 1),
+    read again from cache, so loads and stores stay contiguous rows."""
+    x = tl.load(src + col[None, :], mask=inside, other=0.0).to(tl.float32)
+    partner = tl.load(src + (col ^ 1)[None, :], mask=inside, other=0.0).to(tl.float32)
+    sign = tl.where(col % 2 == 0, -1.0, 1.0)[None, :]
+    tl.store(dst + col[None, :], (x * cos + sign * partner * sin).to(dst.dtype.element_ty),
+             mask=inside)  # fmt: skip
 
 
 @triton.jit
@@ -54,17 +56,17 @@ def _rope_keys_kernel(
     extra columns: [1, 0, …] for queries, [penalty or 0, 0, …] for keys."""
     block, head, row = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     frame = block * BLOCK + tl.arange(0, BLOCK)
-    pair = tl.arange(0, DIM // 2)
+    col = tl.arange(0, DIM)
     inside = (frame < frames)[:, None]
     width = 3 * heads * DIM
-    src = qkv_ptr + row * frames * width + frame[:, None] * width + head * DIM + 2 * pair[None, :]
-    angle = tl.load(freqs_ptr + frame[:, None] * DIM + 2 * pair[None, :], mask=inside, other=0.0)
+    src = qkv_ptr + (row * frames + frame[:, None]) * width + head * DIM
+    angle = tl.load(freqs_ptr + frame[:, None] * DIM + col[None, :], mask=inside, other=0.0)
     angle = angle.to(tl.float32)
     cos, sin = tl.cos(angle), tl.sin(angle)
     out_width = DIM + EXTRA
-    dst = (row * heads + head) * frames * out_width + frame[:, None] * out_width
-    _rotate(src, q_ptr + dst + 2 * pair[None, :], cos, sin, inside)
-    _rotate(src + heads * DIM, k_ptr + dst + 2 * pair[None, :], cos, sin, inside)
+    dst = ((row * heads + head) * frames + frame[:, None]) * out_width
+    _rotate(src, q_ptr + dst, col, cos, sin, inside)
+    _rotate(src + heads * DIM, k_ptr + dst, col, cos, sin, inside)
     extra = tl.arange(0, EXTRA)
     first = (extra == 0)[None, :]
     real = tl.load(mask_ptr + row * frames + frame, mask=frame < frames, other=0) != 0

@@ -118,6 +118,8 @@ VARIANTS: dict[str, dict[str, bool]] = {
     "penalty_column": {"penalty_column": True},
     "cudnn_conv": {"cudnn_conv": True},
     "fused_rope_keys": {"fused_rope_keys": True},
+    "zero_pad_lse": {"zero_pad_lse": True},
+    "rope_per_block": {"rope_per_block": True},
 }
 
 FP8_MAX = 448.0  # largest float8_e4m3fn
@@ -197,7 +199,32 @@ def penalty_column(
     return F.scaled_dot_product_attention(query, key, value, scale=scale)
 
 
+def zero_pad_lse(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """`dit.masked_attention` without an attention mask: padded keys and values are
+    zeroed, so each padded key adds exactly exp(0) = 1 to a query's softmax
+    denominator and nothing to its numerator; the log-sum-exp that cuDNN returns
+    gives the denominator, and the output is rescaled to leave those out.
+    Measured and dropped (H200): the step 2.951 against 2.964 ms at 1,024 frames."""
+    keep = mask[:, None, :, None]
+    key, value = key.masked_fill(~keep, 0.0), value.masked_fill(~keep, 0.0)
+    out, lse = torch.ops.aten._scaled_dot_product_cudnn_attention(
+        query, key, value, None, True, 0.0, False, False, scale=query.shape[-1] ** -0.5
+    )[:2]
+    pads = (~mask).sum(dim=-1, dtype=torch.float32)[:, None, None, None]
+    kept = 1.0 - pads * torch.exp(-lse.reshape(*out.shape[:-1], 1))
+    return (out.float() / kept).to(out.dtype)
+
+
 _PADDED_CALL = dit.PaddedAttention.__call__
+_ROTARY_TABLES = dit.rotary_tables
+
+
+def _rope_per_block(transformer: Any, length: int) -> Any:
+    """The rotary embedding as the package passes it: each block's attention takes
+    the cosine and sine itself (inside its compiled rotation)."""
+    return transformer.rotary_embed.forward_from_seq_len(length)
 
 
 def _fused_rope_keys_call(
@@ -242,8 +269,15 @@ def build(files: ModelFiles, arch: ArchConfig, opts: dict[str, bool]) -> Any:
     model = load_f5(files, arch, "cuda", torch.float16)
     transformer = model.transformer
     dit.prepare(transformer)
-    dit.masked_attention = penalty_column if opts.get("penalty_column") else _MASKED  # type: ignore[assignment]
+    dit.masked_attention = (  # type: ignore[assignment]
+        penalty_column
+        if opts.get("penalty_column")
+        else zero_pad_lse
+        if opts.get("zero_pad_lse")
+        else _MASKED
+    )
     conv_pos.supported = _no_triton_conv if opts.get("cudnn_conv") else _SUPPORTED  # type: ignore[assignment]
+    dit.rotary_tables = _rope_per_block if opts.get("rope_per_block") else _ROTARY_TABLES
     dit.PaddedAttention.__call__ = (  # type: ignore[method-assign]
         _fused_rope_keys_call if opts.get("fused_rope_keys") else _PADDED_CALL
     )
@@ -529,6 +563,7 @@ def attention_cases(frames: int = FRAMES, length: int = 1024) -> None:
         v = split()[2]
         return out(F.scaled_dot_product_attention(q, k, v, scale=dim**-0.5))
 
+    cases["zero_pad_lse"] = lambda: out(zero_pad_lse(*split(), mask))
     reference_case = {"rope_cudnn_mask": rope_then_mask, "fused_rope_keys": fused_rope_keys}
     cases.update(reference_case)
     results: dict[str, torch.Tensor] = {}

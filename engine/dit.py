@@ -17,7 +17,7 @@ a captured graph.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +37,40 @@ class TextEmbeds:
 
     cond: torch.Tensor  # (batch, length, text_dim)
     uncond: torch.Tensor  # (batch, length, text_dim)
+
+
+class Rotary(NamedTuple):
+    """The rotary embedding's tables, (1, 1, length, rotated dims), and its xpos
+    scales for queries and keys (1.0 without xpos).
+
+    Made once per step in `velocity`, not in the attention: compiled, the
+    package's `apply_rotary_pos_emb` takes the cosine and sine inside the
+    rotation's own kernel, for every element of every head's queries and
+    keys, 64 times what the tables hold."""
+
+    cos: torch.Tensor
+    sin: torch.Tensor
+    q_scale: torch.Tensor | float
+    k_scale: torch.Tensor | float
+
+
+def rotary(freqs: torch.Tensor, xpos_scale: torch.Tensor | float | None) -> Rotary:
+    """`Rotary` from what x_transformers' `RotaryEmbedding` returns: angles (1, length,
+    dims) and the xpos scale (None or 1.0 without xpos)."""
+    cos, sin = freqs.cos()[:, None], freqs.sin()[:, None]
+    if isinstance(xpos_scale, torch.Tensor):
+        return Rotary(cos, sin, xpos_scale[:, None], xpos_scale[:, None] ** -1.0)
+    return Rotary(cos, sin, 1.0, 1.0)
+
+
+def rotate(t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, scale: Any) -> torch.Tensor:
+    """x_transformers' `apply_rotary_pos_emb` on (batch, heads, length, dim), from tables."""
+    from x_transformers.x_transformers import rotate_half
+
+    dims = cos.shape[-1]
+    rotated, rest = t[..., :dims], t[..., dims:]
+    rotated = rotated * cos * scale + rotate_half(rotated) * sin * scale
+    return torch.cat((rotated, rest), dim=-1).type(t.dtype)
 
 
 def pad_ids(texts: list[torch.Tensor], length: int) -> torch.Tensor:
@@ -193,8 +227,6 @@ class PaddedAttention:
         mask: torch.Tensor | None = None,
         rope: Any = None,
     ) -> torch.Tensor:
-        from f5_tts.model.modules import apply_rotary_pos_emb
-
         batch = x.shape[0]
         heads = attn.heads
 
@@ -208,17 +240,15 @@ class PaddedAttention:
         if attn.k_norm is not None:
             key = attn.k_norm(key)
         if rope is not None:
-            freqs, xpos_scale = rope
-            q_scale, k_scale = (
-                (xpos_scale, xpos_scale**-1.0) if xpos_scale is not None else (1.0, 1.0)
-            )
+            # The package's own forward passes what its RotaryEmbedding returns.
+            cos, sin, q_scale, k_scale = rope if isinstance(rope, Rotary) else rotary(*rope)
             pn = self.pe_attn_head
             if pn is not None:
-                query[:, :pn] = apply_rotary_pos_emb(query[:, :pn], freqs, q_scale)
-                key[:, :pn] = apply_rotary_pos_emb(key[:, :pn], freqs, k_scale)
+                query[:, :pn] = rotate(query[:, :pn], cos, sin, q_scale)
+                key[:, :pn] = rotate(key[:, :pn], cos, sin, k_scale)
             else:
-                query = apply_rotary_pos_emb(query, freqs, q_scale)
-                key = apply_rotary_pos_emb(key, freqs, k_scale)
+                query = rotate(query, cos, sin, q_scale)
+                key = rotate(key, cos, sin, k_scale)
         if mask is None:
             out = F.scaled_dot_product_attention(query, key, value)
         else:
@@ -240,6 +270,11 @@ def masked_attention(
     bias = torch.zeros(mask.shape, dtype=query.dtype, device=query.device)
     bias = bias.masked_fill(~mask, float("-inf"))[:, None, None, :]
     return F.scaled_dot_product_attention(query, key, value, attn_mask=bias)
+
+
+def rotary_tables(dit: Any, length: int) -> Any:
+    """The blocks' rotary embedding at `length` frames, as `Rotary` tables."""
+    return rotary(*dit.rotary_embed.forward_from_seq_len(length))
 
 
 def velocity(
@@ -271,7 +306,7 @@ def velocity(
     embed = dit.input_embed
     h = embed.proj(torch.cat((x, cond, text), dim=-1))
     h = conv_pos.position_embedding(embed.conv_pos_embed, h, mask)
-    rope = dit.rotary_embed.forward_from_seq_len(x.shape[1])
+    rope = rotary_tables(dit, x.shape[1])
     residual = h
     width = 6 * h.shape[-1]
     for i, block in enumerate(blocks(dit)):

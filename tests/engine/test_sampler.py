@@ -210,6 +210,28 @@ def test_padded_attention_equals_the_packages_masked_attention(
     assert not torch.allclose(ours[:, :55], unmasked[:, :55], atol=1e-4)
 
 
+@pytest.mark.parametrize("xpos", [False, True])
+def test_rotary_tables_rotate_as_the_package_does(xpos: bool) -> None:
+    # The tables are made once per step; the rotation from them must be
+    # x_transformers' own, xpos scales and partly rotated heads included.
+    from x_transformers.x_transformers import RotaryEmbedding, apply_rotary_pos_emb
+
+    from engine import dit
+
+    torch.manual_seed(9)
+    freqs, scale = RotaryEmbedding(16, use_xpos=xpos).forward_from_seq_len(30)
+    t = torch.randn(2, 3, 30, 24)  # 16 of 24 dims rotated
+    tables = dit.rotary(freqs, scale)
+    k_scale = scale**-1.0 if xpos else 1.0
+    query = dit.rotate(t, tables.cos, tables.sin, tables.q_scale)
+    key = dit.rotate(t, tables.cos, tables.sin, tables.k_scale)
+    assert torch.allclose(query, apply_rotary_pos_emb(t, freqs, scale), atol=1e-6)
+    assert torch.allclose(key, apply_rotary_pos_emb(t, freqs, k_scale), atol=1e-6)
+    assert torch.equal(query[..., 16:], t[..., 16:])
+    assert not torch.allclose(query[..., :16], t[..., :16], atol=1e-3)
+    assert xpos == (not torch.allclose(query, key))
+
+
 def test_the_penalty_column_candidate_equals_the_masked_attention() -> None:
     # bench/step_profile's candidate for the GPU (attention without a mask tensor):
     # the extra column must leave padded keys out exactly as the mask does.
