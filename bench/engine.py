@@ -282,6 +282,14 @@ def time_vocoder(engine: Engine, seconds: float, reps: int = 20) -> float:
     return (time.perf_counter() - started) / reps * 1000
 
 
+def vocoder_diff(engine: Engine, seconds: float) -> float:
+    """The engine's decode against Vocos's own, on the same mel: largest sample difference."""
+    mel = torch.randn(1, 100, int(seconds * SAMPLE_RATE / HOP_LENGTH), device="cuda")
+    with torch.inference_mode():
+        ours, theirs = engine._decoder.decode(mel), engine._vocoder.decode(mel)
+    return float((ours - theirs).abs().max())
+
+
 def phase_times(engine: Engine, text: str, reps: int = 10) -> dict[str, float]:
     """Where a short line's first audio goes: text to ids on the CPU, sampling
     (text embedding and the steps), decoding; the rest of first audio is the
@@ -501,6 +509,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 "step_940_ms": round(time_engine_step(engine, 940, text_len), 3),
                 # The short line's decode: what first audio costs beyond the steps.
                 "vocoder_ms": round(time_vocoder(engine, summary["stock.short"]["audio_s"]), 3),
+                "vocoder_max_diff": vocoder_diff(engine, summary["stock.short"]["audio_s"]),
             }
             summary[f"{label}.step"] = step
             emit({"event": "step", "path": label, "frames": frames, **step}, records)

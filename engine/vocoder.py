@@ -1,13 +1,15 @@
-"""Vocos decoding with its backbone replayed from a CUDA graph.
+"""Vocos decoding replayed from a CUDA graph, backbone and head together.
 
-Vocos's backbone is ~40 small kernels; launched one by one they cost more
-host time than the GPU needs for them (on the bench's H100: decode 2.8 ms
-eager, 1.0 ms with the backbone replayed). Graphs need fixed shapes, so the
-mel is padded to a multiple of `bucket` frames and the padding zeroed before
-every convolution, which is what the convolutions' own zero padding does at
-the true length: the real frames come out as an unpadded decode gives them.
-The head (a linear layer and an inverse STFT) runs eagerly on the real
-frames; it checks its window on the host, which a graph cannot hold.
+Vocos is ~60 small kernels; launched one by one they cost more host time than
+the GPU needs for them (on the bench's H100: decode 2.8 ms eager, 1.0 ms with
+the backbone replayed and the head still eager). Graphs need fixed shapes, so
+the mel is padded to a multiple of `bucket` frames and the padding zeroed
+before every convolution, which is what the convolutions' own zero padding
+does at the true length. The head's inverse STFT is Vocos's own overlap-add,
+with the padded frames' spectra zeroed and the window envelope summed over
+real frames only: the real samples come out as an unpadded decode gives them.
+Vocos checks that envelope on the host (a sync a graph cannot hold); here it
+is checked once, when a length's graph is recorded.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 
 import structlog
 import torch
+import torch.nn.functional as F
 
 from engine.graphs import BUCKET_FRAMES, Recorder
 from engine.sampler import padded_length
@@ -36,16 +39,59 @@ def masked_backbone(backbone: Any, mel: torch.Tensor, keep: torch.Tensor) -> tor
     return out
 
 
+def masked_head(head: Any, hidden: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Vocos's `ISTFTHead` on padded frames (batch, length, dim), `keep` (batch, length)
+    1 on real ones: audio (batch, samples at `length` frames), whose first
+    `samples(head, frames)` samples equal the head's output at the true length."""
+    istft = head.istft
+    x = head.out(hidden).transpose(1, 2)
+    mag, phase = x.chunk(2, dim=1)
+    mag = torch.clip(torch.exp(mag), max=1e2)
+    spec = mag * (torch.cos(phase) + 1j * torch.sin(phase)) * keep[:, None, :]
+    window = istft.window[None, :, None]
+    frames = torch.fft.irfft(spec, istft.n_fft, dim=1, norm="backward") * window
+    norm = _overlap_add(istft, (window.square() * keep[:, None, :]).expand_as(frames))
+    # Past the real samples the envelope is 0: leave silence there, not NaN.
+    return torch.where(norm > 1e-11, _overlap_add(istft, frames) / norm, 0.0)
+
+
+def samples(head: Any, frames: int) -> int:
+    """How many samples Vocos's head makes of `frames` frames."""
+    istft = head.istft
+    return int((frames - 1) * istft.hop_length + istft.win_length - 2 * _trim(istft))
+
+
+def _trim(istft: Any) -> int:
+    if istft.padding == "center":  # torch.istft(center=True)
+        return int(istft.n_fft // 2)
+    return int((istft.win_length - istft.hop_length) // 2)
+
+
+def _overlap_add(istft: Any, frames: torch.Tensor) -> torch.Tensor:
+    """Windowed frames (batch, win_length, n) overlapped and added, padding trimmed."""
+    size = (frames.shape[-1] - 1) * istft.hop_length + istft.win_length
+    out = F.fold(frames, (1, size), (1, istft.win_length), stride=(1, istft.hop_length))
+    return out[:, 0, 0, _trim(istft) : size - _trim(istft)]
+
+
+def masked_decode(vocos: Any, mel: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+    """`Vocos.decode` of a mel (batch, n_mels, length) whose first `frames` (a 0-d
+    tensor, so that a graph reads it) frames are real."""
+    keep = (torch.arange(mel.shape[-1], device=mel.device) < frames).to(mel.dtype)[None]
+    hidden = masked_backbone(vocos.backbone, mel, keep[:, None])
+    return masked_head(vocos.head, hidden, keep)
+
+
 @dataclass
 class _Graph:
     graph: torch.cuda.CUDAGraph
     mel: torch.Tensor
-    keep: torch.Tensor
-    hidden: torch.Tensor
+    frames: torch.Tensor
+    audio: torch.Tensor
 
 
 class GraphVocoder:
-    """`Vocos.decode` for one mel (1, n_mels, frames), backbone as a graph per bucket."""
+    """`Vocos.decode` for one mel (1, n_mels, frames), as a graph per bucket."""
 
     def __init__(self, vocos: Any, bucket: int = BUCKET_FRAMES) -> None:
         self.vocos = vocos
@@ -65,10 +111,9 @@ class GraphVocoder:
                 return self.vocos.decode(mel)  # type: ignore[no-any-return]
             graph.mel.zero_()
             graph.mel[..., :frames] = mel
-            graph.keep.copy_((torch.arange(length, device=mel.device) < frames).to(mel.dtype))
+            graph.frames.fill_(frames)
             graph.graph.replay()
-            hidden = graph.hidden[:, :frames].clone()
-        return self.vocos.head(hidden)  # type: ignore[no-any-return]
+            return graph.audio[:, : samples(self.vocos.head, frames)].clone()
 
     @torch.inference_mode()
     def capture(self, frames: int, device: str) -> None:
@@ -88,12 +133,25 @@ class GraphVocoder:
         return self._graphs[length]
 
     def _record(self, length: int, like: torch.Tensor) -> _Graph:
-        backbone = self.vocos.backbone
-        if getattr(backbone, "adanorm", False):
+        from vocos.heads import ISTFTHead
+
+        if getattr(self.vocos.backbone, "adanorm", False):
             raise ValueError("conditioned Vocos backbones are decoded eagerly")
+        if type(self.vocos.head) is not ISTFTHead:
+            raise ValueError(f"{type(self.vocos.head).__name__} heads are decoded eagerly")
+        _check_envelope(self.vocos.head, length, like.device)
         mel = torch.zeros(1, like.shape[1], length, device=like.device, dtype=like.dtype)
-        keep = torch.ones(1, 1, length, device=like.device, dtype=like.dtype)
-        graph, hidden = self._recorder.record(
-            lambda: masked_backbone(backbone, mel, keep), cudnn=False
+        frames = torch.tensor(length, device=like.device)
+        graph, audio = self._recorder.record(
+            lambda: masked_decode(self.vocos, mel, frames), cudnn=False
         )
-        return _Graph(graph, mel, keep, hidden)
+        return _Graph(graph, mel, frames, audio)
+
+
+def _check_envelope(head: Any, length: int, device: torch.device) -> None:
+    """Vocos's own check, once per length instead of once per decode: every
+    sample is under some window (hop and window allow an inverse STFT)."""
+    istft = head.istft
+    window = istft.window.to(device)[None, :, None].square().expand(1, -1, length)
+    if not bool((_overlap_add(istft, window) > 1e-11).all()):
+        raise ValueError("the vocoder's window does not cover every sample (NOLA)")
