@@ -33,10 +33,18 @@ PAD_ID = -1
 
 @dataclass(frozen=True, slots=True)
 class TextEmbeds:
-    """The conditioned and the dropped-text ("null") embeddings of one request."""
+    """The conditioned and the dropped-text ("null") embeddings of one request,
+    stacked as guidance reads them: `both` (2 * batch, length, text_dim)."""
 
-    cond: torch.Tensor  # (batch, length, text_dim)
-    uncond: torch.Tensor  # (batch, length, text_dim)
+    both: torch.Tensor
+
+    @property
+    def cond(self) -> torch.Tensor:
+        return self.both[: self.both.shape[0] // 2]
+
+    @property
+    def uncond(self) -> torch.Tensor:
+        return self.both[self.both.shape[0] // 2 :]
 
 
 class Rotary(NamedTuple):
@@ -82,14 +90,25 @@ def pad_ids(texts: list[torch.Tensor], length: int) -> torch.Tensor:
 
 
 def text_embeds(dit: Any, ids: torch.Tensor) -> TextEmbeds:
-    """Embeddings of ids (batch, length) padded with PAD_ID, at that length."""
-    if not dit.text_embed.mask_padding:
+    """Embeddings of ids (batch, length) padded with PAD_ID, at that length.
+
+    f5-tts's `TextEmbedding.forward` at `seq_len` = length, for the text and for
+    the dropped text at once, in one batch: the dropped text is all filler
+    tokens under the text's own padding mask. One pass of the ConvNeXt blocks
+    at batch 2 costs about what one at batch 1 does (small kernels)."""
+    embed = dit.text_embed
+    if not embed.mask_padding:
         raise ValueError("the DiT must mask text padding (text_mask_padding=True)")
-    length = ids.shape[1]
-    return TextEmbeds(
-        dit.text_embed(ids, seq_len=length, drop_text=False),
-        dit.text_embed(ids, seq_len=length, drop_text=True),
-    )
+    if getattr(embed, "average_upsampling", False):
+        raise ValueError("text_embedding_average_upsampling is not supported")
+    tokens = ids + 1  # 0 is the filler token
+    filler = torch.cat((tokens == 0, tokens == 0))[..., None]
+    h = embed.text_embed(torch.cat((tokens, torch.zeros_like(tokens))))
+    if embed.extra_modeling:
+        h = (h + embed.freqs_cis[: ids.shape[1]]).masked_fill(filler, 0.0)
+        for block in embed.text_blocks:
+            h = block(h).masked_fill(filler, 0.0)
+    return TextEmbeds(h)
 
 
 def compile_regions(dit: Any) -> None:
@@ -272,9 +291,25 @@ def masked_attention(
     return F.scaled_dot_product_attention(query, key, value, attn_mask=bias)
 
 
-def rotary_tables(dit: Any, length: int) -> Any:
-    """The blocks' rotary embedding at `length` frames, as `Rotary` tables."""
-    return rotary(*dit.rotary_embed.forward_from_seq_len(length))
+#: Positions the rotary tables are first made for (43.7 s of audio; lines are
+#: cut at 30 s, reference included). Longer requests make longer tables.
+ROTARY_POSITIONS = 4096
+
+
+def rotary_tables(dit: Any, length: int) -> Rotary:
+    """The blocks' rotary embedding at `length` frames, as `Rotary` tables.
+
+    Without xpos a position's angles do not depend on the length, so the tables
+    are made once and sliced (views: a captured graph reads them in place, no
+    kernels per step). Tables once made stay alive: graphs may read them."""
+    embed = dit.rotary_embed
+    if embed.scale is not None:  # xpos: the scales depend on the length
+        return rotary(*embed.forward_from_seq_len(length))
+    made: list[Rotary] = embed.__dict__.setdefault("_ishowtts_tables", [])
+    if not made or made[-1].cos.shape[2] < length:
+        made.append(rotary(*embed.forward_from_seq_len(max(length, ROTARY_POSITIONS))))
+    cos, sin, q_scale, k_scale = made[-1]
+    return Rotary(cos[:, :, :length], sin[:, :, :length], q_scale, k_scale)
 
 
 def velocity(
@@ -298,7 +333,7 @@ def velocity(
         # convolutions once at batch 2 (0.28 ms on an H100, against 0.49 ms twice).
         x = torch.cat((x, x), dim=0)
         cond = torch.cat((cond, torch.zeros_like(cond)), dim=0)
-        text = torch.cat((embeds.cond, embeds.uncond), dim=0)
+        text = embeds.both
         mask = torch.cat((mask, mask), dim=0) if mask is not None else None
     # f5-tts's InputEmbedding (drop_audio_cond=False), with h left row-major: the
     # blocks read it across the grain otherwise (0.43 ms of a 3.76 ms step on an

@@ -232,6 +232,29 @@ def test_rotary_tables_rotate_as_the_package_does(xpos: bool) -> None:
     assert xpos == (not torch.allclose(query, key))
 
 
+def test_rotary_tables_are_made_once_and_sliced(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each step reads the tables in place (no kernels, and a graph may hold them):
+    # slices of one table equal the tables made at that length, and a longer
+    # request makes a longer table without freeing the one in use.
+    from x_transformers.x_transformers import RotaryEmbedding
+
+    from engine import dit
+
+    monkeypatch.setattr(dit, "ROTARY_POSITIONS", 100)
+    holder = torch.nn.Module()
+    holder.rotary_embed = RotaryEmbedding(16)
+    first = dit.rotary_tables(holder, 70)
+    again = dit.rotary_tables(holder, 50)
+    want = dit.rotary(*holder.rotary_embed.forward_from_seq_len(50))
+    assert torch.equal(again.cos, want.cos) and torch.equal(again.sin, want.sin)
+    assert first.cos.shape[2] == 70 and again.cos.data_ptr() == first.cos.data_ptr()
+    longer = dit.rotary_tables(holder, 130)
+    want = dit.rotary(*holder.rotary_embed.forward_from_seq_len(130))
+    assert torch.equal(longer.cos, want.cos) and longer.cos.data_ptr() != first.cos.data_ptr()
+    assert len(holder.rotary_embed.__dict__["_ishowtts_tables"]) == 2  # the first kept
+    assert dit.rotary_tables(holder, 90).cos.data_ptr() == longer.cos.data_ptr()
+
+
 def test_the_penalty_column_candidate_equals_the_masked_attention() -> None:
     # bench/step_profile's candidate for the GPU (attention without a mask tensor):
     # the extra column must leave padded keys out exactly as the mask does.
