@@ -59,7 +59,7 @@ def masked_head(head: Any, hidden: torch.Tensor, keep: torch.Tensor) -> torch.Te
 def samples(head: Any, frames: int) -> int:
     """How many samples Vocos's head makes of `frames` frames."""
     istft = head.istft
-    return int((frames - 1) * istft.hop_length + istft.win_length - 2 * _trim(istft))
+    return max(0, int((frames - 1) * istft.hop_length + istft.win_length - 2 * _trim(istft)))
 
 
 def _trim(istft: Any) -> int:

@@ -67,6 +67,7 @@ def test_the_graphs_whole_decode_equals_vocos_decode_at_the_true_length(
         ModelFiles(tmp_path / "none", tmp_path / "none", directory / "config.yaml",
                    directory / "pytorch_model.bin"), "cpu",
     )  # fmt: skip
+    assert samples(vocos.head, 0) == 0  # never a negative slice of the graph's audio
     torch.manual_seed(9)
     length = 128
     for frames in (75, 2, 128):
