@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from bench.step_profile import PADDING_PENALTY, PENALTY_DIMS
+from engine.dit import PADDING_PENALTY, PENALTY_DIMS
 
 BLOCK_FRAMES = 64
 

@@ -255,22 +255,40 @@ def test_rotary_tables_are_made_once_and_sliced(monkeypatch: pytest.MonkeyPatch)
     assert dit.rotary_tables(holder, 90).cos.data_ptr() == longer.cos.data_ptr()
 
 
-def test_the_penalty_column_candidate_equals_the_masked_attention() -> None:
-    # bench/step_profile's candidate for the GPU (attention without a mask tensor):
-    # the extra column must leave padded keys out exactly as the mask does.
-    from bench.step_profile import penalty_column
+def test_the_penalty_column_leaves_padding_out_as_the_additive_mask_does() -> None:
+    # The compiled blocks' way (no mask tensor: an extra column carries it) and
+    # the eager way must leave the padded keys out alike.
     from engine import dit
 
     torch.manual_seed(8)
     q, k, v = (torch.randn(2, 4, 70, 16) * 3 for _ in range(3))
     mask = torch.arange(70)[None] < torch.tensor([[55], [70]])
     with torch.inference_mode():
-        masked = dit.masked_attention(q, k, v, mask)
-        ours = penalty_column(q, k, v, mask)
+        additive = dit.additive_mask_attention(q, k, v, mask)
+        ours = dit.penalty_column_attention(q, k, v, mask)
         unmasked = torch.nn.functional.scaled_dot_product_attention(q, k, v)
-    assert ours.shape == masked.shape
-    assert torch.allclose(ours, masked, atol=1e-5, rtol=1e-4)
+    assert ours.shape == additive.shape
+    assert torch.allclose(ours, additive, atol=1e-5, rtol=1e-4)
     assert not torch.allclose(ours[0], unmasked[0], atol=1e-3)
+
+
+def test_masked_attention_takes_the_penalty_column_only_when_compiling(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from engine import dit
+
+    taken: list[str] = []
+    for name in ("additive_mask_attention", "penalty_column_attention"):
+        real = getattr(dit, name)
+        monkeypatch.setattr(
+            dit, name, lambda *a, real=real, name=name: taken.append(name) or real(*a)
+        )
+    q, k, v = (torch.randn(1, 2, 10, 8) for _ in range(3))
+    mask = torch.arange(10)[None] < 7
+    dit.masked_attention(q, k, v, mask)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    dit.masked_attention(q, k, v, mask)
+    assert taken == ["additive_mask_attention", "penalty_column_attention"]
 
 
 def test_prepare_joins_qkv_without_copying_the_weights(tiny_files: ModelFiles) -> None:
