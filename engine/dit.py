@@ -102,7 +102,7 @@ def text_embeds(dit: Any, ids: torch.Tensor) -> TextEmbeds:
     if getattr(embed, "average_upsampling", False):
         raise ValueError("text_embedding_average_upsampling is not supported")
     tokens = ids + 1  # 0 is the filler token
-    filler = torch.cat((tokens == 0, tokens == 0))[..., None]
+    filler = (tokens == 0).repeat(2, 1)[..., None]
     h = embed.text_embed(torch.cat((tokens, torch.zeros_like(tokens))))
     if embed.extra_modeling:
         h = (h + embed.freqs_cis[: ids.shape[1]]).masked_fill(filler, 0.0)
