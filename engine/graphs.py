@@ -111,18 +111,30 @@ class GraphSteps:
     def length(self, frames: int) -> int:
         return self._eager.length(frames)
 
+    def embed(self, transformer: Any, text: torch.Tensor, cfg_strength: float) -> None:
+        graph = self._graphs.get((text.shape[0], text.shape[1], cfg_strength))
+        if graph is None:  # not recorded yet (start records it), or eager
+            self._local.embedded = None
+            return
+        graph.ids.copy_(text)
+        graph.embed.replay()
+        self._local.embedded = text
+
     def start(self, inputs: StepInputs) -> None:
         key = (inputs.x.shape[0], inputs.x.shape[1], inputs.cfg_strength)
         if key not in self._graphs:
             self._graphs[key] = self._try_capture(inputs)
         graph = self._graphs[key]
+        embedded = getattr(self._local, "embedded", None) is inputs.text
+        self._local.embedded = None
         self._local.graph = graph
         self._local.inputs = inputs
         if graph is None:
             self._eager.start(inputs)
             return
-        graph.ids.copy_(inputs.text)
-        graph.embed.replay()
+        if not embedded:
+            graph.ids.copy_(inputs.text)
+            graph.embed.replay()
         graph.x.copy_(inputs.x)
         graph.cond.copy_(inputs.cond)
         if inputs.mask is None:

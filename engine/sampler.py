@@ -89,8 +89,15 @@ class Steps(Protocol):
         """The (padded) sequence length this runner computes `frames` frames at."""
         ...
 
+    def embed(self, transformer: Any, text: torch.Tensor, cfg_strength: float) -> None:
+        """Starts embedding the request's text ids (padded to the runner's length),
+        before its other inputs exist: the GPU embeds while the host prepares the
+        noise and the condition. Optional: `start` embeds what was not."""
+        ...
+
     def start(self, inputs: StepInputs) -> None:
-        """Takes the request (and embeds its text); `inputs.x` is then the runner's."""
+        """Takes the request (and embeds its text, unless `embed` did);
+        `inputs.x` is then the runner's."""
         ...
 
     def step(self, i: int) -> None:
@@ -121,8 +128,14 @@ class EagerSteps:
     def length(self, frames: int) -> int:
         return padded_length(frames, self._bucket)
 
+    def embed(self, transformer: Any, text: torch.Tensor, cfg_strength: float) -> None:
+        self._local.embedded = (text, dit.text_embeds(transformer, text))
+
     def start(self, inputs: StepInputs) -> None:
-        embeds = dit.text_embeds(inputs.transformer, inputs.text)
+        text, embeds = getattr(self._local, "embedded", None) or (None, None)
+        self._local.embedded = None
+        if text is not inputs.text or embeds is None:
+            embeds = dit.text_embeds(inputs.transformer, inputs.text)
         self._local.request = _Request(inputs, embeds)
 
     def step(self, i: int) -> None:
@@ -194,29 +207,30 @@ def sample_batch(
     dit.prepare(transformer)
     durations = [max(ln.duration, max(ln.text.shape[1], ln.cond.shape[1]) + 1) for ln in lines]
     length = runner.length(max(durations))
-    conds, cond_masks, xs, step_conds = [], [], [], []
+    # The text first: the GPU embeds it while the host prepares the rest.
+    text = dit.pad_ids([line.text for line in lines], length)
+    runner.embed(transformer, text, cfg_strength)
+    xs, step_conds = [], []
     for line, duration in zip(lines, durations, strict=True):
-        ref_len, device = line.cond.shape[1], line.cond.device
-        cond = F.pad(line.cond, (0, 0, 0, duration - ref_len))
-        cond_mask = (torch.arange(duration, device=device) < ref_len)[None, :, None]
         generator = None
         if line.seed is not None:
-            generator = torch.Generator(device=device).manual_seed(line.seed)
+            generator = torch.Generator(device=line.cond.device).manual_seed(line.seed)
         x = torch.randn(
-            duration, cond.shape[-1], generator=generator, device=device, dtype=cond.dtype
-        )[None]
-        pad = (0, 0, 0, length - duration)
-        conds.append(cond)
-        cond_masks.append(cond_mask)
-        xs.append(F.pad(x, pad))
-        step_conds.append(F.pad(torch.where(cond_mask, cond, torch.zeros_like(cond)), pad))
+            duration,
+            line.cond.shape[-1],
+            generator=generator,
+            device=line.cond.device,
+            dtype=line.cond.dtype,
+        )
+        xs.append(F.pad(x, (0, 0, 0, length - duration))[None])
+        # The condition: the reference, then zeros (the frames to generate, the padding).
+        step_conds.append(F.pad(line.cond, (0, 0, 0, length - line.cond.shape[1])))
     mask = None
     if any(d != length for d in durations):
         positions = torch.arange(length, device=xs[0].device)
         mask = torch.stack([positions < d for d in durations])
     dts, mods = schedule(transformer, steps, sway, xs[0].device, xs[0].dtype)
-    text = dit.pad_ids([line.text for line in lines], length)
-    x, cond = torch.cat(xs), torch.cat(step_conds)
+    x, cond = (xs[0], step_conds[0]) if len(lines) == 1 else (torch.cat(xs), torch.cat(step_conds))
     runner.start(StepInputs(transformer, x, cond, text, mask, cfg_strength, mods, dts))
     try:
         for i in range(steps):
@@ -226,8 +240,6 @@ def sample_batch(
     finally:
         x = runner.result()
     return [
-        torch.where(cond_mask, cond, x[row : row + 1, :duration])
-        for row, (cond, cond_mask, duration) in enumerate(
-            zip(conds, cond_masks, durations, strict=True)
-        )
+        torch.cat((line.cond, x[row : row + 1, line.cond.shape[1] : duration]), dim=1)
+        for row, (line, duration) in enumerate(zip(lines, durations, strict=True))
     ]

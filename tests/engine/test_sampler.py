@@ -352,6 +352,38 @@ def test_a_runner_keeps_each_threads_request_apart(model: object, tiny_files: Mo
     assert not torch.equal(alone[:, :100], other_alone[:, :100])
 
 
+def test_a_runner_uses_an_early_embedding_only_for_the_ids_it_was_made_from(
+    model: object, tiny_files: ModelFiles
+) -> None:
+    # sample_batch starts the text embedding before the noise exists (`embed`);
+    # `start` must not take an embedding made for other ids (an abandoned request's).
+    from engine import dit
+
+    vocab = read_vocab(tiny_files.vocab)
+    transformer = model.transformer  # type: ignore[attr-defined]
+    dit.prepare(transformer)
+    length = 128
+    ids = dit.pad_ids([sampler.text_ids("one line", vocab, torch.device("cpu"))], length)
+    other = dit.pad_ids([sampler.text_ids("a different line", vocab, torch.device("cpu"))], length)
+    dts, mods = sampler.schedule(transformer, 2, -1.0, torch.device("cpu"), torch.float32)
+    torch.manual_seed(5)
+    x, cond = torch.randn(1, length, 100), torch.randn(1, length, 100)
+    runner = sampler.EagerSteps(bucket=64)
+
+    @torch.inference_mode()  # as sample_batch runs it
+    def run(text: torch.Tensor, early: torch.Tensor | None) -> torch.Tensor:
+        if early is not None:
+            runner.embed(transformer, early, 2.0)
+        runner.start(sampler.StepInputs(transformer, x, cond, text, None, 2.0, mods, dts))
+        runner.step(0)
+        return runner.result()
+
+    plain = run(ids, None)
+    assert torch.equal(run(ids, ids), plain)
+    assert torch.equal(run(ids, other), plain)
+    assert not torch.equal(run(other, None), plain)
+
+
 def test_a_batch_gives_each_line_what_it_gets_alone(model: object, tiny_files: ModelFiles) -> None:
     vocab = read_vocab(tiny_files.vocab)
     torch.manual_seed(8)
