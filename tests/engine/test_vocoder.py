@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.checkpoints import ModelFiles, load_vocos
-from engine.vocoder import masked_backbone, masked_decode, samples
+from engine.vocoder import masked_backbone, masked_decode, samples, tf32_matmuls
 from tests.engine.tiny import VOCOS_CONFIG, write_vocos
 
 
@@ -83,3 +83,13 @@ def test_the_graphs_whole_decode_equals_vocos_decode_at_the_true_length(
         assert torch.isfinite(ours).all()
         if frames < length:  # the padding would reach the last real samples
             assert not torch.allclose(unmasked[:, n - 200 : n], theirs[:, -200:], atol=1e-3)
+
+
+def test_tf32_is_on_only_while_a_decode_graph_is_recorded() -> None:
+    # The switch is process-wide: it must come back as it was, error or not.
+    matmul = torch.backends.cuda.matmul
+    before = matmul.fp32_precision
+    with pytest.raises(RuntimeError), tf32_matmuls():
+        assert matmul.fp32_precision == "tf32"
+        raise RuntimeError("recording failed")
+    assert matmul.fp32_precision == before != "tf32"
