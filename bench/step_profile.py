@@ -117,7 +117,6 @@ VARIANTS: dict[str, dict[str, bool]] = {
     "ff_separate": {"ff_separate": True},
     "additive_mask": {"additive_mask": True},
     "cudnn_conv": {"cudnn_conv": True},
-    "fused_rope_keys": {"fused_rope_keys": True},
     "zero_pad_lse": {"zero_pad_lse": True},
     "rope_per_block": {"rope_per_block": True},
 }
@@ -183,17 +182,17 @@ def zero_pad_lse(
     denominator and nothing to its numerator; the log-sum-exp that cuDNN returns
     gives the denominator, and the output is rescaled to leave those out.
     Measured and dropped (H200): the step 2.951 against 2.964 ms at 1,024 frames."""
-    keep = mask[:, None, :, None]
+    keep = mask[:, :, None, None]
     key, value = key.masked_fill(~keep, 0.0), value.masked_fill(~keep, 0.0)
+    query, key, value = (t.transpose(1, 2) for t in (query, key, value))
     out, lse = torch.ops.aten._scaled_dot_product_cudnn_attention(
         query, key, value, None, True, 0.0, False, False, scale=query.shape[-1] ** -0.5
     )[:2]
     pads = (~mask).sum(dim=-1, dtype=torch.float32)[:, None, None, None]
     kept = 1.0 - pads * torch.exp(-lse.reshape(*out.shape[:-1], 1))
-    return (out.float() / kept).to(out.dtype)
+    return (out.float() / kept).to(out.dtype).transpose(1, 2)
 
 
-_PADDED_CALL = dit.PaddedAttention.__call__
 _ROTARY_TABLES = dit.rotary_tables
 
 
@@ -201,32 +200,6 @@ def _rope_per_block(transformer: Any, length: int) -> Any:
     """The rotary embedding as the package passes it: each block's attention takes
     the cosine and sine itself (inside its compiled rotation)."""
     return transformer.rotary_embed.forward_from_seq_len(length)
-
-
-def _fused_rope_keys_call(
-    self: dit.PaddedAttention,
-    attn: Any,
-    x: torch.Tensor,
-    mask: torch.Tensor | None = None,
-    rope: Any = None,
-) -> torch.Tensor:
-    """`PaddedAttention` with `bench.rope_keys`: the rotation, head layout and mask
-    column in one kernel, then SDPA unmasked (80-wide queries and keys)."""
-    plain = rope is None or not isinstance(rope[1], float) or rope[1] != 1.0
-    if mask is None or plain or attn.q_norm is not None or self.pe_attn_head is not None:
-        out: torch.Tensor = _PADDED_CALL(self, attn, x, mask, rope)
-        return out
-    from bench import rope_keys
-
-    batch, heads = x.shape[0], attn.heads
-    qkv = self.qkv(x)
-    dim = qkv.shape[-1] // (3 * heads)
-    query, key = rope_keys.op(qkv, rope[0], mask, heads)
-    value = qkv[..., 2 * heads * dim :].reshape(batch, -1, heads, dim).transpose(1, 2)
-    out = F.scaled_dot_product_attention(query, key, value, scale=dim**-0.5)
-    out = out.transpose(1, 2).reshape(batch, -1, heads * dim)
-    out = attn.to_out[1](attn.to_out[0](out))
-    return out.masked_fill(~mask[..., None], 0.0)
 
 
 def _separate_ff(ff: Any, x: torch.Tensor) -> torch.Tensor:
@@ -254,9 +227,6 @@ def build(files: ModelFiles, arch: ArchConfig, opts: dict[str, bool]) -> Any:
     )
     conv_pos.supported = _no_triton_conv if opts.get("cudnn_conv") else _SUPPORTED  # type: ignore[assignment]
     dit.rotary_tables = _rope_per_block if opts.get("rope_per_block") else _ROTARY_TABLES
-    dit.PaddedAttention.__call__ = (  # type: ignore[method-assign]
-        _fused_rope_keys_call if opts.get("fused_rope_keys") else _PADDED_CALL
-    )
     if opts.get("fp8_row") or opts.get("fp8_tensor"):
         to_fp8(transformer, rowwise=bool(opts.get("fp8_row")))
     if opts.get("unfold"):
@@ -499,17 +469,18 @@ def attention_cases(frames: int = FRAMES, length: int = 1024) -> None:
     mask = (torch.arange(length, device="cuda") < frames)[None].expand(2, length)
 
     def split() -> tuple[torch.Tensor, ...]:
-        return tuple(t.reshape(2, length, heads, dim).transpose(1, 2) for t in qkv.chunk(3, -1))
+        """(batch, length, heads, dim), as the engine's attention takes them."""
+        return tuple(t.reshape(2, length, heads, dim) for t in qkv.chunk(3, -1))
 
     def out(o: torch.Tensor) -> torch.Tensor:
-        return o.transpose(1, 2).reshape(2, length, heads * dim)
+        return o.reshape(2, length, heads * dim)
 
     def sdpa(backend: Any, masked: bool) -> Callable[[], torch.Tensor]:
         def run() -> torch.Tensor:
             with sdpa_kernel(backend):
                 if masked:
                     return out(_MASKED(*split(), mask))
-                return out(F.scaled_dot_product_attention(*split()))
+                return out(dit.attention(*split()))
 
         return run
 
@@ -521,7 +492,6 @@ def attention_cases(frames: int = FRAMES, length: int = 1024) -> None:
         "penalty_column": lambda: out(dit.penalty_column_attention(*split(), mask)),
     }
     # With the rotary embedding too: the engine's way, and bench.rope_keys's.
-    from f5_tts.model.modules import apply_rotary_pos_emb
     from x_transformers.x_transformers import RotaryEmbedding
 
     from bench import rope_keys
@@ -529,15 +499,18 @@ def attention_cases(frames: int = FRAMES, length: int = 1024) -> None:
     freqs, _ = RotaryEmbedding(dim).to("cuda").half().forward_from_seq_len(length)
     contiguous_mask = mask.contiguous()
 
+    tables = dit.rotary(freqs, None)
+
     def rope_then_mask() -> torch.Tensor:
         q, k, v = split()
-        q, k = apply_rotary_pos_emb(q, freqs), apply_rotary_pos_emb(k, freqs)
+        q, k = (dit.rotate(t, tables.cos, tables.sin, 1.0) for t in (q, k))
         return out(_MASKED(q, k, v, mask))
 
     def fused_rope_keys() -> torch.Tensor:
-        q, k = rope_keys.launch(qkv, freqs, contiguous_mask, heads)
-        v = split()[2]
-        return out(F.scaled_dot_product_attention(q, k, v, scale=dim**-0.5))
+        q, k = rope_keys.launch(qkv, freqs, contiguous_mask, heads)  # (batch, heads, ...)
+        v = split()[2].transpose(1, 2)
+        o = F.scaled_dot_product_attention(q, k, v, scale=dim**-0.5)
+        return o.transpose(1, 2).reshape(2, length, heads * dim)
 
     cases["zero_pad_lse"] = lambda: out(zero_pad_lse(*split(), mask))
     reference_case = {"rope_cudnn_mask": rope_then_mask, "fused_rope_keys": fused_rope_keys}

@@ -1,6 +1,6 @@
-"""bench.rope_keys, the fused rotary + penalty-column candidate for the GPU: its
-kernel (in Triton's interpreter, on the CPU) against f5-tts's rotary function,
-and the attention built on it against the engine's own."""
+"""bench.rope_keys, the fused rotary + penalty-column candidate for the GPU
+(measured slower than inductor's, kept for `step_profile --attention`): its
+kernel, in Triton's interpreter on the CPU, against f5-tts's rotary function."""
 
 from __future__ import annotations
 
@@ -14,11 +14,7 @@ from tests.botprocess import ROOT
 # hence a process of its own.
 INTERPRETED = """
 import torch
-from bench import rope_keys, step_profile
-from engine import dit
-from engine.checkpoints import load_f5
-from tests.engine.tiny import TINY_ARCH, write_f5
-import tempfile, pathlib
+from bench import rope_keys
 
 torch.manual_seed(0)
 heads, dim, frames = 2, 64, 70
@@ -31,25 +27,10 @@ want_q, want_k = rope_keys.reference(qkv, freqs, mask, heads)
 print("kernel_diff", max(float((q - want_q).abs().max()), float((k - want_k).abs().max())))
 print("penalty", float(k[0, 1, 60, dim]), float(k[1, 1, 60, dim]), float(q[0, 1, 3, dim]))
 
-root = pathlib.Path(tempfile.mkdtemp())
-model_path, vocab = write_f5(root, TINY_ARCH)
-from engine.checkpoints import ModelFiles
-files = ModelFiles(model_path, vocab, root / "none.yaml", root / "none.bin")
-model = load_f5(files, TINY_ARCH, "cpu", torch.float32)
-transformer = model.transformer
-dit.prepare(transformer)
-attn = transformer.transformer_blocks[0].attn
-x = torch.randn(2, frames, attn.dim)
-rope = transformer.rotary_embed.forward_from_seq_len(frames)
-rope_keys.op = rope_keys.launch
-with torch.inference_mode():
-    ours = dit.PaddedAttention.__call__(attn.processor, attn, x, mask=mask, rope=rope)
-    fused = step_profile._fused_rope_keys_call(attn.processor, attn, x, mask=mask, rope=rope)
-print("attention_diff", float((fused - ours).abs().max()), float(fused[0, 55:].abs().max()))
 """
 
 
-def test_the_fused_rotary_keys_equal_the_engines_attention() -> None:
+def test_the_fused_rotary_keys_equal_the_packages_rotation() -> None:
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     done = subprocess.run(
         [sys.executable, "-c", INTERPRETED],
@@ -66,6 +47,3 @@ def test_the_fused_rotary_keys_equal_the_engines_attention() -> None:
     )
     assert figures["kernel_diff"][0] < 1e-5
     assert figures["penalty"] == [-30000.0, 0.0, 1.0]  # padded key, real key, query column
-    diff, padded = figures["attention_diff"]
-    assert diff < 1e-4
-    assert padded == 0.0

@@ -220,11 +220,12 @@ def test_rotary_tables_rotate_as_the_package_does(xpos: bool) -> None:
 
     torch.manual_seed(9)
     freqs, scale = RotaryEmbedding(16, use_xpos=xpos).forward_from_seq_len(30)
-    t = torch.randn(2, 3, 30, 24)  # 16 of 24 dims rotated
+    t = torch.randn(2, 3, 30, 24)  # (batch, heads, length, dim), 16 of 24 dims rotated
     tables = dit.rotary(freqs, scale)
     k_scale = scale**-1.0 if xpos else 1.0
-    query = dit.rotate(t, tables.cos, tables.sin, tables.q_scale)
-    key = dit.rotate(t, tables.cos, tables.sin, tables.k_scale)
+    # Ours rotates the projection's (batch, length, heads, dim) order.
+    query = dit.rotate(t.transpose(1, 2), tables.cos, tables.sin, tables.q_scale).transpose(1, 2)
+    key = dit.rotate(t.transpose(1, 2), tables.cos, tables.sin, tables.k_scale).transpose(1, 2)
     assert torch.allclose(query, apply_rotary_pos_emb(t, freqs, scale), atol=1e-6)
     assert torch.allclose(key, apply_rotary_pos_emb(t, freqs, k_scale), atol=1e-6)
     assert torch.equal(query[..., 16:], t[..., 16:])
@@ -247,7 +248,7 @@ def test_rotary_tables_are_made_once_and_sliced(monkeypatch: pytest.MonkeyPatch)
     again = dit.rotary_tables(holder, 50)
     want = dit.rotary(*holder.rotary_embed.forward_from_seq_len(50))
     assert torch.equal(again.cos, want.cos) and torch.equal(again.sin, want.sin)
-    assert first.cos.shape[2] == 70 and again.cos.data_ptr() == first.cos.data_ptr()
+    assert first.cos.shape[1] == 70 and again.cos.data_ptr() == first.cos.data_ptr()
     longer = dit.rotary_tables(holder, 130)
     want = dit.rotary(*holder.rotary_embed.forward_from_seq_len(130))
     assert torch.equal(longer.cos, want.cos) and longer.cos.data_ptr() != first.cos.data_ptr()
@@ -261,14 +262,20 @@ def test_the_penalty_column_leaves_padding_out_as_the_additive_mask_does() -> No
     from engine import dit
 
     torch.manual_seed(8)
-    q, k, v = (torch.randn(2, 4, 70, 16) * 3 for _ in range(3))
+    q, k, v = (torch.randn(2, 70, 4, 16) * 3 for _ in range(3))  # (batch, length, heads, dim)
     mask = torch.arange(70)[None] < torch.tensor([[55], [70]])
     with torch.inference_mode():
         additive = dit.additive_mask_attention(q, k, v, mask)
         ours = dit.penalty_column_attention(q, k, v, mask)
-        unmasked = torch.nn.functional.scaled_dot_product_attention(q, k, v)
-    assert ours.shape == additive.shape
+        unmasked = dit.attention(q, k, v)
+        # Only the real keys, by SDPA itself in its own (batch, heads, length, dim).
+        first = torch.nn.functional.scaled_dot_product_attention(
+            *(t[:1, :55].transpose(1, 2) for t in (q, k)), v[:1, :55].transpose(1, 2)
+        )
+    assert ours.shape == additive.shape == q.shape
     assert torch.allclose(ours, additive, atol=1e-5, rtol=1e-4)
+    assert torch.allclose(ours[:1, :55], first.transpose(1, 2), atol=1e-5, rtol=1e-4)
+    assert torch.allclose(ours[1], unmasked[1], atol=1e-5, rtol=1e-4)  # nothing padded
     assert not torch.allclose(ours[0], unmasked[0], atol=1e-3)
 
 
@@ -283,7 +290,7 @@ def test_masked_attention_takes_the_penalty_column_only_when_compiling(
         monkeypatch.setattr(
             dit, name, lambda *a, real=real, name=name: taken.append(name) or real(*a)
         )
-    q, k, v = (torch.randn(1, 2, 10, 8) for _ in range(3))
+    q, k, v = (torch.randn(1, 10, 2, 8) for _ in range(3))
     mask = torch.arange(10)[None] < 7
     dit.masked_attention(q, k, v, mask)
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
