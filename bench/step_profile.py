@@ -119,6 +119,7 @@ VARIANTS: dict[str, dict[str, bool]] = {
     "cudnn_conv": {"cudnn_conv": True},
     "zero_pad_lse": {"zero_pad_lse": True},
     "rope_per_block": {"rope_per_block": True},
+    "rope_kernel": {"rope_kernel": True},
 }
 
 FP8_MAX = 448.0  # largest float8_e4m3fn
@@ -202,6 +203,39 @@ def _rope_per_block(transformer: Any, length: int) -> Any:
     return transformer.rotary_embed.forward_from_seq_len(length)
 
 
+_PADDED_CALL = dit.PaddedAttention.__call__
+
+
+def _rope_kernel_call(
+    self: dit.PaddedAttention,
+    attn: Any,
+    x: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    rope: Any = None,
+) -> torch.Tensor:
+    """`PaddedAttention` compiled, with `bench.rope_keys`'s kernel for the rotation
+    and the penalty column (then SDPA unmasked, as the engine's column does)."""
+    from bench import rope_keys
+
+    qkv = self.qkv(x)
+    heads = attn.heads
+    if (
+        mask is None
+        or not torch.compiler.is_compiling()
+        or attn.q_norm is not None
+        or self.pe_attn_head is not None
+        or not rope_keys.usable(qkv, rope, heads)
+    ):
+        out: torch.Tensor = _PADDED_CALL(self, attn, x, mask, rope)
+        return out
+    batch, dim = x.shape[0], qkv.shape[-1] // (3 * heads)
+    query, key = rope_keys.op(qkv, rope.cos, rope.sin, mask, heads)
+    value = qkv[..., 2 * heads * dim :].reshape(batch, -1, heads, dim)
+    out = dit.attention(query, key, value, scale=dim**-0.5).reshape(batch, -1, heads * dim)
+    out = attn.to_out[1](attn.to_out[0](out))
+    return out.masked_fill(~mask[..., None], 0.0)
+
+
 def _separate_ff(ff: Any, x: torch.Tensor) -> torch.Tensor:
     """The package's feed-forward: GELU as its own kernel after the matmul."""
     out: torch.Tensor = ff(x)
@@ -241,6 +275,9 @@ def build(files: ModelFiles, arch: ArchConfig, opts: dict[str, bool]) -> Any:
             wrapped.compile(dynamic=False)
     else:
         dit.compile_regions(transformer)
+    dit.PaddedAttention.__call__ = (  # type: ignore[method-assign]
+        _rope_kernel_call if opts.get("rope_kernel") else _PADDED_CALL
+    )
     return model
 
 
@@ -491,7 +528,7 @@ def attention_cases(frames: int = FRAMES, length: int = 1024) -> None:
         "efficient_mask": sdpa(SDPBackend.EFFICIENT_ATTENTION, True),
         "penalty_column": lambda: out(dit.penalty_column_attention(*split(), mask)),
     }
-    # With the rotary embedding too: the engine's way, and bench.rope_keys's.
+    # With the rotary embedding too: op by op, and bench.rope_keys's kernel.
     from x_transformers.x_transformers import RotaryEmbedding
 
     from bench import rope_keys
@@ -507,10 +544,8 @@ def attention_cases(frames: int = FRAMES, length: int = 1024) -> None:
         return out(_MASKED(q, k, v, mask))
 
     def fused_rope_keys() -> torch.Tensor:
-        q, k = rope_keys.launch(qkv, freqs, contiguous_mask, heads)  # (batch, heads, ...)
-        v = split()[2].transpose(1, 2)
-        o = F.scaled_dot_product_attention(q, k, v, scale=dim**-0.5)
-        return o.transpose(1, 2).reshape(2, length, heads * dim)
+        q, k = rope_keys.launch(qkv, tables.cos, tables.sin, contiguous_mask, heads)
+        return out(dit.attention(q, k, split()[2], scale=dim**-0.5))
 
     cases["zero_pad_lse"] = lambda: out(zero_pad_lse(*split(), mask))
     reference_case = {"rope_cudnn_mask": rope_then_mask, "fused_rope_keys": fused_rope_keys}
