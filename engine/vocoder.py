@@ -51,11 +51,21 @@ def masked_head(head: Any, hidden: torch.Tensor, keep: torch.Tensor) -> torch.Te
     mag, phase = x.chunk(2, dim=1)
     mag = torch.clip(torch.exp(mag), max=1e2)
     spec = mag * (torch.cos(phase) + 1j * torch.sin(phase)) * keep[:, None, :]
-    window = istft.window[None, :, None]
-    frames = torch.fft.irfft(spec, istft.n_fft, dim=1, norm="backward") * window
-    norm = _overlap_add(istft, (window.square() * keep[:, None, :]).expand_as(frames))
+    frames = torch.fft.irfft(spec, istft.n_fft, dim=1, norm="backward")
+    norm = _envelope(istft, keep)
     # Past the real samples the envelope is 0: leave silence there, not NaN.
-    return torch.where(norm > 1e-11, _overlap_add(istft, frames) / norm, 0.0)
+    audio = _overlap_add(istft, frames * istft.window[None, :, None]) / norm
+    return torch.where(norm > ENVELOPE_FLOOR, audio, 0.0)
+
+
+#: Vocos's own bound: a sample whose window envelope is below it has no inverse STFT.
+ENVELOPE_FLOOR = 1e-11
+
+
+def _envelope(istft: Any, keep: torch.Tensor) -> torch.Tensor:
+    """The squared window overlapped and added over the frames `keep` (batch, n)
+    marks: what the inverse STFT divides by."""
+    return _overlap_add(istft, istft.window[None, :, None].square() * keep[:, None, :])
 
 
 def samples(head: Any, frames: int) -> int:
@@ -142,7 +152,7 @@ class GraphVocoder:
             raise ValueError("conditioned Vocos backbones are decoded eagerly")
         if type(self.vocos.head) is not ISTFTHead:
             raise ValueError(f"{type(self.vocos.head).__name__} heads are decoded eagerly")
-        _check_envelope(self.vocos.head, length, like.device)
+        _check_envelope(self.vocos.head, length)
         mel = torch.zeros(1, like.shape[1], length, device=like.device, dtype=like.dtype)
         frames = torch.tensor(length, device=like.device)
         with tf32_matmuls():
@@ -170,10 +180,10 @@ def tf32_matmuls() -> Iterator[None]:
         matmul.fp32_precision = before
 
 
-def _check_envelope(head: Any, length: int, device: torch.device) -> None:
+def _check_envelope(head: Any, length: int) -> None:
     """Vocos's own check, once per length instead of once per decode: every
     sample is under some window (hop and window allow an inverse STFT)."""
-    istft = head.istft
-    window = istft.window.to(device)[None, :, None].square().expand(1, -1, length)
-    if not bool((_overlap_add(istft, window) > 1e-11).all()):
+    window = head.istft.window
+    keep = torch.ones(1, length, device=window.device, dtype=window.dtype)
+    if not bool((_envelope(head.istft, keep) > ENVELOPE_FLOOR).all()):
         raise ValueError("the vocoder's window does not cover every sample (NOLA)")
