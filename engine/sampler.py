@@ -132,9 +132,11 @@ class EagerSteps:
         self._local.embedded = (text, dit.text_embeds(transformer, text))
 
     def start(self, inputs: StepInputs) -> None:
-        text, embeds = getattr(self._local, "embedded", None) or (None, None)
+        embedded = getattr(self._local, "embedded", None)
         self._local.embedded = None
-        if text is not inputs.text or embeds is None:
+        if embedded is not None and embedded[0] is inputs.text:
+            embeds = embedded[1]
+        else:
             embeds = dit.text_embeds(inputs.transformer, inputs.text)
         self._local.request = _Request(inputs, embeds)
 
