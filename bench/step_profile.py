@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from bot.config import ArchConfig
-from engine import conv_pos, dit, graphs, sampler
+from engine import conv_pos, cudnn_attention, dit, graphs, sampler
 from engine.checkpoints import ModelFiles, load_f5, load_vocos
 from engine.graphs import GraphSteps
 from tests.engine.tiny import PUBLISHED_VOCOS_CONFIG, write_f5, write_vocos
@@ -120,6 +120,7 @@ VARIANTS: dict[str, dict[str, bool]] = {
     "zero_pad_lse": {"zero_pad_lse": True},
     "rope_per_block": {"rope_per_block": True},
     "rope_kernel": {"rope_kernel": True},
+    "penalty_column": {"no_cudnn_padding": True},
 }
 
 FP8_MAX = 448.0  # largest float8_e4m3fn
@@ -175,14 +176,22 @@ def _no_triton_conv(conv: Any, h: torch.Tensor) -> bool:
 _MASKED = dit.masked_attention
 
 
+def _additive(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, padding: dit.Padding
+) -> torch.Tensor:
+    """The padded keys left out by an additive mask, compiled too."""
+    return dit.additive_mask_attention(query, key, value, padding.mask)
+
+
 def zero_pad_lse(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, padding: dit.Padding
 ) -> torch.Tensor:
     """`dit.masked_attention` without an attention mask: padded keys and values are
     zeroed, so each padded key adds exactly exp(0) = 1 to a query's softmax
     denominator and nothing to its numerator; the log-sum-exp that cuDNN returns
     gives the denominator, and the output is rescaled to leave those out.
     Measured and dropped (H200): the step 2.951 against 2.964 ms at 1,024 frames."""
+    mask = padding.mask
     keep = mask[:, :, None, None]
     key, value = key.masked_fill(~keep, 0.0), value.masked_fill(~keep, 0.0)
     query, key, value = (t.transpose(1, 2) for t in (query, key, value))
@@ -195,6 +204,7 @@ def zero_pad_lse(
 
 
 _ROTARY_TABLES = dit.rotary_tables
+_CUDNN_INSTALLED = cudnn_attention.INSTALLED
 
 
 def _rope_per_block(transformer: Any, length: int) -> Any:
@@ -229,6 +239,7 @@ def _rope_kernel_call(
         out: torch.Tensor = _PADDED_CALL(self, attn, x, mask, rope)
         return out
     batch, dim = x.shape[0], qkv.shape[-1] // (3 * heads)
+    mask = mask.mask if isinstance(mask, dit.Padding) else mask
     query, key = rope_keys.op(qkv, rope.cos, rope.sin, mask, heads)
     value = qkv[..., 2 * heads * dim :].reshape(batch, -1, heads, dim)
     out = dit.attention(query, key, value, scale=dim**-0.5).reshape(batch, -1, heads * dim)
@@ -253,12 +264,14 @@ def build(files: ModelFiles, arch: ArchConfig, opts: dict[str, bool]) -> Any:
     transformer = model.transformer
     dit.prepare(transformer)
     dit.masked_attention = (  # type: ignore[assignment]
-        dit.additive_mask_attention
+        _additive
         if opts.get("additive_mask")
         else zero_pad_lse
         if opts.get("zero_pad_lse")
         else _MASKED
     )
+    # Without cuDNN's padding mask: the penalty column (compiled), as before it.
+    cudnn_attention.INSTALLED = _CUDNN_INSTALLED and not opts.get("no_cudnn_padding")
     conv_pos.supported = _no_triton_conv if opts.get("cudnn_conv") else _SUPPORTED  # type: ignore[assignment]
     dit.rotary_tables = _rope_per_block if opts.get("rope_per_block") else _ROTARY_TABLES
     if opts.get("fp8_row") or opts.get("fp8_tensor"):
@@ -516,7 +529,7 @@ def attention_cases(frames: int = FRAMES, length: int = 1024) -> None:
         def run() -> torch.Tensor:
             with sdpa_kernel(backend):
                 if masked:
-                    return out(_MASKED(*split(), mask))
+                    return out(dit.additive_mask_attention(*split(), mask))
                 return out(dit.attention(*split()))
 
         return run
@@ -541,13 +554,15 @@ def attention_cases(frames: int = FRAMES, length: int = 1024) -> None:
     def rope_then_mask() -> torch.Tensor:
         q, k, v = split()
         q, k = (dit.rotate(t, tables.cos, tables.sin, 1.0) for t in (q, k))
-        return out(_MASKED(q, k, v, mask))
+        return out(dit.additive_mask_attention(q, k, v, mask))
 
     def fused_rope_keys() -> torch.Tensor:
         q, k = rope_keys.launch(qkv, tables.cos, tables.sin, contiguous_mask, heads)
         return out(dit.attention(q, k, split()[2], scale=dim**-0.5))
 
-    cases["zero_pad_lse"] = lambda: out(zero_pad_lse(*split(), mask))
+    cases["zero_pad_lse"] = lambda: out(zero_pad_lse(*split(), dit.Padding.of(mask)))
+    counts = cudnn_attention.lengths(mask)
+    cases["cudnn_padding"] = lambda: out(cudnn_attention.attention(*split(), mask, counts))
     reference_case = {"rope_cudnn_mask": rope_then_mask, "fused_rope_keys": fused_rope_keys}
     cases.update(reference_case)
     results: dict[str, torch.Tensor] = {}
@@ -561,8 +576,10 @@ def attention_cases(frames: int = FRAMES, length: int = 1024) -> None:
                 continue
             against = "rope_cudnn_mask" if name in reference_case else "cudnn_mask"
             diff = float((results[name] - results[against])[:, :frames].abs().max())
+            nonfinite = int((~torch.isfinite(results[name])).sum())
             emit({"event": "attention", "case": name, "length": length, "frames": frames,
-                  "graphed_us": round(us, 1), "max_diff_real_rows": diff})  # fmt: skip
+                  "graphed_us": round(us, 1), "max_diff_real_rows": diff,
+                  "nonfinite": nonfinite})  # fmt: skip
 
 
 def gemm_rates() -> None:

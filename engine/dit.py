@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from engine import conv_pos
+from engine import conv_pos, cudnn_attention
 
 #: Below this, guidance is off and one unguided forward is run (as f5-tts does).
 NO_GUIDANCE = 1e-5
@@ -45,6 +45,19 @@ class TextEmbeds:
     @property
     def uncond(self) -> torch.Tensor:
         return self.both[self.both.shape[0] // 2 :]
+
+
+class Padding(NamedTuple):
+    """Which frames of a padded batch are real: `mask` (batch, length), and `counts`
+    (batch,) int32, each row's real frames (the padding is each row's tail).
+    Made once per forward, as cuDNN's padding mask reads the counts."""
+
+    mask: torch.Tensor
+    counts: torch.Tensor
+
+    @classmethod
+    def of(cls, mask: torch.Tensor) -> Padding:
+        return cls(mask, cudnn_attention.lengths(mask))
 
 
 class Rotary(NamedTuple):
@@ -176,11 +189,17 @@ class ModulatedBlock(torch.nn.Module):
         self.block = block
 
     def forward(
-        self, x: torch.Tensor, mod: torch.Tensor, mask: torch.Tensor | None, rope: Any
+        self, x: torch.Tensor, mod: torch.Tensor, padding: Padding | None, rope: Any
     ) -> torch.Tensor:
         b = self.block
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = torch.chunk(mod, 6, dim=1)
         norm = b.attn_norm.norm(x) * (1 + scale_msa[:, None]) + shift_msa[:, None]
+        # The package's own processors (its flash-attn backend) take the mask alone.
+        mask = (
+            padding
+            if isinstance(b.attn.processor, PaddedAttention) or padding is None
+            else padding.mask
+        )
         x = x + gate_msa.unsqueeze(1) * b.attn(x=norm, mask=mask, rope=rope)
         norm = b.ff_norm(x) * (1 + scale_mlp[:, None]) + shift_mlp[:, None]
         out: torch.Tensor = x + gate_mlp.unsqueeze(1) * feed_forward(b.ff, norm)
@@ -251,10 +270,12 @@ class PaddedAttention:
         self,
         attn: Any,
         x: torch.Tensor,
-        mask: torch.Tensor | None = None,
+        mask: torch.Tensor | Padding | None = None,
         rope: Any = None,
     ) -> torch.Tensor:
         batch, heads = x.shape[0], attn.heads
+        # The package's own forward passes a mask; ours, the padding with its counts.
+        padding = Padding.of(mask) if isinstance(mask, torch.Tensor) else mask
         q, k, v = torch.split(self.qkv(x), self.split, dim=-1)
         # Kept in the projection's (batch, length, heads, dim) order: the rotation
         # (and, compiled, the penalty column) then reads and writes along the
@@ -274,15 +295,15 @@ class PaddedAttention:
             else:
                 query = rotate(query, cos, sin, q_scale)
                 key = rotate(key, cos, sin, k_scale)
-        if mask is None:
+        if padding is None:
             out = attention(query, key, value)
         else:
-            out = masked_attention(query, key, value, mask)
+            out = masked_attention(query, key, value, padding)
         out = out.reshape(batch, -1, heads * out.shape[-1])
         projected: torch.Tensor = attn.to_out[1](attn.to_out[0](out.to(query.dtype)))
         out = projected
-        if mask is not None:
-            out = out.masked_fill(~mask[..., None], 0.0)
+        if padding is not None:  # padded rows hold whatever attention left there
+            out = out.masked_fill(~padding.mask[..., None], 0.0)
         return out
 
 
@@ -305,16 +326,22 @@ def attention(
 
 
 def masked_attention(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, padding: Padding
 ) -> torch.Tensor:
-    """`attention` with the padded keys (`mask` (batch, length) False) left out:
-    compiled (the blocks' compiled region), by `penalty_column_attention`;
-    launched op by op (CUDA graphs without a compiler, the CPU), by
-    `additive_mask_attention`, which launches fewer kernels there (the column
-    was measured compiled only)."""
+    """`attention` with the padded keys left out (and, on cuDNN's path, the padded
+    queries too: those rows are the caller's to zero). On a GPU with cuDNN's
+    padding mask (`engine.cudnn_attention`), by it; otherwise compiled (the
+    blocks' compiled region), by `penalty_column_attention`; launched op by op
+    (CUDA graphs without a compiler, the CPU), by `additive_mask_attention`,
+    which launches fewer kernels there (the column was measured compiled only)."""
+    if cudnn_attention.usable(query):
+        out: torch.Tensor = cudnn_attention.attention(
+            query, key, value, padding.mask, padding.counts
+        )
+        return out
     if torch.compiler.is_compiling():
-        return penalty_column_attention(query, key, value, mask)
-    return additive_mask_attention(query, key, value, mask)
+        return penalty_column_attention(query, key, value, padding.mask)
+    return additive_mask_attention(query, key, value, padding.mask)
 
 
 def additive_mask_attention(
@@ -404,10 +431,11 @@ def velocity(
     h = embed.proj(torch.cat((x, cond, text), dim=-1))
     h = conv_pos.position_embedding(embed.conv_pos_embed, h, mask)
     rope = rotary_tables(dit, x.shape[1])
+    padding = Padding.of(mask) if mask is not None else None
     residual = h
     width = 6 * h.shape[-1]
     for i, block in enumerate(blocks(dit)):
-        h = block(h, mod[:, i * width : (i + 1) * width], mask, rope)
+        h = block(h, mod[:, i * width : (i + 1) * width], padding, rope)
     if dit.long_skip_connection is not None:
         h = dit.long_skip_connection(torch.cat((h, residual), dim=-1))
     scale, shift = torch.chunk(mod[:, len(dit.transformer_blocks) * width :], 2, dim=1)

@@ -33,7 +33,7 @@ import structlog
 import torch
 
 from bot.config import EngineConfig
-from engine import chunking, conv_pos, dit, faults, graphs, sampler, vocoder
+from engine import chunking, conv_pos, cudnn_attention, dit, faults, graphs, sampler, vocoder
 from engine.checkpoints import HOP_LENGTH, SAMPLE_RATE, ModelFiles, load_f5, load_vocos, read_vocab
 from engine.voices import TARGET_RMS, Voice, VoiceLibrary, VoiceSettings
 
@@ -190,6 +190,7 @@ class Engine:
                 dtype=str(self.dtype).removeprefix("torch."),
                 path=self.path,
                 conv=conv_pos.path(self.device),
+                attention=cudnn_attention.path(self.device, self.dtype),
                 load_s=round(loaded - started, 2),
                 # Mostly importing torch.compile's machinery, where compiling is on.
                 setup_s=round(set_up - loaded, 2),

@@ -276,6 +276,7 @@ async def test_ready_says_where_the_start_up_time_went(tiny_files: Path, voices_
     (ready,) = [e for e in logs if e["event"] == "engine.ready"]
     assert ready["path"] == "eager"
     assert ready["conv"] == "package"  # the Triton convolutions are for GPUs
+    assert ready["attention"] == "sdpa"  # so is cuDNN's padding mask
     assert "graphs_s" not in ready  # no graphs on this path
     phases = [ready[k] for k in ("load_s", "first_line_s", "second_line_s")]
     assert all(isinstance(p, float) and p > 0 for p in phases)

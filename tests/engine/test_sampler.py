@@ -291,10 +291,10 @@ def test_masked_attention_takes_the_penalty_column_only_when_compiling(
             dit, name, lambda *a, real=real, name=name: taken.append(name) or real(*a)
         )
     q, k, v = (torch.randn(1, 10, 2, 8) for _ in range(3))
-    mask = torch.arange(10)[None] < 7
-    dit.masked_attention(q, k, v, mask)
+    padding = dit.Padding.of(torch.arange(10)[None] < 7)
+    dit.masked_attention(q, k, v, padding)
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
-    dit.masked_attention(q, k, v, mask)
+    dit.masked_attention(q, k, v, padding)
     assert taken == ["additive_mask_attention", "penalty_column_attention"]
 
 
