@@ -14,6 +14,7 @@ from engine import chunking
 from engine.checkpoints import HOP_LENGTH
 from engine.faults import apply_fault
 from engine.synth import MAX_STUCK_THREADS, Engine, SynthesisError, SynthesisStalled
+from engine.voices import TARGET_RMS
 
 LONG = " ".join(f"This is sentence number {i} of a long message." for i in range(8))
 
@@ -106,6 +107,37 @@ async def test_same_seed_same_audio(engine: Engine) -> None:
     a = np.concatenate(await collect(engine, "Repeatable output.", seed=7))
     b = np.concatenate(await collect(engine, "Repeatable output.", seed=7))
     assert np.array_equal(a, b)
+
+
+async def test_a_voices_volume_and_a_quiet_clips_loudness_scale_its_audio(
+    engine: Engine, voices_dir: Path
+) -> None:
+    # alice's clip again with volume 0.5 in its settings: the same speech at
+    # half the level. And the clip at a quarter and an eighth of its level:
+    # both are raised to the target loudness for the model (the same speech),
+    # then given back their own, so the quieter one comes out at half.
+    import soundfile as sf
+
+    audio, rate = sf.read(voices_dir / "alice.wav", dtype="float32")
+    text = engine.voices.get("alice").text
+    for name, level in (("half", 1.0), ("quarter", 0.25), ("eighth", 0.125)):
+        (voices_dir / f"{name}.txt").write_text(text)
+        sf.write(voices_dir / f"{name}.wav", audio * level, rate, subtype="FLOAT")
+    (voices_dir / "half.yaml").write_text("volume: 0.5\n")
+    out = {
+        name: await collect(engine, "Scaled output.", voice=name, seed=7)
+        for name in ("alice", "half", "quarter", "eighth")
+    }
+    assert engine.voices.get("quarter").rms < TARGET_RMS
+    for whole, halved in zip(out["alice"], out["half"], strict=True):
+        assert halved.dtype == np.float32
+        np.testing.assert_allclose(halved, whole * 0.5, rtol=1e-5, atol=1e-7)
+    for quarter, eighth in zip(out["quarter"], out["eighth"], strict=True):
+        assert eighth.dtype == np.float32 and np.abs(eighth).max() > 0
+        np.testing.assert_allclose(eighth, quarter * 0.5, rtol=1e-3, atol=1e-6)
+    # Given back its own level: a quarter of the clip's loudness comes out
+    # quieter than the clip's own voice does.
+    assert np.abs(np.concatenate(out["quarter"])).max() < np.abs(np.concatenate(out["alice"])).max()
 
 
 async def test_empty_text_gives_no_audio(engine: Engine) -> None:
