@@ -113,7 +113,7 @@ def _run(
     cudnn = _frontend()
     views = (query, key, value, out)
     tensors = {name: t.transpose(1, 2) for name, t in zip("qkvo", views, strict=True)}
-    graph, made, workspace_size = _graph(tensors, counts)
+    graph, made, workspace_size = _graph(tensors)
     workspace = torch.empty(max(workspace_size, 1), dtype=torch.uint8, device=query.device)
     handle = _handle(query.device.index)
     cudnn.set_stream(handle=handle, stream=torch.cuda.current_stream(query.device).cuda_stream)
@@ -135,9 +135,7 @@ def _handle(device_index: int | None) -> Any:
     return _frontend().create_handle()
 
 
-def _graph(
-    tensors: dict[str, torch.Tensor], counts: torch.Tensor
-) -> tuple[Any, dict[str, Any], int]:
+def _graph(tensors: dict[str, torch.Tensor]) -> tuple[Any, dict[str, Any], int]:
     """The built cuDNN graph for these (batch, heads, length, dim) views, made once
     per shape and layout (a bucket's first line; warm-up records every bucket)."""
     query = tensors["q"]
