@@ -87,11 +87,9 @@ def attention(
     """SDPA on (batch, length, heads, dim) with each row's keys past `counts` (batch,
     int32, from `lengths(mask)`) left out; padded query rows are not computed. A
     custom op: torch.compile leaves it whole."""
-    out = _unwritten(query)
     if not _failed:
         try:
-            _run(query, key, value, counts, out)
-            return out
+            return _run(query, key, value, counts)
         except Exception as exc:  # the frontend or this GPU's cuDNN cannot take it
             _failed.append(str(exc))
             log.warning("engine.attention_unavailable", error=str(exc)[:300], fallback="sdpa")
@@ -108,9 +106,9 @@ def _run(
     key: torch.Tensor,
     value: torch.Tensor,
     counts: torch.Tensor,
-    out: torch.Tensor,
-) -> None:
+) -> torch.Tensor:
     cudnn = _frontend()
+    out = _unwritten(query)
     views = (query, key, value, out)
     tensors = {name: t.transpose(1, 2) for name, t in zip("qkvo", views, strict=True)}
     graph, made, workspace_size = _graph(tensors)
@@ -121,6 +119,7 @@ def _run(
     pack = {made[name]: t for name, t in tensors.items()}
     pack[made["seq_q"]] = pack[made["seq_kv"]] = counts
     graph.execute(pack, workspace, handle=handle)
+    return out
 
 
 @functools.cache

@@ -3,8 +3,6 @@ fallback where it cannot, and (on a GPU) its result against SDPA's."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from structlog.testing import capture_logs
@@ -15,10 +13,9 @@ gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="cuDNN runs on a 
 
 
 @pytest.fixture(autouse=True)
-def fresh_state(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def fresh_state(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test starts with no failure recorded (the engine records one for good)."""
     monkeypatch.setattr(cudnn_attention, "_failed", [])
-    yield
 
 
 def padded(batch_counts: list[int], length: int, device: str = "cpu") -> torch.Tensor:
