@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import signal
-from collections.abc import Callable, Coroutine
-from typing import Any
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
 import structlog
 
@@ -13,18 +16,31 @@ from adapters.bilibili.client import BilibiliClient
 from adapters.events import ChatEvent, ChatMessage, Platform
 from adapters.twitch.client import TwitchClient
 from bot import outcomes
-from bot.config import Config
+from bot.config import Config, WebConfig
 from bot.control import Control, Reply
+from bot.instance import AlreadyRunning, ChannelLocks, bind_panel
 from bot.lag import LagProbe
-from bot.logs import tell_user
+from bot.logs import progress, tell_user
 from bot.policy import SpeechPolicy
 from bot.queue import SpeechQueue
 from bot.router import Router
+from bot.signals import StopOnSignal
 from engine.voices import VoiceLibrary
 
 log = structlog.get_logger()
 
 EXIT_STARTUP = 2
+
+T = TypeVar("T")
+
+#: How long a stop waits for the engine's current sampling step (a step of the
+#: full model on a CPU can take seconds; the process ends without it).
+ENGINE_STOP_WAIT_S = 2.0
+
+NO_PLATFORM = (
+    "no chat platform is on yet (run with --twitch CHANNEL or --bilibili ROOM_ID, "
+    "or set platforms.twitch.enabled or platforms.bilibili.enabled to true in the config)"
+)
 
 #: Bounded so a flood waits in the adapters' sockets rather than in memory.
 EVENT_QUEUE_SIZE = 1000
@@ -71,14 +87,21 @@ class Bot:
         return clients
 
 
-async def _start_web(config: Config, bot: Bot, speaker: Any, engine: Any) -> Any:
+def panel_url(config: WebConfig) -> str:
+    host = f"[{config.host}]" if ":" in config.host else config.host
+    return f"http://{host}:{config.port}/"
+
+
+async def _start_web(
+    config: Config, bot: Bot, speaker: Any, engine: Any, sock: socket.socket | None
+) -> Any:
     """The panel is a convenience: if it cannot start, the bot still speaks."""
-    if not config.web.enabled:
+    if sock is None:
         return None
     from bot.web import create_app, serve
 
     try:
-        return await serve(config.web, create_app(config.web, bot, speaker, engine))
+        return await serve(config.web, create_app(config.web, bot, speaker, engine), sock)
     except OSError as exc:
         log.error("web.cannot_start", error=str(exc), port=config.web.port)
         return None
@@ -102,78 +125,152 @@ async def _guarded(name: str, run: Coroutine[Any, Any, None]) -> None:
         log.exception("adapter.crashed", platform=name)
 
 
-async def run_bot(config: Config) -> int:
-    """Run until SIGINT/SIGTERM; 0 on a clean stop, 2 when start-up cannot go on."""
-    from bot.player import AudioDeviceError, Player, find_output_device
-    from bot.speaker import Speaker
-    from engine.checkpoints import CheckpointError, resolve_files
-    from engine.synth import Engine
+def _in_daemon_thread(work: Callable[[], T]) -> asyncio.Future[T]:
+    """`work` on a daemon thread: a stop meanwhile is not held up by it (a model
+    download can take minutes, and the process may exit before it ends)."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[T] = loop.create_future()
+
+    def deliver(result: T | None, error: BaseException | None) -> None:
+        if done.cancelled():
+            return
+        if error is not None:
+            done.set_exception(error)
+        else:
+            done.set_result(result)  # type: ignore[arg-type]
+
+    def run() -> None:
+        try:
+            result = work()
+        except BaseException as exc:
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits
+                loop.call_soon_threadsafe(deliver, None, exc)
+            return
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(deliver, result, None)
+
+    threading.Thread(target=run, name="ishowtts-start-up", daemon=True).start()
+    return done
+
+
+async def _unless_stopped(stop: asyncio.Event, work: Awaitable[T]) -> tuple[bool, T | None]:
+    """(True, result) when `work` ends first, (False, None) when `stop` is set first."""
+    task = asyncio.ensure_future(work)
+    stopped = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    if not task.done():
+        task.cancel()
+        return False, None
+    return True, task.result()
+
+
+def start_up_problems(config: Config, voices: VoiceLibrary) -> list[str]:
+    """What `ishowtts run` refuses to start with that can be seen before the model
+    is fetched: the voice and the output device."""
+    from bot.player import AudioDeviceError, find_output_device
     from engine.voices import VoiceError
 
-    bot = Bot(config)
-    # Every problem that can be seen before the model is fetched is told at once,
-    # so that a streamer setting up fixes them in one go, not one per restart.
     problems: list[str] = []
     try:
-        bot.voices.get(config.engine.default_voice)
+        voices.get(config.engine.default_voice)
     except (VoiceError, OSError) as exc:
         problems.append(str(exc))
     try:
         find_output_device(config.audio.output_device)
     except (AudioDeviceError, OSError) as exc:
         problems.append(str(exc))
-    if not problems:  # the model files last: a first run downloads them
-        try:
-            files = resolve_files(config.engine)
-        except (CheckpointError, OSError) as exc:
-            problems.append(str(exc))
-    if problems:
-        for problem in problems:
-            log.error("bot.cannot_start", error=problem)
-            tell_user(f"start-up error: {problem}")
-        if not bot.adapters():
-            tell_user(
-                "also: no chat platform is on yet (set platforms.twitch.enabled or "
-                "platforms.bilibili.enabled to true in the config)"
-            )
-        return EXIT_STARTUP
+    return problems
 
+
+def _refuse(problems: list[str], bot: Bot) -> int:
+    for problem in problems:
+        log.error("bot.cannot_start", error=problem)
+        tell_user(f"start-up error: {problem}")
+    if not bot.adapters():
+        tell_user(f"also: {NO_PLATFORM}")
+    return EXIT_STARTUP
+
+
+async def run_bot(config: Config) -> int:
+    """Run until Ctrl-C (or SIGTERM/SIGBREAK); 0 on a clean stop, 2 when start-up
+    cannot go on. A second Ctrl-C exits at once."""
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    signals = StopOnSignal(asyncio.get_running_loop(), stop)
+    signals.install()
+    locks = ChannelLocks(config.platforms)
+    try:
+        return await _run(config, stop, locks)
+    finally:
+        locks.release()
+        signals.uninstall()
+
+
+async def _run(config: Config, stop: asyncio.Event, locks: ChannelLocks) -> int:
+    from bot.player import Player
+    from bot.speaker import Speaker
+    from engine.checkpoints import CheckpointError, resolve_files
+    from engine.synth import Engine
+
+    started = time.perf_counter()
+    bot = Bot(config)
+    # Every problem that can be seen before the model is fetched is told at once,
+    # so that a streamer setting up fixes them in one go, not one per restart.
+    problems = start_up_problems(config, bot.voices)
+    panel_socket = None
+    if config.web.enabled:
+        try:
+            panel_socket = bind_panel(config.web)
+        except (AlreadyRunning, OSError) as exc:
+            problems.append(f"web panel: {exc}" if isinstance(exc, OSError) else str(exc))
+    try:
+        locks.acquire()
+    except AlreadyRunning as exc:
+        problems.append(str(exc))
+    if problems:
+        if panel_socket is not None:
+            panel_socket.close()
+        return _refuse(problems, bot)
+    try:
+        # The model files last: a first run downloads them.
+        finished, files = await _unless_stopped(
+            stop, _in_daemon_thread(lambda: resolve_files(config.engine))
+        )
+    except (CheckpointError, OSError) as exc:
+        finished, files = True, None
+        problems.append(str(exc))
+    if problems or not finished or files is None:
+        if panel_socket is not None:
+            panel_socket.close()
+        return _refuse(problems, bot) if problems else 0
 
     engine = Engine(config.engine, bot.voices, files)
+    progress(f"loading the voice model on {engine.device}…")
     engine.start()
     log.info("bot.warming_up", device=engine.device)
     try:
-        ready = asyncio.ensure_future(engine.wait_ready())
-        stopped = asyncio.ensure_future(stop.wait())
-        await asyncio.wait({ready, stopped}, return_when=asyncio.FIRST_COMPLETED)
-        if not ready.done():
-            ready.cancel()
-            engine.close()
-            return 0
-        stopped.cancel()
-        ready.result()
+        finished, _ = await _unless_stopped(stop, engine.wait_ready())
     except Exception as exc:  # a bad checkpoint, or the GPU failing at warm-up
         log.error("bot.cannot_start", error=str(exc))
         tell_user(f"start-up error: {exc}")
-        engine.close()
+        await asyncio.to_thread(engine.close, ENGINE_STOP_WAIT_S)
+        if panel_socket is not None:
+            panel_socket.close()
         return EXIT_STARTUP
+    if not finished:
+        await asyncio.to_thread(engine.close, ENGINE_STOP_WAIT_S)
+        if panel_socket is not None:
+            panel_socket.close()
+        return 0
 
     player = Player(config.audio)
     speaker = Speaker(bot.queue, engine, player, bot.control)
     enabled = list(bot.adapters())
-    panel = await _start_web(config, bot, speaker, engine)
+    panel = await _start_web(config, bot, speaker, engine, panel_socket)
     async with asyncio.TaskGroup() as tasks:
         player_task = tasks.create_task(player.run())
         # Going live needs a device; a stop meanwhile must still be honoured.
-        opened = asyncio.ensure_future(player.opened.wait())
-        stopping = asyncio.ensure_future(stop.wait())
-        await asyncio.wait({opened, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        opened.cancel()
-        stopping.cancel()
+        await _unless_stopped(stop, player.opened.wait())
         running = [
             tasks.create_task(bot.lag.run()),
             tasks.create_task(bot.router.run(bot.events)),
@@ -187,17 +284,19 @@ async def run_bot(config: Config) -> int:
             voice=bot.control.voice,
             device=player.device_name,
         )
+        where = f" — panel at {panel_url(config.web)}" if panel is not None else ""
+        progress(f"ready in {time.perf_counter() - started:.1f} s{where} (Ctrl-C stops)")
         if not enabled:
             log.warning("bot.no_platforms", hint="enable platforms.twitch or platforms.bilibili")
         await stop.wait()
         for task in running:
             task.cancel()
         await asyncio.gather(*running, return_exceptions=True)
+        if panel is not None:
+            await panel.cleanup()
         await player.close()
         player_task.cancel()
-    if panel is not None:
-        await panel.cleanup()
-    engine.close()
+    await asyncio.to_thread(engine.close, ENGINE_STOP_WAIT_S)
     # Whatever was still waiting gets its end logged: nothing vanishes silently.
     unrouted = bot.router.drain(bot.events)
     dropped = bot.queue.remove_where(lambda _: True, outcomes.SKIPPED, "shutdown")

@@ -4,44 +4,65 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import yaml
 
-from bot.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
-from bot.logs import configure_logging, tell_user
+from bot.config import DEFAULT_CONFIG_PATH, CommandLine, Config, ConfigError, load_config
+from bot.logs import configure_logging, flush_logs, tell_user
 from engine.voices import VoiceError, VoiceLibrary
 
 EXIT_CONFIG = 2
+CONFIG_HELP = "config file (default: config/ishowtts.yaml where it exists, else the defaults)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ishowtts", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="connect to chat and read it aloud")
-    run.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH)
-    check = sub.add_parser("check-config", help="validate a config and print it, secrets masked")
-    check.add_argument("path", nargs="?", type=Path, default=DEFAULT_CONFIG_PATH)
+    run.add_argument("--config", type=Path, default=None, help=CONFIG_HELP)
+    run.add_argument(
+        "--twitch",
+        action="append",
+        default=[],
+        metavar="CHANNEL",
+        help="read this Twitch channel's chat (repeat for more channels)",
+    )
+    run.add_argument(
+        "--bilibili",
+        type=int,
+        default=None,
+        metavar="ROOM_ID",
+        help="read this Bilibili room's danmaku (the number in live.bilibili.com/ROOM_ID)",
+    )
+    check = sub.add_parser(
+        "check-config", help="validate a config and warn about what would stop `run`"
+    )
+    check.add_argument("path", nargs="?", type=Path, default=None, help=CONFIG_HELP)
+    check.add_argument("--show", action="store_true", help="print every setting, secrets masked")
     voices = sub.add_parser("voices", help="list the voice library and check each voice")
-    voices.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH)
+    voices.add_argument("--config", type=Path, default=None, help=CONFIG_HELP)
     say = sub.add_parser("say", help="synthesise text to a WAV file")
     say.add_argument("text")
     say.add_argument("--voice", help="voice name (default: engine.default_voice)")
     say.add_argument("--out", type=Path, default=Path("out.wav"))
     say.add_argument("--seed", type=int, default=None, help="fixed seed, repeatable output")
-    say.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH)
+    say.add_argument("--config", type=Path, default=None, help=CONFIG_HELP)
     sub.add_parser("devices", help="list audio output devices")
     args = parser.parse_args(argv)
 
     match args.command:
         case "run":
-            return _run(args.config)
+            return _run(args.config, CommandLine(tuple(args.twitch), args.bilibili))
         case "check-config":
-            return _check_config(args.path)
+            return _check_config(args.path, args.show)
         case "voices":
             return _voices(args.config)
         case "say":
@@ -51,16 +72,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     raise AssertionError(args.command)
 
 
-def _load(path: Path) -> Config | None:
+def _load(path: Path | None, command_line: CommandLine | None = None) -> Config | None:
+    """The config at `path`; without one, config/ishowtts.yaml where it exists, else
+    the defaults (which are the shipped file's)."""
+    if path is None and DEFAULT_CONFIG_PATH.is_file():
+        path = DEFAULT_CONFIG_PATH
     try:
-        return load_config(path)
+        return load_config(path, command_line=command_line or CommandLine())
     except ConfigError as exc:
         tell_user(str(exc))
         return None
 
 
-def _run(path: Path) -> int:
-    config = _load(path)
+def _run(path: Path | None, command_line: CommandLine) -> int:
+    config = _load(path, command_line)
     if config is None:
         return EXIT_CONFIG
     configure_logging(config.logging.level, config.logging.format)
@@ -69,14 +94,37 @@ def _run(path: Path) -> int:
     return asyncio.run(run_bot(config))
 
 
-def _check_config(path: Path) -> int:
+def _check_config(path: Path | None, show: bool) -> int:
+    """0: `run` would start; 1: it would refuse (each reason a warning line); 2: invalid."""
     config = _load(path)
     if config is None:
         return EXIT_CONFIG
-    # JSON mode masks SecretStr values as '**********'.
-    effective = config.model_dump(mode="json")
-    print(f"# {path}: OK")
-    print(yaml.safe_dump(effective, sort_keys=False, allow_unicode=True), end="")
+    # Device probing logs (ALSA's chatter) stay out of the report.
+    configure_logging("error", config.logging.format)
+    source = path or (DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.is_file() else "(defaults)")
+    print(f"# {source}: valid")
+    if show:
+        # JSON mode masks SecretStr values as '**********'.
+        effective = config.model_dump(mode="json")
+        print(yaml.safe_dump(effective, sort_keys=False, allow_unicode=True), end="")
+    from bot.app import NO_PLATFORM, start_up_problems
+    from bot.instance import AlreadyRunning, bind_panel
+
+    refused = start_up_problems(config, VoiceLibrary(config.engine.voices_dir))
+    if config.web.enabled:
+        try:
+            bind_panel(config.web).close()
+        except (AlreadyRunning, OSError) as exc:
+            refused.append(str(exc))
+    for warning in refused:
+        print(f"warning: {warning}")
+    if not (config.platforms.twitch.enabled or config.platforms.bilibili.enabled):
+        print(f"warning: {NO_PLATFORM}")
+    if refused:
+        print("`ishowtts run` would refuse to start until the warnings above are fixed")
+        return 1
+    if not show:
+        print("(--show prints every setting the bot would use)")
     return 0
 
 
@@ -179,5 +227,17 @@ def _devices() -> int:
     return 0
 
 
+def console_main() -> NoReturn:
+    """The `ishowtts` command. Once the command is done (devices closed, logs
+    written), the process ends without the interpreter's teardown of torch's
+    modules, which takes seconds and would hold up a stop with nothing left to do."""
+    code = main()
+    flush_logs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()

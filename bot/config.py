@@ -13,12 +13,15 @@ import re
 import string
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+import platformdirs
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -30,7 +33,12 @@ from pydantic import (
 
 from adapters.events import EventKind, PaidKind, Role
 
-DEFAULT_CONFIG_PATH = Path("config/ishowtts.yaml")
+DEFAULT_CONFIG_PATH = Path("config") / "ishowtts.yaml"
+#: Where mod changes were kept before the per-user data folder; still used if present.
+LEGACY_STATE_FILE = Path("state") / "ishowtts-state.json"
+
+#: A path from the config: `~` means the user's home, as in a shell.
+UserPath = Annotated[Path, AfterValidator(Path.expanduser)]
 
 #: Secrets may live in the environment so the YAML file can be shared.
 SECRET_ENV_VARS: dict[str, tuple[str, ...]] = {
@@ -281,9 +289,9 @@ class ArchConfig(_Section):
 
 
 class EngineConfig(_Section):
-    model_path: Path | None = None
-    vocab_path: Path | None = None
-    vocoder_path: Path | None = None
+    model_path: UserPath | None = None
+    vocab_path: UserPath | None = None
+    vocoder_path: UserPath | None = None
     device: str = "auto"
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
     compile: bool = True
@@ -293,20 +301,20 @@ class EngineConfig(_Section):
     cfg_strength: float = Field(2.0, ge=0, le=10)
     sway_sampling: float = Field(-1.0, ge=-1, le=1)
     cross_fade_ms: float = Field(50.0, ge=0, le=500)
-    voices_dir: Path = Path("voices")
+    voices_dir: UserPath = Path("voices")
     default_voice: str = "default"
     #: A synthesis with no sampling progress for this long is abandoned (its
     #: message skipped) and a fresh inference thread serves the rest.
     stall_timeout_s: float = Field(30.0, ge=0.5, le=3600)
     #: Test-only: see engine/faults.py. null in real use.
-    fault_file: Path | None = None
+    fault_file: UserPath | None = None
     arch: ArchConfig = ArchConfig()
 
     @field_validator("device")
     @classmethod
     def _device(cls, value: str) -> str:
-        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
-            raise ValueError(f"must be auto, cpu, cuda or cuda:N, got {value!r}")
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
+            raise ValueError(f"must be auto, cpu, mps, cuda or cuda:N, got {value!r}")
         return value
 
     @field_validator("default_voice")
@@ -370,8 +378,9 @@ def _default_permissions() -> dict[str, list[RoleName]]:
 
 class CommandsConfig(_Section):
     prefix: str = "!tts"
-    #: Where !tts uservoice / nick / mute changes are kept across restarts.
-    state_file: Path = Path("state/ishowtts-state.json")
+    #: Where !tts uservoice / nick / mute changes are kept across restarts; None is
+    #: the per-user data folder (see `state_path`).
+    state_file: UserPath | None = None
     permissions: dict[str, list[RoleName]] = Field(default_factory=_default_permissions)
 
     @field_validator("prefix")
@@ -393,6 +402,15 @@ class CommandsConfig(_Section):
         # Commands left out keep their default, so a file can override just one.
         return {**_default_permissions(), **value}
 
+    def state_path(self) -> Path:
+        """`state_file`, else the file an older version kept in the working folder,
+        else `state.json` in the user's data folder (per OS, via platformdirs)."""
+        if self.state_file is not None:
+            return self.state_file
+        if LEGACY_STATE_FILE.is_file():
+            return LEGACY_STATE_FILE
+        return platformdirs.user_data_path("ishowtts", appauthor=False) / "state.json"
+
     def allowed_roles(self, command: str) -> frozenset[Role] | None:
         """The roles that may run `command`, or None when anyone may."""
         names = self.permissions[command]
@@ -412,8 +430,23 @@ class Config(_Section):
     commands: CommandsConfig = CommandsConfig()
 
 
-def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
-    """Read, merge secrets from the environment, validate; raise ConfigError."""
+@dataclass(frozen=True)
+class CommandLine:
+    """What `ishowtts run --twitch/--bilibili` adds over the config file."""
+
+    twitch: Sequence[str] = ()
+    bilibili: int | None = None
+
+
+def load_config(
+    path: Path | None,
+    environ: Mapping[str, str] | None = None,
+    command_line: CommandLine = CommandLine(),
+) -> Config:
+    """Read, merge secrets from the environment and the command line's platforms,
+    validate; raise ConfigError. With no path, the defaults (the shipped file's)."""
+    if path is None:
+        return parse_config("", environ=environ, source="<defaults>", command_line=command_line)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -422,11 +455,14 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
         ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([f"config error: {path}: cannot read ({exc})"]) from None
-    return parse_config(text, environ=environ, source=str(path))
+    return parse_config(text, environ=environ, source=str(path), command_line=command_line)
 
 
 def parse_config(
-    text: str, environ: Mapping[str, str] | None = None, source: str = "<config>"
+    text: str,
+    environ: Mapping[str, str] | None = None,
+    source: str = "<config>",
+    command_line: CommandLine = CommandLine(),
 ) -> Config:
     try:
         raw = yaml.safe_load(text)
@@ -442,10 +478,25 @@ def parse_config(
     if not isinstance(raw, dict):
         raise ConfigError([f"config error: {source}: must be a mapping of sections at top level"])
     _apply_env(raw, os.environ if environ is None else environ)
+    _apply_command_line(raw, command_line)
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError([format_error(err) for err in exc.errors()]) from None
+
+
+def _section(raw: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any] | None:
+    """The nested mapping at `keys`, made where absent; None where something else
+    is in the way (validation then reports that value as it stands)."""
+    node = raw
+    for key in keys:
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        if not isinstance(child, dict):
+            return None
+        node = child
+    return node
 
 
 def _apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
@@ -453,16 +504,22 @@ def _apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
         value = environ.get(var, "")
         if not value:
             continue
-        node = raw
-        for key in key_path[:-1]:
-            child = node.get(key)
-            if not isinstance(child, dict):
-                if child is not None:
-                    break  # a wrong type here is reported by validation as it stands
-                child = node[key] = {}
-            node = child
-        else:
+        node = _section(raw, key_path[:-1])
+        if node is not None:
             node[key_path[-1]] = value
+
+
+def _apply_command_line(raw: dict[str, Any], command_line: CommandLine) -> None:
+    twitch = _section(raw, ("platforms", "twitch")) if command_line.twitch else None
+    if twitch is not None:
+        channels = twitch.get("channels")
+        listed = channels if isinstance(channels, list) else []
+        twitch["channels"] = [*listed, *(c for c in command_line.twitch if c not in listed)]
+        twitch["enabled"] = True
+    bilibili = _section(raw, ("platforms", "bilibili")) if command_line.bilibili else None
+    if bilibili is not None:
+        bilibili["room_id"] = command_line.bilibili
+        bilibili["enabled"] = True
 
 
 def format_error(err: Mapping[str, Any]) -> str:

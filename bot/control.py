@@ -46,7 +46,7 @@ class Control:
     ) -> None:
         self._queue = queue
         self._voice_names = voice_names
-        self._state_path = config.commands.state_file
+        self._state_path = config.commands.state_path()
         saved = load_state(self._state_path)
         self.voice = config.engine.default_voice
         self.volume = config.audio.volume

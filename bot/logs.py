@@ -113,6 +113,8 @@ def _whole_line_chunks(lines: list[str]) -> list[str]:
 
 
 _writer: LogWriter | None = None
+#: Whether logs are readable lines for a person (not JSON for a machine).
+_for_person = False
 
 
 def flush_logs(timeout: float = 5.0) -> None:
@@ -131,12 +133,20 @@ def tell_user(text: str) -> None:
     print(text, file=sys.stderr)
 
 
+def progress(text: str) -> None:
+    """One readable line per start-up phase for a person at a terminal; JSON logs
+    carry the same moments as events."""
+    if _for_person:
+        tell_user(text)
+
+
 def configure_logging(
     level: str = "info", fmt: LogFormat = "auto", stream: TextIO | None = None
 ) -> None:
-    global _writer
+    global _writer, _for_person
     out = stream if stream is not None else sys.stderr
     as_json = fmt == "json" or (fmt == "auto" and not out.isatty())
+    _for_person = not as_json
     tail: list[structlog.typing.Processor] = (
         [structlog.processors.dict_tracebacks, structlog.processors.JSONRenderer()]
         if as_json

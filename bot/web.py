@@ -9,9 +9,11 @@ browser sources).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import io
 import json
+import socket
 import time
 import uuid
 from collections import deque
@@ -43,6 +45,10 @@ SPEAKER_KEY: web.AppKey[Any] = web.AppKey("speaker", object)
 ENGINE_KEY: web.AppKey[Any] = web.AppKey("engine", object)
 METRICS_KEY: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
 FEED_KEY: web.AppKey[Any] = web.AppKey("feed", object)
+#: Set when the server shuts down: long-lived responses (the event stream) end then.
+STOPPING_KEY: web.AppKey[asyncio.Event] = web.AppKey("stopping", asyncio.Event)
+#: Seconds other requests get to finish at shutdown before they are cancelled.
+SHUTDOWN_TIMEOUT_S = 2.0
 
 
 class Feed:
@@ -85,11 +91,16 @@ def create_app(
     app[ENGINE_KEY] = engine
     app[METRICS_KEY] = Metrics(bot.queue, bot.control, engine, bot.lag)
     app[FEED_KEY] = Feed()
+    app[STOPPING_KEY] = asyncio.Event()
+
+    async def shutdown(app: web.Application) -> None:
+        app[STOPPING_KEY].set()
 
     async def cleanup(app: web.Application) -> None:
         app[METRICS_KEY].close()
         app[FEED_KEY].close()
 
+    app.on_shutdown.append(shutdown)
     app.on_cleanup.append(cleanup)
     app.add_routes(
         [
@@ -116,10 +127,17 @@ def create_app(
     return app
 
 
-async def serve(config: WebConfig, app: web.Application) -> web.AppRunner:
-    runner = web.AppRunner(app, access_log=None)
+async def serve(
+    config: WebConfig, app: web.Application, sock: socket.socket | None = None
+) -> web.AppRunner:
+    """Serve `app` on `sock` (bound early by bot.instance), else on the configured port."""
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
     await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port)
+    site: web.BaseSite = (
+        web.SockSite(runner, sock)
+        if sock is not None
+        else web.TCPSite(runner, config.host, config.port)
+    )
     await site.start()
     log.info("web.started", url=f"http://{config.host}:{config.port}/")
     return runner
@@ -268,15 +286,18 @@ async def _events(request: web.Request) -> web.StreamResponse:
     )
     await response.prepare(request)
     feed = request.app[FEED_KEY]
+    stopping = request.app[STOPPING_KEY]
     seq = max(0, feed.seq - RECENT_EVENTS)
     try:
-        while True:
+        while not stopping.is_set():
             new = feed.since(seq)
             if new:
                 seq = new[-1]["seq"]
             payload = json.dumps({"status": _snapshot(request), "events": new})
             await response.write(f"data: {payload}\n\n".encode())
-            await asyncio.sleep(PUSH_INTERVAL_S)
+            # The stream ends when the bot stops, so an open page never holds up the exit.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), PUSH_INTERVAL_S)
     except (ConnectionResetError, asyncio.CancelledError):
         pass
     return response

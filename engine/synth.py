@@ -160,12 +160,14 @@ class Engine:
         finally:
             job.cancel.set()
 
-    def close(self) -> None:
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop after the current sampling step; waits at most `timeout` seconds for
+        it (the thread is a daemon: a step that takes longer ends with the process)."""
         self._closing.set()
         self._jobs.put(None)
         worker = self._worker
         if worker.is_alive() and worker is not threading.current_thread():
-            worker.join(timeout=30)
+            worker.join(timeout=timeout)
 
     # inference thread ---------------------------------------------------------
     def _main(self) -> None:
@@ -303,7 +305,7 @@ class Engine:
             try:
                 return self._warm_up_once()
             except Exception as exc:
-                if not self._fall_back(exc):
+                if self._closing.is_set() or not self._fall_back(exc):
                     raise
 
     def _fall_back(self, exc: Exception) -> bool:
@@ -336,7 +338,9 @@ class Engine:
         for (seconds, text), phase in zip(WARMUP, ("first_line_s", "second_line_s"), strict=True):
             audio = (rng.standard_normal(int(SAMPLE_RATE * seconds)) * 0.05).astype(np.float32)
             voice = Voice("warmup", audio, "This is a test.", 0.05, VoiceSettings(), "warmup")
-            for _ in self._synthesize(text, voice, _Job(text, "warmup", None, None, seed=0)):
+            # Cancelled by close(): a stop during warm-up is not held up by it.
+            job = _Job(text, "warmup", None, None, cancel=self._closing, seed=0)
+            for _ in self._synthesize(text, voice, job):
                 pass
             self._references.pop("warmup", None)
             phases[phase] = round(time.perf_counter() - started, 2)

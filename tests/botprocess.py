@@ -27,9 +27,10 @@ class BotProcess:
         self.other: list[str] = []
 
     @classmethod
-    async def start(cls, config: Path) -> BotProcess:
+    async def start(cls, config: Path, *args: str, argv: list[str] | None = None) -> BotProcess:
+        """`ishowtts run --config CONFIG ARGS…`, or `argv` as given."""
         proc = await asyncio.create_subprocess_exec(
-            *command("run", "--config", str(config)),
+            *(argv or command("run", "--config", str(config), *args)),
             cwd=ROOT,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,

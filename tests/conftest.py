@@ -20,8 +20,12 @@ def tiny_files(tmp_path_factory: pytest.TempPathFactory) -> ModelFiles:
 
 @pytest.fixture(autouse=True)
 def _run_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Relative paths in default configs (state file, voices/) land in a scratch dir."""
+    """Relative paths in default configs (state file, voices/) land in a scratch dir,
+    and so do the per-user folders (state, channel locks), for bots started here too."""
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg-state"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
 
 
 @pytest.fixture(scope="session")

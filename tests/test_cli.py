@@ -29,20 +29,46 @@ def run(
     )
 
 
-def test_check_config_prints_effective_config_with_secrets_masked(tmp_path: Path) -> None:
+def test_check_config_show_prints_effective_config_with_secrets_masked(tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
     config.write_text("platforms:\n  twitch: {enabled: true, channels: [me], nick: mybot}\n")
-    result = run("check-config", str(config), env={"ISHOWTTS_TWITCH_TOKEN": "oauth:supersecret"})
-    assert result.returncode == 0, result.stderr
+    env = {"ISHOWTTS_TWITCH_TOKEN": "oauth:supersecret"}
+    result = run("check-config", str(config), "--show", env=env)
+    assert result.returncode in (0, 1), result.stderr
     assert "supersecret" not in result.stdout
     assert "token: '**********'" in result.stdout
     assert "channels:\n    - me" in result.stdout
+    quiet = run("check-config", str(config), env=env)
+    assert "token:" not in quiet.stdout
+    assert "--show prints every setting" in quiet.stdout or "would refuse" in quiet.stdout
 
 
 def test_check_config_default_path_is_the_shipped_file() -> None:
     result = run("check-config")
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("# config/ishowtts.yaml: OK")
+    assert result.returncode in (0, 1), result.stderr
+    assert result.stdout.startswith("# config/ishowtts.yaml: valid")
+
+
+def test_check_config_ends_with_what_run_would_refuse(tmp_path: Path) -> None:
+    # A missing voice the user named, a missing output device, no platform: each
+    # a warning line at the end, and exit 1 (run would refuse to start).
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        f"engine: {{voices_dir: {tmp_path / 'voices'}, default_voice: narrator}}\n"
+        "audio: {output_device: Speakers That Are Not There}\n"
+        "web: {enabled: false}\n"
+    )
+    result = run("check-config", str(config))
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"# {config}: valid"
+    warnings = [line for line in lines if line.startswith("warning: ")]
+    assert len(warnings) == 3, lines
+    assert warnings[0].startswith("warning: voice 'narrator' not found")
+    assert warnings[1].startswith("warning: output device 'Speakers That Are Not There'")
+    assert warnings[2].startswith("warning: no chat platform is on yet")
+    assert lines[-1].startswith("`ishowtts run` would refuse to start")
+    assert "platforms:" not in result.stdout  # the full config only with --show
 
 
 def test_bad_config_stops_with_one_line_and_exit_2(tmp_path: Path) -> None:
