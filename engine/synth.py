@@ -20,6 +20,8 @@ import contextlib
 import importlib.util
 import os
 import queue
+import shutil
+import sys
 import threading
 import time
 from collections.abc import AsyncGenerator
@@ -34,7 +36,15 @@ import torch
 
 from bot.config import EngineConfig
 from engine import chunking, conv_pos, cudnn_attention, dit, faults, graphs, sampler, vocoder
-from engine.checkpoints import HOP_LENGTH, SAMPLE_RATE, ModelFiles, load_f5, load_vocos, read_vocab
+from engine.checkpoints import (
+    HOP_LENGTH,
+    SAMPLE_RATE,
+    CheckpointError,
+    ModelFiles,
+    load_f5,
+    load_vocos,
+    read_vocab,
+)
 from engine.voices import TARGET_RMS, Voice, VoiceLibrary, VoiceSettings
 
 log = structlog.get_logger()
@@ -81,18 +91,94 @@ class _Job:
     progress_at: float | None = None
     #: Set by the watchdog: whatever the stuck thread still produces is dropped.
     abandoned: bool = False
+    chunks: int = 0  # audio chunks handed over so far
 
 
-def resolve_device(config: EngineConfig) -> tuple[str, torch.dtype]:
+#: Reinstalls our pinned torch and torchaudio (pyproject.toml) as PyTorch's CUDA
+#: build, for `engine.cpu_torch`. CUDA 12.8 of the builds PyTorch offers for 2.11
+#: (12.6, 12.8, 13.0): it has kernels for every card from the GTX 16 and RTX 20
+#: series (Turing) to the RTX 50 series (Blackwell, which 12.6 lacks), and runs
+#: on older drivers than 13.0, which needs a 580-series one. Only GTX 10-series
+#: cards and older need 12.6 (`.../whl/cu126`).
+CUDA_TORCH_INSTALL = (
+    "pip install --force-reinstall torch==2.11.0 torchaudio==2.11.0"
+    " --index-url https://download.pytorch.org/whl/cu128"
+)
+
+#: One-time warnings already given in this process (`engine.cpu_torch`).
+_warned: set[str] = set()
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceChoice:
+    """Where the engine runs, in which dtype, and why there."""
+
+    device: str  # "cuda", "cuda:N", "mps" or "cpu"
+    dtype: torch.dtype
+    reason: str  # why this device (`engine.ready` reports it as device_reason)
+
+
+def resolve_device(config: EngineConfig) -> DeviceChoice:
+    """The device and dtype for `engine.device`/`engine.dtype`. "auto" takes the
+    fastest there is: an NVIDIA GPU, else Apple's GPU (MPS), else the CPU; both
+    GPUs run in fp16, the CPU in fp32 (fp16 on a CPU is slower, not faster)."""
     device = config.device
     if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        if torch.cuda.is_available():
+            device, reason = "cuda", "cuda available"
+        elif torch.backends.mps.is_available():
+            device, reason = "mps", "mps available"
+        else:
+            device, reason = "cpu", "no cuda or mps"
+    else:
+        reason = "configured"
+    if config.device != "cpu":  # asked for the CPU: nothing to tell
+        warn_if_cpu_torch()
     names = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
     if config.dtype == "auto":
-        dtype = torch.float16 if device.startswith("cuda") else torch.float32
+        gpu = device.startswith(("cuda", "mps"))
+        dtype = torch.float16 if gpu else torch.float32
     else:
         dtype = names[config.dtype]
-    return device, dtype
+    return DeviceChoice(device, dtype, reason)
+
+
+def nvidia_driver_present() -> bool:
+    """Whether this machine has an NVIDIA driver, looked up in files only (no
+    import, no process): the driver's own files, else nvidia-smi on the PATH."""
+    if sys.platform.startswith("linux"):
+        # The kernel module's version file; under WSL2 the driver is the Windows
+        # one, mapped into the distribution's lib/wsl folder.
+        if Path("/proc/driver/nvidia/version").exists():
+            return True
+        if Path("/usr/lib/wsl/lib/nvidia-smi").exists():
+            return True
+    elif sys.platform == "win32":
+        # Where the drivers of recent years (DCH) install them; older ones kept
+        # nvidia-smi in a folder of its own, found below when on the PATH.
+        root = os.environ.get("SYSTEMROOT")  # Windows matches names in any case
+        if root:
+            system32 = Path(root) / "System32"
+            if (system32 / "nvidia-smi.exe").exists() or (system32 / "nvml.dll").exists():
+                return True
+    return shutil.which("nvidia-smi") is not None
+
+
+def warn_if_cpu_torch() -> None:
+    """Warn once where the machine has an NVIDIA GPU but torch cannot use it: a
+    CPU-only build (what pip installs on Windows from PyPI) runs every line on
+    the CPU, several times slower, and says nothing about it."""
+    if "engine.cpu_torch" in _warned or torch.version.cuda is not None:
+        return
+    if not nvidia_driver_present():
+        return
+    _warned.add("engine.cpu_torch")
+    log.warning(
+        "engine.cpu_torch",
+        torch=torch.__version__,
+        reason="an NVIDIA driver is installed but this torch is a CPU-only build",
+        command=CUDA_TORCH_INSTALL,
+    )
 
 
 def bind_device(device: str) -> None:
@@ -110,7 +196,9 @@ class Engine:
         self.config = config
         self.voices = voices
         self.files = files
-        self.device, self.dtype = resolve_device(config)
+        choice = resolve_device(config)
+        self.device, self.dtype = choice.device, choice.dtype
+        self.device_reason = choice.reason
         self.ready: Future[None] = Future()
         self.steps_run = 0  # sampling steps since start (tests watch cancellation with it)
         self.errors = 0  # failed requests since start (a metric)
@@ -172,32 +260,21 @@ class Engine:
     # inference thread ---------------------------------------------------------
     def _main(self) -> None:
         try:
-            bind_device(self.device)
-            started = time.perf_counter()
-            self._vocab = read_vocab(self.files.vocab)
-            model = load_f5(self.files, self.config.arch, self.device, self.dtype)
-            self._vocoder = load_vocos(self.files, self.device)
-            loaded = time.perf_counter()
-            dit.prepare(model.transformer)
-            self._model = model
-            self._runner = self._choose_runner()
-            self._decoder = self._vocoder
-            if isinstance(self._runner, graphs.GraphSteps):
-                self._decoder = vocoder.GraphVocoder(self._vocoder)
-            set_up = time.perf_counter()
-            phases = self._warm_up()
+            try:
+                timings = self._start()
+            except Exception as exc:
+                if not self._leave_mps(exc, during="start"):
+                    raise
+                timings = self._start()
             log.info(
                 "engine.ready",
                 device=self.device,
+                device_reason=self.device_reason,
                 dtype=str(self.dtype).removeprefix("torch."),
                 path=self.path,
                 conv=conv_pos.path(self.device),
                 attention=cudnn_attention.path(self.device, self.dtype),
-                load_s=round(loaded - started, 2),
-                # Mostly importing torch.compile's machinery, where compiling is on.
-                setup_s=round(set_up - loaded, 2),
-                warmup_s=round(time.perf_counter() - loaded, 2),
-                **phases,
+                **timings,
             )
             self.ready.set_result(None)
         except BaseException as exc:
@@ -205,6 +282,49 @@ class Engine:
             return
         threading.Thread(target=self._watch, name="ishowtts-engine-watchdog", daemon=True).start()
         self._serve()
+
+    def _start(self) -> dict[str, float]:
+        """Load, choose the runner and warm up on `self.device`; returns the seconds
+        each part took, as `engine.ready` reports them."""
+        bind_device(self.device)
+        started = time.perf_counter()
+        self._load()
+        loaded = time.perf_counter()
+        self._runner = self._choose_runner()
+        if isinstance(self._runner, graphs.GraphSteps):
+            self._decoder = vocoder.GraphVocoder(self._vocoder)
+        set_up = time.perf_counter()
+        phases = self._warm_up()
+        return {
+            "load_s": round(loaded - started, 2),
+            # Mostly importing torch.compile's machinery, where compiling is on.
+            "setup_s": round(set_up - loaded, 2),
+            "warmup_s": round(time.perf_counter() - loaded, 2),
+            **phases,
+        }
+
+    def _load(self) -> None:
+        """The model and the vocoder onto `self.device`, run eagerly."""
+        self._references.clear()  # their mels are on the previous device
+        self._vocab = read_vocab(self.files.vocab)
+        model = load_f5(self.files, self.config.arch, self.device, self.dtype)
+        self._vocoder = load_vocos(self.files, self.device)
+        dit.prepare(model.transformer)
+        self._model = model
+        self._runner = sampler.EagerSteps()
+        self._decoder = self._vocoder
+
+    def _leave_mps(self, exc: Exception, during: str) -> bool:
+        """After a failure on Apple's GPU (an op MPS lacks, its memory running out,
+        anything): the CPU in float32 from now on, logged once. The caller loads
+        the model again. False where the engine is not on MPS, or the failure is
+        a bad checkpoint, which the CPU would not fix."""
+        if not self.device.startswith("mps") or isinstance(exc, CheckpointError):
+            return False
+        log.warning("engine.mps_failed", error=str(exc)[:500], during=during, fallback="cpu")
+        self.device, self.dtype = "cpu", torch.float32
+        self.device_reason = "mps failed"
+        return True
 
     def _serve(self) -> None:
         """Take jobs until closed, or until the watchdog hands the queue to another thread."""
@@ -373,8 +493,17 @@ class Engine:
         try:
             faults.apply_fault(self.config.fault_file)
             voice = self.voices.get(job.voice)
-            for chunk in self._synthesize(job.text, voice, job):
-                self._emit(job, chunk)
+            try:
+                self._speak(job, voice)
+            except sampler.Cancelled:
+                raise
+            except Exception as exc:
+                if job.abandoned or not self._leave_mps(exc, during="request"):
+                    raise
+                self._load()
+                if job.chunks:  # part of the line has played: skipped beats repeated
+                    raise
+                self._speak(job, voice)  # the same line again, on the CPU
             self._emit(job, None)
         except sampler.Cancelled:
             log.info("engine.cancelled", voice=job.voice)
@@ -387,6 +516,11 @@ class Engine:
             if isinstance(exc, torch.cuda.OutOfMemoryError):
                 torch.cuda.empty_cache()
             self._emit(job, exc)
+
+    def _speak(self, job: _Job, voice: Voice) -> None:
+        for chunk in self._synthesize(job.text, voice, job):
+            self._emit(job, chunk)
+            job.chunks += 1
 
     def _synthesize(self, text: str, voice: Voice, job: _Job) -> Any:
         ref = self._reference(voice)
