@@ -244,8 +244,7 @@ async def _run(config: Config, stop: asyncio.Event, locks: ChannelLocks) -> int:
             panel_socket.close()
         return _refuse(problems, bot) if problems else 0
 
-    engine = Engine(config.engine, bot.voices, files)
-    progress(f"loading the voice model on {engine.device}…")
+    engine = Engine(config.engine, bot.voices, files, progress=progress)
     engine.start()
     log.info("bot.warming_up", device=engine.device)
     try:

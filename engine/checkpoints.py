@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import urllib.error
+import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,8 +58,11 @@ class ModelFiles:
     vocoder_weights: Path
 
 
-def resolve_files(config: EngineConfig, allow_download: bool | None = None) -> ModelFiles:
-    """Config paths first, then the Hugging Face cache, then (online) a download."""
+def resolve_files(
+    config: EngineConfig, allow_download: bool | None = None, probe_timeout_s: float = 10.0
+) -> ModelFiles:
+    """Config paths first, then the Hugging Face cache, then (online) a download.
+    The first failed download ends the search: offline, nothing else is tried."""
     if allow_download is None:
         allow_download = os.environ.get("HF_HUB_OFFLINE", "") not in ("1", "true", "True")
     wanted: dict[str, tuple[Path | None, str, str]] = {
@@ -81,17 +86,26 @@ def resolve_files(config: EngineConfig, allow_download: bool | None = None) -> M
     }
     found: dict[str, Path] = {}
     missing: list[str] = []
+    #: Why downloading stopped; after the first failure no other file is tried.
+    offline: str | None = None if allow_download else "downloads are off (HF_HUB_OFFLINE)"
     for role, (configured, repo, filename) in wanted.items():
-        path = _locate(configured, repo, filename, allow_download)
+        path = None
+        if configured is not None:
+            path = configured if configured.is_file() else None
+        else:
+            path = _cached(repo, filename)
+            if path is None and offline is None:
+                path, offline = _download(repo, filename, probe_timeout_s)
         if path is None:
-            where = str(configured) if configured else f"{repo}/{filename}"
-            missing.append(where)
+            missing.append(str(configured) if configured else f"{repo}/{filename}")
         else:
             found[role] = path
     if missing:
+        why = f" ({offline})" if offline and allow_download else ""
         raise CheckpointError(
             "model files not found: "
             + ", ".join(missing)
+            + why
             + ". Put them where engine.model_path / engine.vocab_path / engine.vocoder_path "
             "point (the F5TTS_v1_Base model_1250000.safetensors and vocab.txt from "
             f"huggingface.co/{F5_REPO}, and config.yaml + pytorch_model.bin from "
@@ -100,24 +114,42 @@ def resolve_files(config: EngineConfig, allow_download: bool | None = None) -> M
     return ModelFiles(**found)
 
 
-def _locate(configured: Path | None, repo: str, filename: str, allow_download: bool) -> Path | None:
-    if configured is not None:
-        return configured if configured.is_file() else None
+def _cached(repo: str, filename: str) -> Path | None:
     try:
-        from huggingface_hub import hf_hub_download, try_to_load_from_cache
+        from huggingface_hub import try_to_load_from_cache
     except ImportError:
         return None
     cached = try_to_load_from_cache(repo, filename)
-    if isinstance(cached, str):
-        return Path(cached)
-    if not allow_download:
-        return None
+    return Path(cached) if isinstance(cached, str) else None
+
+
+def _download(repo: str, filename: str, probe_timeout_s: float) -> tuple[Path | None, str | None]:
+    """The file from the Hub, with the Hub's own progress bar on a terminal; else
+    None and why. One quick request first: unreachable, the Hub client would retry
+    each file for about 25 s before saying so."""
+    from huggingface_hub import hf_hub_download, hf_hub_url
+
+    url = hf_hub_url(repo, filename)
+    try:
+        request = urllib.request.Request(url, method="HEAD")
+        with urllib.request.urlopen(request, timeout=probe_timeout_s):
+            pass
+    except urllib.error.HTTPError as exc:
+        if exc.code >= 500:
+            return _download_failed(repo, filename, f"the Hub answered {exc.code}")
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return _download_failed(repo, filename, f"cannot reach {url.split('/')[2]}: {reason}")
     try:
         log.info("engine.downloading", repo=repo, file=filename)
-        return Path(hf_hub_download(repo, filename))
+        return Path(hf_hub_download(repo, filename)), None
     except Exception as exc:
-        log.warning("engine.download_failed", repo=repo, file=filename, error=str(exc))
-        return None
+        return _download_failed(repo, filename, str(exc))
+
+
+def _download_failed(repo: str, filename: str, error: str) -> tuple[None, str]:
+    log.warning("engine.download_failed", repo=repo, file=filename, error=error)
+    return None, error
 
 
 def read_vocab(path: Path) -> dict[str, int]:

@@ -24,7 +24,7 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -192,10 +192,19 @@ def bind_device(device: str) -> None:
 
 
 class Engine:
-    def __init__(self, config: EngineConfig, voices: VoiceLibrary, files: ModelFiles) -> None:
+    def __init__(
+        self,
+        config: EngineConfig,
+        voices: VoiceLibrary,
+        files: ModelFiles,
+        progress: Callable[[str], None] | None = None,
+    ) -> None:
+        """`progress` gets one readable line per start-up phase (from the engine's
+        thread), for a person watching a start that can take a minute."""
         self.config = config
         self.voices = voices
         self.files = files
+        self._progress = progress or (lambda _: None)
         choice = resolve_device(config)
         self.device, self.dtype = choice.device, choice.dtype
         self.device_reason = choice.reason
@@ -288,12 +297,15 @@ class Engine:
         each part took, as `engine.ready` reports them."""
         bind_device(self.device)
         started = time.perf_counter()
+        self._progress(f"loading the voice model on {self.device}…")
         self._load()
         loaded = time.perf_counter()
         self._runner = self._choose_runner()
         if isinstance(self._runner, graphs.GraphSteps):
             self._decoder = vocoder.GraphVocoder(self._vocoder)
         set_up = time.perf_counter()
+        doing = "compiling (the first start can take a minute)" if self._compiled else "warming up"
+        self._progress(f"loaded in {loaded - started:.1f} s; {doing}…")
         phases = self._warm_up()
         return {
             "load_s": round(loaded - started, 2),

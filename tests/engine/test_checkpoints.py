@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -129,3 +130,60 @@ def test_bad_vocoder_files(tiny_files: ModelFiles, tmp_path: Path) -> None:
     torch.save({"backbone.embed.weight": torch.zeros(1)}, tmp_path / "pytorch_model.bin")
     with pytest.raises(CheckpointError, match=r"pytorch_model\.bin does not fit the model"):
         load_vocos(files, "cpu")
+
+
+RESOLVE = (
+    "import sys, time\n"
+    "from bot.logs import configure_logging, flush_logs\n"
+    "from bot.config import EngineConfig\n"
+    "from engine.checkpoints import CheckpointError, resolve_files\n"
+    "configure_logging('info', 'json')\n"
+    "started = time.monotonic()\n"
+    "try:\n"
+    "    resolve_files(EngineConfig(), probe_timeout_s=float(sys.argv[1]))\n"
+    "except CheckpointError as exc:\n"
+    "    flush_logs()\n"
+    "    print(round(time.monotonic() - started, 2), exc)\n"
+)
+
+
+@pytest.mark.parametrize("server", ["refuses", "never_answers"])
+def test_offline_the_first_failed_download_ends_the_wait(tmp_path: Path, server: str) -> None:
+    # Offline, a first run used to retry every file five times (95 s) before
+    # saying anything; now the first failure ends it with the full message.
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    if server == "never_answers":
+        listener.listen()  # connections are accepted by the OS and never answered
+    else:
+        listener.close()  # nothing listens: connections are refused
+    env = {
+        **os.environ,
+        "HF_HOME": str(tmp_path / "hf"),
+        "HF_ENDPOINT": f"http://127.0.0.1:{port}",
+        "HF_HUB_OFFLINE": "0",
+    }
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run(
+        [sys.executable, "-c", RESOLVE, "1.0"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    listener.close()
+    took, _, message = result.stdout.partition(" ")
+    assert float(took) < 5, result.stdout
+    assert message.startswith("model files not found: SWivid/F5-TTS/F5TTS_v1_Base/model_")
+    assert f"cannot reach 127.0.0.1:{port}" in message
+    assert "engine.model_path" in message and "engine.vocoder_path" in message
+    events = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    failed = [e for e in events if e["event"] == "engine.download_failed"]
+    assert len(failed) == 1, events
