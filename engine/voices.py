@@ -4,14 +4,21 @@
 A voice is checked and prepared the way F5-TTS wants its reference (mono,
 24 kHz, quiet clips raised to the model's loudness, at most about 12 s) once,
 then served from a cache keyed by the files' content hash.
+
+Besides the user's voices, the library serves two built-ins, `builtin-en` and
+`builtin-zh`: the example reference clips the f5-tts package ships, so that a
+fresh install with an empty `voices/` still speaks.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
+import re
 import threading
+import tomllib
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import yaml
@@ -29,6 +36,11 @@ MAX_SECONDS = 12.0
 TRIM_SEARCH_FROM_S = 6.0
 SILENCE_RMS = 1e-4
 
+#: engine.default_voice when the user has not set it.
+IMPLICIT_DEFAULT = "default"
+BUILTIN_EN = "builtin-en"
+BUILTIN_ZH = "builtin-zh"
+
 
 class VoiceError(Exception):
     """A voice that cannot be used; the message says which file and what to do."""
@@ -41,6 +53,9 @@ class VoiceFiles:
     transcript: Path
     #: Optional per-voice settings (speed, volume, NFE override).
     settings: Path | None
+    #: The transcript itself, when it is not the whole of `transcript` (the
+    #: built-ins, whose text is one entry of a file in the f5-tts package).
+    text: str | None = None
 
 
 class VoiceSettings(BaseModel):
@@ -91,23 +106,99 @@ def discover_voices(directory: Path) -> list[VoiceFiles]:
     return list(found.values())
 
 
-class VoiceLibrary:
-    """Thread-safe access to prepared voices, re-read only when their files change."""
+def builtin_voices(package: Path | None = None) -> list[VoiceFiles]:
+    """The example references f5-tts ships (`package`: its directory), as voices.
 
-    def __init__(self, directory: Path) -> None:
+    Their clips and transcripts are read from the installed package, so they
+    always match each other; one the package no longer has is simply absent.
+    """
+    if package is None:
+        package = _f5_tts_dir()
+        if package is None:
+            return []
+    found = [_builtin_en(package), _builtin_zh(package)]
+    return [voice for voice in found if voice is not None]
+
+
+def _f5_tts_dir() -> Path | None:
+    try:
+        spec = importlib.util.find_spec("f5_tts")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _builtin_en(package: Path) -> VoiceFiles | None:
+    """basic_ref_en.wav, with the ref_text of the example config that names it."""
+    config = package / "infer" / "examples" / "basic" / "basic.toml"
+    try:
+        doc = tomllib.loads(config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return None
+    audio, text = doc.get("ref_audio"), doc.get("ref_text")
+    if not isinstance(audio, str) or not isinstance(text, str):
+        return None
+    return _builtin(BUILTIN_EN, package.joinpath(*PurePosixPath(audio).parts), config, text)
+
+
+#: The package states the Chinese clip's transcript only in speech_edit.py's
+#: commented-out example: `# audio_to_edit = ".../basic_ref_zh.wav"` followed by
+#: `# origin_text = "..."`.
+_ZH_TEXT = re.compile(r'basic_ref_zh\.wav"\s*#\s*origin_text\s*=\s*"([^"\n]*)"')
+
+
+def _builtin_zh(package: Path) -> VoiceFiles | None:
+    """basic_ref_zh.wav, with the origin_text the package's speech-editing example gives it."""
+    source = package / "infer" / "speech_edit.py"
+    try:
+        match = _ZH_TEXT.search(source.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError):
+        return None
+    if match is None:
+        return None
+    audio = package / "infer" / "examples" / "basic" / "basic_ref_zh.wav"
+    return _builtin(BUILTIN_ZH, audio, source, match.group(1))
+
+
+def _builtin(name: str, audio: Path, source: Path, text: str) -> VoiceFiles | None:
+    if not audio.is_file() or not text.strip():
+        return None
+    return VoiceFiles(name=name, audio=audio, transcript=source, settings=None, text=text)
+
+
+class VoiceLibrary:
+    """Thread-safe access to prepared voices, re-read only when their files change.
+
+    The user's voices in `directory` come first; the built-ins follow, unless a
+    user voice has the same name (`builtins=False` leaves them out).
+    """
+
+    def __init__(self, directory: Path, *, builtins: bool = True) -> None:
         self.directory = directory
+        self._builtins = builtin_voices() if builtins else []
         self._lock = threading.Lock()
         self._cache: dict[str, tuple[tuple[object, ...], Voice]] = {}
         #: How often a prepared voice was served from the cache (for tests and logs).
         self.hits = 0
 
-    def names(self) -> list[str]:
+    def user_names(self) -> list[str]:
+        """The voices in `directory` alone, without the built-ins."""
         return [v.name for v in discover_voices(self.directory)]
+
+    def names(self) -> list[str]:
+        return [v.name for v in self._all()]
+
+    def _all(self) -> list[VoiceFiles]:
+        user = discover_voices(self.directory)
+        taken = {v.name for v in user}
+        return user + [v for v in self._builtins if v.name not in taken]
 
     def files(self, name: str) -> VoiceFiles:
         if not VOICE_NAME.fullmatch(name):
             raise VoiceError(f"voice name {name!r} is not allowed (letters, digits, _ and - only)")
-        for voice in discover_voices(self.directory):
+        for voice in self._all():
             if voice.name == name:
                 return voice
         have = ", ".join(self.names()) or "none"
@@ -134,6 +225,35 @@ class VoiceLibrary:
         return voice
 
 
+def choose_default_voice(
+    library: VoiceLibrary, configured: str, language: str
+) -> tuple[str, str | None]:
+    """The voice to speak with when none is asked for, and why, if it is not `configured`.
+
+    An unset engine.default_voice with no `voices/default.*` must still speak on a
+    first run: the only user voice if there is exactly one, else the built-in for
+    `language` ("zh": builtin-zh, anything else: builtin-en). A name the user set
+    that does not exist is an error, not silently replaced. The chosen voice is
+    loaded, so a broken one raises VoiceError here rather than being skipped.
+    """
+    if configured in library.names() or configured != IMPLICIT_DEFAULT:
+        library.get(configured)  # VoiceError if missing or broken
+        return configured, None
+    where = f"{library.directory}/"
+    user = library.user_names()
+    if len(user) == 1:
+        chosen = user[0]
+        reason = f"no voice {configured!r} in {where}; using the only voice there, {chosen!r}"
+    else:
+        chosen = BUILTIN_ZH if language == "zh" else BUILTIN_EN
+        if chosen not in library.names():
+            library.files(configured)  # raises "not found", listing the voices there are
+        found = f"no voice {configured!r} among the {len(user)} in" if user else "no voices in"
+        reason = f"{found} {where}; using {chosen!r}, the f5-tts example voice"
+    library.get(chosen)
+    return chosen, f"{reason} (set engine.default_voice to choose)"
+
+
 def _stamp(files: VoiceFiles) -> tuple[object, ...]:
     parts: list[object] = []
     for path in (files.audio, files.transcript, files.settings):
@@ -151,6 +271,8 @@ def _digest(files: VoiceFiles) -> str:
         h.update(b"\0")
         if path is not None and path.is_file():
             h.update(path.read_bytes())
+    if files.text is not None:
+        h.update(b"\0" + files.text.encode("utf-8"))
     return h.hexdigest()
 
 
@@ -158,15 +280,20 @@ def prepare_voice(files: VoiceFiles, digest: str = "") -> Voice:
     """Read, check and normalise one voice; VoiceError says what is wrong."""
     import soundfile as sf
 
-    if not files.transcript.is_file():
+    if files.text is not None:
+        text = " ".join(files.text.split())
+    elif not files.transcript.is_file():
         raise VoiceError(
             f"voice {files.name!r}: missing transcript {files.transcript} "
             "(write exactly what the clip says into it)"
         )
-    try:
-        text = " ".join(files.transcript.read_text(encoding="utf-8").split())
-    except (OSError, UnicodeDecodeError) as exc:
-        raise VoiceError(f"voice {files.name!r}: cannot read {files.transcript} ({exc})") from None
+    else:
+        try:
+            text = " ".join(files.transcript.read_text(encoding="utf-8").split())
+        except (OSError, UnicodeDecodeError) as exc:
+            raise VoiceError(
+                f"voice {files.name!r}: cannot read {files.transcript} ({exc})"
+            ) from None
     if not text:
         raise VoiceError(f"voice {files.name!r}: {files.transcript} is empty")
     settings = _read_settings(files)

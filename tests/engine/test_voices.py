@@ -1,13 +1,23 @@
 from __future__ import annotations
 
 import os
+import re
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from engine.voices import MAX_SECONDS, SAMPLE_RATE, TARGET_RMS, VoiceError, VoiceLibrary
+from engine.voices import (
+    MAX_SECONDS,
+    SAMPLE_RATE,
+    TARGET_RMS,
+    VoiceError,
+    VoiceLibrary,
+    builtin_voices,
+    choose_default_voice,
+)
 from tests.engine.tiny import write_voice
 
 
@@ -65,7 +75,9 @@ def test_bad_voices_give_clear_errors(tmp_path: Path, setup: object, message: st
 def test_unknown_and_hostile_names(tmp_path: Path) -> None:
     write_voice(tmp_path, "alice")
     library = VoiceLibrary(tmp_path)
-    with pytest.raises(VoiceError, match=r"voice 'bob' not found in .* \(have: alice\)"):
+    with pytest.raises(
+        VoiceError, match=r"voice 'bob' not found in .* \(have: alice, builtin-en, builtin-zh\)"
+    ):
         library.get("bob")
     for name in ("../../x", "a/b", "..", "", "x" * 65):
         with pytest.raises(VoiceError, match="not allowed"):
@@ -93,3 +105,127 @@ def test_cache_hit_and_invalidation(tmp_path: Path) -> None:
     changed = library.get("alice")
     assert changed.text == "second text"
     assert changed.digest != first.digest
+
+
+CJK = re.compile(r"[\u4e00-\u9fff]")
+
+
+def test_builtin_voices_from_the_installed_package(tmp_path: Path) -> None:
+    import f5_tts
+
+    package = Path(next(iter(f5_tts.__path__)))
+    library = VoiceLibrary(tmp_path / "no-such-folder")
+    assert library.names() == ["builtin-en", "builtin-zh"]
+    en, zh = library.get("builtin-en"), library.get("builtin-zh")
+    for voice in (en, zh):
+        assert 3.0 <= voice.seconds <= MAX_SECONDS and voice.trimmed_from_s is None
+        assert voice.audio.dtype == np.float32 and voice.audio.ndim == 1
+        assert library.files(voice.name).audio.is_relative_to(package)
+    assert en.text == "Some call me nature, others call me mother nature."
+    assert not CJK.search(en.text)
+    assert len(CJK.findall(zh.text)) >= 5
+
+
+def test_builtins_cached_like_user_voices(tmp_path: Path) -> None:
+    library = VoiceLibrary(tmp_path)
+    first = library.get("builtin-en")
+    assert library.get("builtin-en") is first
+    assert library.hits == 1
+    assert first.digest and first.digest != library.get("builtin-zh").digest
+
+
+def test_user_voices_listed_before_builtins(tmp_path: Path) -> None:
+    write_voice(tmp_path, "zed")
+    write_voice(tmp_path, "alice")
+    assert VoiceLibrary(tmp_path).names() == ["alice", "zed", "builtin-en", "builtin-zh"]
+    assert VoiceLibrary(tmp_path, builtins=False).names() == ["alice", "zed"]
+
+
+def test_user_voice_shadows_a_builtin(tmp_path: Path) -> None:
+    write_voice(tmp_path, "builtin-en", "My own voice.")
+    library = VoiceLibrary(tmp_path)
+    assert library.names() == ["builtin-en", "builtin-zh"]
+    assert library.get("builtin-en").text == "My own voice."
+
+
+def test_builtins_absent_when_the_package_layout_differs(tmp_path: Path) -> None:
+    import f5_tts
+
+    assert builtin_voices(tmp_path) == []
+    # A copy of the package's own files gives both; each goes when its source does.
+    real = Path(next(iter(f5_tts.__path__))) / "infer"
+    shutil.copytree(real / "examples" / "basic", tmp_path / "infer" / "examples" / "basic")
+    shutil.copyfile(real / "speech_edit.py", tmp_path / "infer" / "speech_edit.py")
+    assert [v.name for v in builtin_voices(tmp_path)] == ["builtin-en", "builtin-zh"]
+    config = tmp_path / "infer" / "examples" / "basic" / "basic.toml"
+    config.write_text('ref_audio = "infer/examples/basic/gone.wav"\nref_text = "Hi."\n')
+    assert [v.name for v in builtin_voices(tmp_path)] == ["builtin-zh"]
+    config.write_text("ref_audio = [")  # not TOML
+    (tmp_path / "infer" / "speech_edit.py").write_text("origin_text = 'elsewhere'\n")
+    assert builtin_voices(tmp_path) == []
+
+
+def test_configured_voice_that_exists_is_used(tmp_path: Path) -> None:
+    write_voice(tmp_path, "default")
+    write_voice(tmp_path, "alice")
+    library = VoiceLibrary(tmp_path)
+    assert choose_default_voice(library, "default", "en") == ("default", None)
+    assert choose_default_voice(library, "alice", "zh") == ("alice", None)
+    assert choose_default_voice(library, "builtin-zh", "en") == ("builtin-zh", None)
+
+
+def test_implicit_default_falls_back_to_the_only_user_voice(tmp_path: Path) -> None:
+    write_voice(tmp_path, "alice")
+    name, reason = choose_default_voice(VoiceLibrary(tmp_path), "default", "zh")
+    assert name == "alice"
+    assert reason is not None and "'alice'" in reason
+
+
+@pytest.mark.parametrize(
+    ("user_voices", "language", "expected"),
+    [
+        ([], "en", "builtin-en"),
+        ([], "zh", "builtin-zh"),
+        ([], "fr", "builtin-en"),
+        (["alice", "bob"], "en", "builtin-en"),
+        (["alice", "bob"], "zh", "builtin-zh"),
+    ],
+)
+def test_implicit_default_falls_back_to_a_builtin(
+    tmp_path: Path, user_voices: list[str], language: str, expected: str
+) -> None:
+    for voice in user_voices:
+        write_voice(tmp_path, voice)
+    name, reason = choose_default_voice(VoiceLibrary(tmp_path), "default", language)
+    assert name == expected
+    assert reason is not None and expected in reason
+
+
+@pytest.mark.parametrize("user_voices", [[], ["alice", "bob"]])
+def test_implicit_default_without_builtins_is_not_found(
+    tmp_path: Path, user_voices: list[str]
+) -> None:
+    for voice in user_voices:
+        write_voice(tmp_path, voice)
+    library = VoiceLibrary(tmp_path, builtins=False)
+    with pytest.raises(VoiceError, match=r"voice 'default' not found in .* \(have: "):
+        choose_default_voice(library, "default", "en")
+
+
+def test_explicit_voice_that_is_missing_is_an_error(tmp_path: Path) -> None:
+    write_voice(tmp_path, "alice")
+    library = VoiceLibrary(tmp_path)
+    with pytest.raises(
+        VoiceError, match=r"voice 'bob' not found in .* \(have: alice, builtin-en, builtin-zh\)"
+    ):
+        choose_default_voice(library, "bob", "en")
+
+
+def test_broken_voices_are_not_skipped(tmp_path: Path) -> None:
+    write_voice(tmp_path, "alice")
+    (tmp_path / "alice.txt").unlink()
+    with pytest.raises(VoiceError, match="voice 'alice': missing transcript"):
+        choose_default_voice(VoiceLibrary(tmp_path), "default", "en")
+    write_voice(tmp_path, "default", seconds=0.5)
+    with pytest.raises(VoiceError, match=r"voice 'default'.*needs at least 1 s"):
+        choose_default_voice(VoiceLibrary(tmp_path), "default", "en")
