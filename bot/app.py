@@ -165,6 +165,16 @@ async def _unless_stopped(stop: asyncio.Event, work: Awaitable[T]) -> tuple[bool
     return True, task.result()
 
 
+def default_voice(config: Config, voices: VoiceLibrary) -> tuple[str, str | None]:
+    """engine.default_voice, or what stands in for an unset one (and why): the
+    only voice in voices/, else the built-in voice in the chat's language."""
+    from engine.voices import choose_default_voice
+
+    platforms = config.platforms
+    chinese = platforms.bilibili.enabled and not platforms.twitch.enabled
+    return choose_default_voice(voices, config.engine.default_voice, "zh" if chinese else "en")
+
+
 def start_up_problems(config: Config, voices: VoiceLibrary) -> list[str]:
     """What `ishowtts run` refuses to start with that can be seen before the model
     is fetched: the voice and the output device."""
@@ -173,7 +183,7 @@ def start_up_problems(config: Config, voices: VoiceLibrary) -> list[str]:
 
     problems: list[str] = []
     try:
-        voices.get(config.engine.default_voice)
+        default_voice(config, voices)
     except (VoiceError, OSError) as exc:
         problems.append(str(exc))
     try:
@@ -217,6 +227,10 @@ async def _run(config: Config, stop: asyncio.Event, locks: ChannelLocks) -> int:
     # Every problem that can be seen before the model is fetched is told at once,
     # so that a streamer setting up fixes them in one go, not one per restart.
     problems = start_up_problems(config, bot.voices)
+    if not problems:
+        bot.control.voice, why = default_voice(config, bot.voices)
+        if why is not None:
+            log.info("bot.default_voice", voice=bot.control.voice, reason=why)
     panel_socket = None
     if config.web.enabled:
         try:

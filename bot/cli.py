@@ -128,18 +128,22 @@ def _check_config(path: Path | None, show: bool) -> int:
     return 0
 
 
-def _voices(path: Path) -> int:
+def _voices(path: Path | None) -> int:
+    from bot.app import default_voice
+
     config = _load(path)
     if config is None:
         return EXIT_CONFIG
     library = VoiceLibrary(config.engine.voices_dir)
-    names = library.names()
-    if not names:
-        print(f"no voices in {library.directory}/ (add NAME.wav and NAME.txt; see README)")
-        return 0
+    try:
+        chosen: str | None = default_voice(config, library)[0]
+    except VoiceError:
+        chosen = None  # flagged on its own line below, or missing altogether
+    own = library.user_names()
     bad = 0
-    for name in names:
-        default = " (default)" if name == config.engine.default_voice else ""
+    for name in library.names():
+        default = " (default)" if name == chosen else ""
+        builtin = "" if name in own else " (built-in, from the f5-tts package)"
         try:
             voice = library.get(name)
         except VoiceError as exc:
@@ -147,7 +151,9 @@ def _voices(path: Path) -> int:
             print(f"{name}{default}  INVALID: {exc}")
             continue
         trimmed = f", trimmed from {voice.trimmed_from_s:.1f} s" if voice.trimmed_from_s else ""
-        print(f'{name}{default}  {voice.seconds:.1f} s{trimmed}  "{voice.text}"')
+        print(f'{name}{default}{builtin}  {voice.seconds:.1f} s{trimmed}  "{voice.text}"')
+    if not own:
+        print(f"no voices of your own in {library.directory} yet (add NAME.wav and NAME.txt)")
     return 1 if bad else 0
 
 
@@ -158,15 +164,21 @@ def _say(path: Path, text: str, voice: str | None, out: Path, seed: int | None) 
     configure_logging(config.logging.level, config.logging.format)
     import soundfile as sf
 
+    from bot.app import default_voice
     from engine.checkpoints import SAMPLE_RATE, CheckpointError, resolve_files
     from engine.synth import Engine, SynthesisError
 
     library = VoiceLibrary(config.engine.voices_dir)
-    name = voice or config.engine.default_voice
     try:
         # A mistyped voice is told at once, not after the model has loaded (or
         # downloaded: 1.4 GB on a first run).
-        library.get(name)
+        if voice:
+            library.get(voice)
+            name = voice
+        else:
+            name, why = default_voice(config, library)
+            if why is not None:
+                tell_user(why)
     except VoiceError as exc:
         tell_user(f"voice error: {exc}")
         return EXIT_CONFIG

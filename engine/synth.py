@@ -616,7 +616,7 @@ def compile_cache_dir() -> Path:
     """Where compiled kernels are kept between runs (the user's cache folder)."""
     import platformdirs
 
-    return Path(platformdirs.user_cache_dir("ishowtts")) / "torch-compile"
+    return platformdirs.user_cache_path("ishowtts", appauthor=False) / "torch-compile"
 
 
 def _persist_compile_cache() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,6 +18,22 @@ from tests.twitch.fake_server import FakeTwitch
 CHROMIUM = "/usr/bin/chromium"
 TOKEN = "panel-token"
 VIEWER = "@id={id};user-id=9;display-name=Viewer :viewer!v@v PRIVMSG #chan :{text}"
+
+
+async def launch_chromium(pw: Any) -> Any:
+    """Debian's Chromium, headless, with nothing that reaches out to the network."""
+    return await pw.chromium.launch(
+        executable_path=CHROMIUM,
+        headless=True,
+        args=[
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+        ],
+    )
 
 
 async def test_panel_skips_switches_voice_and_overlay_shows_caption(
@@ -39,18 +56,7 @@ async def test_panel_skips_switches_voice_and_overlay_shows_caption(
         await bot.until("twitch.connected")
         base = f"http://127.0.0.1:{port}"
         async with async_playwright() as pw:
-            browser = await pw.chromium.launch(
-                executable_path=CHROMIUM,
-                headless=True,
-                args=[
-                    "--no-sandbox",
-                    "--disable-gpu",
-                    "--disable-background-networking",
-                    "--disable-component-update",
-                    "--disable-sync",
-                    "--no-first-run",
-                ],
-            )
+            browser = await launch_chromium(pw)
             panel = await browser.new_page()
             await panel.goto(f"{base}/?token={TOKEN}")
             await panel.wait_for_selector("#voice option", state="attached")

@@ -35,7 +35,7 @@ async def test_run_without_platforms_starts_warns_and_stops_cleanly(
     assert ready["device"] == "cpu"
     started = await bot.until("bot.started")
     assert started["platforms"] == []
-    assert started["voices"] == ["default", "mei"]
+    assert started["voices"] == ["default", "mei", "builtin-en", "builtin-zh"]
     await bot.until("bot.no_platforms")
     assert await bot.stop(sig) == 0
     assert bot.logged("audio.closed")
@@ -63,7 +63,7 @@ async def test_start_up_errors_are_told_together_one_line_each(
     told = [line for line in err.decode().splitlines() if not line.startswith("{")]
     assert len(told) == 3, told
     assert told[0].startswith("start-up error: voice 'nobody' not found in")
-    assert "(have: default, mei)" in told[0]
+    assert "(have: default, mei, builtin-en, builtin-zh)" in told[0]
     assert told[1].startswith("start-up error: output device 'Speakers That Are Not There'")
     assert told[2].startswith("also: no chat platform is on yet")
     assert "platforms.twitch.enabled" in told[2]

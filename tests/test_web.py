@@ -89,7 +89,12 @@ async def test_status_queue_and_remove(client: Any) -> None:
     bot.router.handle(chat("second", message_id="q2"))
     status = await (await c.get("/api/status", headers=AUTH)).json()
     assert status["queue"] == 2
-    assert status["voice"] == "default" and status["voices"] == ["default", "mei"]
+    assert status["voice"] == "default" and status["voices"] == [
+        "default",
+        "mei",
+        "builtin-en",
+        "builtin-zh",
+    ]
     assert status["connections"] == {"twitch": True}
     assert status["now_playing"] is None and status["paused"] is False
     queue = await (await c.get("/api/queue", headers=AUTH)).json()
@@ -159,7 +164,7 @@ async def test_errors(client: Any, path: str, body: bytes, status: int, error: s
     data = await r.json()
     assert error in data["error"]
     if status == 404 and "voice" in error:
-        assert data["voices"] == ["default", "mei"]
+        assert data["voices"] == ["default", "mei", "builtin-en", "builtin-zh"]
 
 
 async def test_body_over_the_limit_is_413(client: Any) -> None:
