@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import signal
 import sys
 from pathlib import Path
@@ -15,8 +14,10 @@ TIMEOUT = 60
 
 
 def command(*args: str) -> list[str]:
-    exe = shutil.which("ishowtts")
-    return [exe, *args] if exe else [sys.executable, "-m", "bot.cli", *args]
+    """`ishowtts ARGS…` from this checkout (the installed script runs the same
+    `bot.cli.console_main`; run from the root, this finds the checkout's code even
+    where the environment has another copy installed)."""
+    return [sys.executable, "-m", "bot.cli", *args]
 
 
 class BotProcess:

@@ -5,15 +5,15 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
+
+from tests.botprocess import command
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def ishowtts(*args: str) -> list[str]:
-    exe = shutil.which("ishowtts")
-    return [exe, *args] if exe else [sys.executable, "-m", "bot.cli", *args]
+    return command(*args)
 
 
 def run(
@@ -74,8 +74,8 @@ def test_check_config_ends_with_what_run_would_refuse(tmp_path: Path) -> None:
 def test_bad_config_stops_with_one_line_and_exit_2(tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
     config.write_text("queue:\n  max_size: -3\n")
-    for command in (["check-config", str(config)], ["run", "--config", str(config)]):
-        result = run(*command)
+    for args in (["check-config", str(config)], ["run", "--config", str(config)]):
+        result = run(*args)
         assert result.returncode == 2
         assert result.stderr == "config error: queue.max_size: must be > 0, got -3\n"
         assert "Traceback" not in result.stderr
@@ -174,3 +174,11 @@ def test_devices_lists_outputs_of_the_sound_server(pulse_server: None) -> None:
     # PortAudio reaches PulseAudio through ALSA's pulse plugin.
     assert any(" pulse " in line and "Hz" in line for line in result.stdout.splitlines())
     assert "audio.output_device" in result.stdout
+
+
+def test_the_installed_command_is_the_cli() -> None:
+    exe = shutil.which("ishowtts")
+    assert exe is not None, "pip install . puts `ishowtts` on the PATH"
+    result = subprocess.run([exe, "run", "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    assert "--twitch CHANNEL" in result.stdout and "--bilibili ROOM_ID" in result.stdout
