@@ -86,7 +86,7 @@ def test_wrong_types(text: str, expected: str) -> None:
         ("web:\n  port: 0\n", "web.port: must be >= 1, got 0"),
         (
             "engine:\n  device: gpu\n",
-            "engine.device: must be auto, cpu, cuda or cuda:N, got 'gpu'",
+            "engine.device: must be auto, cpu, mps, cuda or cuda:N, got 'gpu'",
         ),
         (
             "engine:\n  default_voice: ../../etc/passwd\n",
