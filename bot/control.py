@@ -49,7 +49,7 @@ class Control:
     ) -> None:
         self._queue = queue
         self._voice_names = voice_names
-        self._writer = StateWriter(config.commands.state_path())
+        self._writer = StateWriter(config.commands.state_path(), self._snapshot)
         saved = load_state(self._writer.path)
         self.voice = config.engine.default_voice
         self.volume = config.audio.volume
@@ -92,20 +92,21 @@ class Control:
             listener()
 
     def _save(self) -> None:
+        self._writer.save()
+
+    def _snapshot(self) -> SavedState:
         state = self.policy_state
         keys = state.muted.keys() | state.nicknames.keys() | state.user_voices.keys()
-        self._writer.save(
-            SavedState(
-                muted=dict(state.muted),
-                nicknames=dict(state.nicknames),
-                user_voices=dict(state.user_voices),
-                names={k: v for k, v in state.names.items() if k in keys},
-                by_name=ByName(
-                    muted=dict(state.by_name.muted),
-                    nicknames=dict(state.by_name.nicknames),
-                    user_voices=dict(state.by_name.user_voices),
-                ),
-            )
+        return SavedState(
+            muted=dict(state.muted),
+            nicknames=dict(state.nicknames),
+            user_voices=dict(state.user_voices),
+            names={k: v for k, v in state.names.items() if k in keys},
+            by_name=ByName(
+                muted=dict(state.by_name.muted),
+                nicknames=dict(state.by_name.nicknames),
+                user_voices=dict(state.by_name.user_voices),
+            ),
         )
 
     def flush(self) -> None:

@@ -15,6 +15,7 @@ import json
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -204,18 +205,29 @@ def save_state(path: Path, text: str) -> None:
 
 
 class StateWriter:
-    """Coalesces saves: the latest state wins, written at most once per interval in a
-    thread while an event loop runs (at once, in the caller, when none does)."""
+    """Coalesces saves: a change marks the state dirty; while an event loop runs, it is
+    written at most once per interval, encoded and written in a thread (at once, in
+    the caller, when no loop runs). The snapshot is taken on the caller's thread."""
 
-    def __init__(self, path: Path, interval_s: float = WRITE_INTERVAL_S) -> None:
+    def __init__(
+        self,
+        path: Path,
+        snapshot: Callable[[], SavedState],
+        interval_s: float = WRITE_INTERVAL_S,
+    ) -> None:
         self.path = path
+        self._snapshot = snapshot
         self._interval_s = interval_s
-        self._pending: SavedState | None = None
+        self._dirty = False
         self._lock = threading.Lock()
+        #: Snapshots are numbered so a slow older write never replaces a newer one.
+        self._taken = 0
+        self._written = 0
         self._task: asyncio.Task[None] | None = None
 
-    def save(self, state: SavedState) -> None:
-        self._pending = state
+    def save(self) -> None:
+        """Mark the state changed."""
+        self._dirty = True
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -225,22 +237,36 @@ class StateWriter:
             self._task = loop.create_task(self._run())
 
     def flush(self) -> None:
-        """Write what is pending now, in the caller (blocking)."""
-        with self._lock:
-            state, self._pending = self._pending, None
-            if state is not None:
-                save_state(self.path, encode_state(state))
+        """Write a pending change now, in the caller (blocking)."""
+        taken = self._take()
+        if taken is not None:
+            self._write(*taken)
 
     async def close(self) -> None:
-        """Stop the timer and write what is pending; call before the loop ends."""
+        """Stop the timer and write a pending change; call before the loop ends."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        await asyncio.to_thread(self.flush)
+        taken = self._take()
+        if taken is not None:
+            await asyncio.to_thread(self._write, *taken)
+
+    def _take(self) -> tuple[int, SavedState] | None:
+        if not self._dirty:
+            return None
+        self._dirty = False
+        self._taken += 1
+        return self._taken, self._snapshot()
+
+    def _write(self, number: int, saved: SavedState) -> None:
+        with self._lock:
+            if number > self._written:
+                save_state(self.path, encode_state(saved))
+                self._written = number
 
     async def _run(self) -> None:
-        while self._pending is not None:
-            await asyncio.to_thread(self.flush)
+        while (taken := self._take()) is not None:
+            await asyncio.to_thread(self._write, *taken)
             await asyncio.sleep(self._interval_s)
