@@ -7,6 +7,7 @@ import itertools
 import json
 import time
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -183,7 +184,12 @@ def test_a_ban_seen_by_an_anonymous_session_retracts_the_masked_danmaku(tmp_path
         bot.say(message)
     assert bot.queue.pop_nowait() is not None  # `playing` is with the speaker now
     cut: list[tuple[str, ...]] = []
-    bot.control.on_cut(lambda items, _: bool(cut.append(tuple(i.text for i in items or ()))))
+
+    def speaker_cut(items: Sequence[SpeakableItem] | None, outcome: str) -> bool:
+        cut.append(tuple(i.text for i in items or ()))
+        return True
+
+    bot.control.on_cut(speaker_cut)
     ban = bot.codec.command_event(fx.room_block(12345), received=0.0)
     assert isinstance(ban, Retraction) and ban.user_id == "12345"
     with capture_logs() as logs:
