@@ -234,7 +234,8 @@ class PolicyConfig(_Section):
     blocked_action: Literal["drop", "mask"] = "drop"
     mask_word: str = "bleep"
     replacements: list[Replacement] = Field(default_factory=list)
-    cooldown_s: float = Field(0.0, ge=0)
+    #: Seconds between one viewer's read messages: one account cannot take over the queue.
+    cooldown_s: float = Field(5.0, ge=0)
     muted_users: list[str] = Field(default_factory=list)
     ignored_users: list[str] = Field(
         default_factory=lambda: ["nightbot", "streamelements", "streamlabs", "moobot", "fossabot"]
@@ -275,6 +276,8 @@ class QueueConfig(_Section):
     ttl_s: float = Field(120.0, gt=0)
     #: Seconds of waiting that raise an item by one priority level; 0 turns ageing off.
     aging_s: float = Field(60.0, ge=0)
+    #: Messages one viewer may have waiting; past it their new ones are dropped (0: no cap).
+    max_per_user: int = Field(3, ge=0)
 
 
 class ArchConfig(_Section):

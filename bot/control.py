@@ -1,8 +1,10 @@
 """The bot's mutable state and every change to it, one method per action.
 
-Chat commands and (later) the web panel both call these methods, so an action
-behaves the same whoever asks. Methods never raise on bad input: they return
-a `Reply` saying what happened or why not.
+Chat commands and the web panel both call these methods, so an action behaves
+the same whoever asks. Methods never raise on bad input: they return a `Reply`
+saying what happened or why not. Users are named as typed and resolved to an
+account seen in chat (`bot.users`); mutes, nicknames and voices follow the
+account, not the name.
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ import structlog
 from adapters.events import Platform
 from bot import outcomes
 from bot.config import VOICE_NAME, Config, ReadMode
-from bot.policy import PolicyState, SpeakableItem, user_handle
+from bot.policy import PolicyState, SpeakableItem
 from bot.queue import SpeechQueue
-from bot.state import SavedState, load_state, save_state
+from bot.state import ByName, SavedState, StateWriter, cap_entries, load_state
+from bot.users import Resolved, UserKey, resolve_known, split_platform, user_handle
 
 log = structlog.get_logger()
 
@@ -46,27 +49,29 @@ class Control:
     ) -> None:
         self._queue = queue
         self._voice_names = voice_names
-        self._state_path = config.commands.state_path()
-        saved = load_state(self._state_path)
+        self._writer = StateWriter(config.commands.state_path(), self._snapshot)
+        saved = load_state(self._writer.path)
         self.voice = config.engine.default_voice
         self.volume = config.audio.volume
         self.policy_state = PolicyState(
             read_mode=config.policy.read_mode,
-            muted={user_handle(n) for n in (*config.policy.muted_users, *saved.muted)},
-            nicknames={
-                user_handle(k): v
-                for k, v in (*config.policy.nicknames.items(), *saved.nicknames.items())
-            },
-            user_voices=dict(saved.user_voices),
+            muted=saved.muted,
+            nicknames=saved.nicknames,
+            user_voices=saved.user_voices,
+            names=saved.names,
+            muted_names=frozenset(user_handle(n) for n in config.policy.muted_users),
+            name_nicknames={user_handle(k): v for k, v in config.policy.nicknames.items()},
+            by_name=saved.by_name,
         )
-        self._configured_mutes = {user_handle(n) for n in config.policy.muted_users}
-        self._configured_nicks = {user_handle(k): v for k, v in config.policy.nicknames.items()}
+        self.policy_state.on_change = self._save
         self.connections: dict[Platform, bool] = {}
         self.disconnects: dict[Platform, int] = {}
         self._cut_handlers: list[CutHandler] = []
         self._listeners: list[Callable[[], None]] = []
         self._resumed = asyncio.Event()
         self._resumed.set()
+        if saved.rewrite:
+            self._save()
 
     @property
     def paused(self) -> bool:
@@ -87,17 +92,58 @@ class Control:
             listener()
 
     def _save(self) -> None:
+        self._writer.save()
+
+    def _snapshot(self) -> SavedState:
         state = self.policy_state
-        save_state(
-            self._state_path,
-            SavedState(
-                user_voices=dict(state.user_voices),
-                nicknames={
-                    k: v for k, v in state.nicknames.items() if self._configured_nicks.get(k) != v
-                },
-                muted=sorted(state.muted - self._configured_mutes),
+        keys = state.muted.keys() | state.nicknames.keys() | state.user_voices.keys()
+        return SavedState(
+            muted=dict(state.muted),
+            nicknames=dict(state.nicknames),
+            user_voices=dict(state.user_voices),
+            names={k: v for k, v in state.names.items() if k in keys},
+            by_name=ByName(
+                muted=dict(state.by_name.muted),
+                nicknames=dict(state.by_name.nicknames),
+                user_voices=dict(state.by_name.user_voices),
             ),
         )
+
+    def flush(self) -> None:
+        """Write pending state changes now, blocking (writes are otherwise coalesced)."""
+        self._writer.flush()
+
+    async def close(self) -> None:
+        """Write pending state changes; the app calls this at shutdown."""
+        await self._writer.close()
+
+    def _resolve(self, user: str) -> Resolved | Reply:
+        """The account a typed name means: the one most recently seen in chat with it
+        (`twitch:NAME` / `bilibili:NAME` pick the platform), else one the saved state names."""
+        _, handle = split_platform(user)
+        if not handle:
+            return Reply(False, "usage: USER")
+        state = self.policy_state
+        found = state.seen.resolve(user) or resolve_known(user, state.names)
+        if found is None:
+            return Reply(False, f"unknown user {handle!r}: not seen in chat since the bot started")
+        return found
+
+    def _remember(
+        self, found: Resolved, entries: dict[UserKey, str], value: str, what: str
+    ) -> None:
+        """Set one entry as the newest (the cap drops the oldest) and save."""
+        entries.pop(found.key, None)
+        entries[found.key] = value
+        self.policy_state.names[found.key] = found.name
+        cap_entries(entries, what)
+        self._save()
+
+    def _existing(self, user: str, entries: dict[UserKey, str]) -> Resolved | Reply:
+        """The account an entry is kept for, by its saved name first (it may be
+        offline or renamed since), else as `_resolve` finds it."""
+        names = {k: self.policy_state.names.get(k, "") for k in entries}
+        return resolve_known(user, names) or self._resolve(user)
 
     def cut(self, items: Sequence[SpeakableItem] | None, outcome: str) -> bool:
         """Ask the speaker to stop items in flight; False when none was playing."""
@@ -152,23 +198,39 @@ class Control:
         return Reply(True, "resumed")
 
     def mute(self, user: str) -> Reply:
-        handle = user_handle(user)
+        handle = split_platform(user)[1]
         if not handle:
             return Reply(False, "usage: mute USER")
-        self.policy_state.muted.add(handle)
+        found = self._resolve(user)
+        if isinstance(found, Reply):
+            return found
+        self._remember(found, self.policy_state.muted, found.name, "muted")
         gone = self._queue.remove_where(
-            lambda i: user_handle(i.message.user_name) == handle, outcomes.SKIPPED, "muted"
+            lambda i: i.message.user_key == found.key, outcomes.SKIPPED, "muted"
         )
-        self._save()
         return Reply(True, f"muted {handle} ({len(gone)} pending removed)")
 
     def unmute(self, user: str) -> Reply:
-        handle = user_handle(user)
-        if handle not in self.policy_state.muted:
+        state = self.policy_state
+        handle = split_platform(user)[1]
+        if handle in state.by_name.muted:
+            del state.by_name.muted[handle]
+            self._save()
+            return Reply(True, f"unmuted {handle}")
+        found = resolve_known(user, state.muted)
+        if found is None:
+            if handle in state.muted_names:
+                return Reply(False, f"{handle} is muted in the config file (policy.muted_users)")
             return Reply(False, f"{handle} is not muted")
-        self.policy_state.muted.discard(handle)
+        del state.muted[found.key]
         self._save()
         return Reply(True, f"unmuted {handle}")
+
+    def muted_list(self) -> list[str]:
+        """Who is muted, as names for people: account mutes, then config and waiting names."""
+        state = self.policy_state
+        accounts = [f"{name} ({key[0].value})" for key, name in state.muted.items()]
+        return sorted(accounts) + sorted(state.muted_names) + sorted(state.by_name.muted)
 
     def set_volume(self, volume: int) -> Reply:
         if not 0 <= volume <= 100:
@@ -185,33 +247,51 @@ class Control:
         return Reply(False, f"mode must be one of {', '.join(READ_MODES)}, got {mode!r}")
 
     def set_nick(self, user: str, nick: str) -> Reply:
-        handle = user_handle(user)
+        handle = split_platform(user)[1]
         nick = " ".join(nick.split())
         if not handle:
             return Reply(False, "usage: nick USER NAME")
+        state = self.policy_state
         if not nick:
-            self.policy_state.nicknames.pop(handle, None)
-            self._save()
+            if state.by_name.nicknames.pop(handle, None) is not None:
+                self._save()
+                return Reply(True, f"{handle} has no nickname now")
+            found = self._existing(user, state.nicknames)
+            if isinstance(found, Reply):
+                return found
+            if state.nicknames.pop(found.key, None) is not None:
+                self._save()
             return Reply(True, f"{handle} has no nickname now")
-        self.policy_state.nicknames[handle] = nick
-        self._save()
+        found = self._resolve(user)
+        if isinstance(found, Reply):
+            return found
+        self._remember(found, state.nicknames, nick, "nicknames")
         return Reply(True, f"{handle} will be read as {nick}")
 
     def set_user_voice(self, user: str, voice: str | None) -> Reply:
         """A user's own voice (None: back to the current voice)."""
-        handle = user_handle(user)
+        handle = split_platform(user)[1]
         if not handle:
             return Reply(False, "usage: uservoice USER NAME|off")
+        state = self.policy_state
         if voice is None:
-            self.policy_state.user_voices.pop(handle, None)
-            self._save()
+            if state.by_name.user_voices.pop(handle, None) is not None:
+                self._save()
+                return Reply(True, f"{handle} uses the current voice again")
+            found = self._existing(user, state.user_voices)
+            if isinstance(found, Reply):
+                return found
+            if state.user_voices.pop(found.key, None) is not None:
+                self._save()
             return Reply(True, f"{handle} uses the current voice again")
         known = list(self._voice_names())
         if not VOICE_NAME.fullmatch(voice) or voice not in known:
             have = ", ".join(known) if known else "none installed"
             return Reply(False, f"unknown voice {voice!r} (have: {have})")
-        self.policy_state.user_voices[handle] = voice
-        self._save()
+        found = self._resolve(user)
+        if isinstance(found, Reply):
+            return found
+        self._remember(found, state.user_voices, voice, "user_voices")
         return Reply(True, f"{handle} now speaks as {voice}")
 
     def set_connection(self, platform: Platform, connected: bool) -> None:
@@ -230,7 +310,7 @@ class Control:
             f"volume {self.volume}",
             f"mode {self.policy_state.read_mode}",
             f"queue {len(self._queue)}",
-            f"muted {len(self.policy_state.muted)}",
+            f"muted {len(self.muted_list())}",
         ]
         if links:
             parts.append(links)

@@ -1,18 +1,26 @@
 """Is a chat message speakable, how is it read, and how urgent is it.
 
-`SpeechPolicy.evaluate` is pure: the same message, config and state give the
-same answer, and it changes nothing. The caller records what it accepted.
+`SpeechPolicy.evaluate` is pure but for one record: the same message, config
+and state give the same answer, and it changes nothing except noting who sent
+it (`PolicyState.saw`, so commands can name them). The caller records what it
+accepted.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+
+import structlog
 
 from adapters.events import ChatMessage, EventKind, Platform, Role
 from bot import textnorm
 from bot.config import PolicyConfig, ReadMode
+from bot.state import ByName
+from bot.users import SeenUsers, UserKey, name_keys, user_handle
+
+log = structlog.get_logger()
 
 #: Hostile input is cut to this many characters (times the length cap) before
 #: the regex passes run, so a 100 KB line costs no more than a long one.
@@ -28,23 +36,64 @@ MEMBER_ROLES = frozenset({Role.SUBSCRIBER, Role.GUARD})
 _PAID_MODE_EVENTS = frozenset({EventKind.SUB, EventKind.GIFT, EventKind.GUARD})
 
 
-def user_handle(name: str) -> str:
-    """How user names are compared: case-folded, without a leading @."""
-    return name.strip().lstrip("@").casefold()
-
-
 @dataclass
 class PolicyState:
     """What the policy reads that changes at run time (owned by `bot.control`)."""
 
     read_mode: ReadMode = "all"
-    muted: set[str] = field(default_factory=set)
-    nicknames: dict[str, str] = field(default_factory=dict)
-    user_voices: dict[str, str] = field(default_factory=dict)
+    #: Mutes, nicknames and voices set live, by account (name: when muted).
+    muted: dict[UserKey, str] = field(default_factory=dict)
+    nicknames: dict[UserKey, str] = field(default_factory=dict)
+    user_voices: dict[UserKey, str] = field(default_factory=dict)
+    #: Last seen name of every account above.
+    names: dict[UserKey, str] = field(default_factory=dict)
+    #: From the config file, by name (`name_keys`): the streamer wrote names there.
+    muted_names: frozenset[str] = frozenset()
+    name_nicknames: dict[str, str] = field(default_factory=dict)
+    #: Old name-keyed entries, bound to the first account seen with the name.
+    by_name: ByName = field(default_factory=ByName)
+    seen: SeenUsers = field(default_factory=SeenUsers)
+    #: Called when `saw` changes what must be saved.
+    on_change: Callable[[], None] | None = None
     last_accepted: dict[tuple[Platform, str], float] = field(default_factory=dict)
     #: Size at which users outside their cooldown are forgotten (doubles when
     #: that frees little), so hours of new chatters cannot grow memory.
     prune_at: int = 10_000
+
+    def saw(self, message: ChatMessage) -> None:
+        """Remember who sent a message, so commands can resolve the name to the account."""
+        self.seen.saw(message)
+        key = message.user_key
+        if key in self.names and self.names[key] != message.user_name:
+            self.names[key] = message.user_name
+            if key in self.muted:
+                self.muted[key] = message.user_name
+        handle = user_handle(message.user_name)
+        pending = self.by_name
+        if not pending or not handle:
+            return
+        bound = []
+        if handle in pending.muted:
+            del pending.muted[handle]
+            self.muted[key] = message.user_name
+            bound.append("muted")
+        if (nick := pending.nicknames.pop(handle, None)) is not None:
+            self.nicknames[key] = nick
+            bound.append("nickname")
+        if (voice := pending.user_voices.pop(handle, None)) is not None:
+            self.user_voices[key] = voice
+            bound.append("user_voice")
+        if bound:
+            self.names[key] = message.user_name
+            log.info(
+                "state.bound_by_name",
+                user=message.user_name,
+                platform=message.platform.value,
+                user_id=message.user_id,
+                entries=bound,
+            )
+            if self.on_change is not None:
+                self.on_change()
 
     def record_accepted(self, item: SpeakableItem, cooldown_s: float) -> None:
         """Remember when a user was last read, for as long as the cooldown needs it."""
@@ -99,7 +148,9 @@ class SpeechPolicy:
     def evaluate(self, message: ChatMessage, state: PolicyState) -> SpeakableItem | Drop:
         cfg = self.config
         handle = user_handle(message.user_name)
-        if handle in state.muted:
+        state.saw(message)
+        names = name_keys(message)
+        if message.user_key in state.muted or any(n in state.muted_names for n in names):
             return Drop("muted")
         if handle in self._ignored:
             return Drop("ignored_user")
@@ -142,7 +193,7 @@ class SpeechPolicy:
 
         template_key = paid.kind.value if paid is not None else message.event.value
         template: str = getattr(cfg.templates, template_key)
-        user = self.spoken_name(message.user_name, state)
+        user = self.spoken_name(message, state)
         amount = self._amount_words(paid.amount, paid.currency) if paid is not None else ""
         spoken = _fill(template, user=user, amount=amount, text=cleaned)
         if template_key == "chat":
@@ -157,7 +208,7 @@ class SpeechPolicy:
             spoken=spoken,
             spoken_plain=plain,
             priority=self._priority(message, privileged, paid is not None),
-            voice=state.user_voices.get(handle),
+            voice=state.user_voices.get(message.user_key),
         )
 
     def clean_text(self, text: str) -> str | Drop:
@@ -182,11 +233,13 @@ class SpeechPolicy:
         text = textnorm.normalise_whitespace(text)
         return textnorm.cap_length(text, cfg.max_chars)
 
-    def spoken_name(self, user_name: str, state: PolicyState) -> str:
-        handle = user_handle(user_name)
-        nick = state.nicknames.get(handle)
+    def spoken_name(self, message: ChatMessage, state: PolicyState) -> str:
+        nick = state.nicknames.get(message.user_key) or next(
+            (state.name_nicknames[n] for n in name_keys(message) if n in state.name_nicknames), None
+        )
         if nick:
             return nick
+        user_name = message.user_name
         name = textnorm.normalise_whitespace(textnorm.clean_unicode(user_name).replace("_", " "))
         return name or "someone"
 

@@ -4,20 +4,23 @@ terminal log event here; items handed out are the speaker's to finish.
 
 The queue is a plain dict scanned per operation: it is bounded (`max_size`,
 at most 10,000), and ageing plus retraction by user make a heap's invariants
-cost more code than the scan costs time.
+cost more code than the scan costs time. One viewer holds at most
+`max_per_user` items, so a flood cannot take every turn.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from adapters.events import Platform
 from bot import outcomes
 from bot.config import QueueConfig
-from bot.policy import SpeakableItem
+from bot.policy import PRIVILEGED_ROLES, SpeakableItem
+from bot.users import same_account
 
 Key = tuple[Platform, str]
 
@@ -37,6 +40,10 @@ class _Entry:
     seq: int
 
 
+def _by_seq(pair: tuple[SpeakableItem, int]) -> int:
+    return pair[1]
+
+
 class SpeechQueue:
     def __init__(self, config: QueueConfig, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
@@ -54,21 +61,53 @@ class SpeechQueue:
         if item.key in self._entries or item.key in self._in_flight:
             outcomes.log_outcome(outcomes.FILTERED, item.message, reason="duplicate")
             return False
+        if not self._within_user_cap(item):
+            return False
         if len(self._entries) >= self.config.max_size:
             self.expire()
         if len(self._entries) >= self.config.max_size:
-            victim = min(self._entries.values(), key=lambda e: (e.item.priority, e.seq))
-            if item.priority < victim.item.priority:
-                outcomes.log_outcome(outcomes.OVERFLOW, item.message, max_size=self.config.max_size)
+            victim = self._overflow_victim(item)
+            fields = {"reason": "queue_full", "max_size": self.config.max_size}
+            if victim is item:
+                outcomes.log_outcome(outcomes.OVERFLOW, item.message, **fields)
                 return False
-            del self._entries[victim.item.key]
-            outcomes.log_outcome(
-                outcomes.OVERFLOW, victim.item.message, max_size=self.config.max_size
-            )
+            del self._entries[victim.key]
+            outcomes.log_outcome(outcomes.OVERFLOW, victim.message, **fields)
         self._seq += 1
         self._entries[item.key] = _Entry(item, self._seq)
         self._ready.set()
         return True
+
+    def _within_user_cap(self, item: SpeakableItem) -> bool:
+        """Whether the sender may add one more; at the cap the new item is refused (so
+        their lines keep their turn in order) unless it outranks one of their own."""
+        cap = self.config.max_per_user
+        if cap <= 0 or item.message.roles & PRIVILEGED_ROLES:
+            return True
+        user = item.message.user_key
+        own = [e for e in self._entries.values() if e.item.message.user_key == user]
+        if len(own) < cap:
+            return True
+        fields = {"reason": "user_cap", "max_per_user": cap}
+        lowest = min(own, key=lambda e: (e.item.priority, -e.seq))
+        if item.priority <= lowest.item.priority:
+            outcomes.log_outcome(outcomes.OVERFLOW, item.message, **fields)
+            return False
+        del self._entries[lowest.item.key]
+        outcomes.log_outcome(outcomes.OVERFLOW, lowest.item.message, **fields)
+        return True
+
+    def _overflow_victim(self, item: SpeakableItem) -> SpeakableItem:
+        """Among the lowest priority, the newest item of whoever has the most waiting
+        (the incoming item counts): a flood loses its own lines, not others' turns."""
+        candidates = [(e.item, e.seq) for e in self._entries.values()]
+        candidates.append((item, self._seq + 1))
+        low = min(i.priority for i, _ in candidates)
+        at_low = [(i, seq) for i, seq in candidates if i.priority == low]
+        counts = Counter(i.message.user_key for i, _ in at_low)
+        newest = {i.message.user_key: seq for i, seq in at_low}
+        user = max(counts, key=lambda u: (counts[u], newest[u]))
+        return max(((i, seq) for i, seq in at_low if i.message.user_key == user), key=_by_seq)[0]
 
     def pop_nowait(self) -> SpeakableItem | None:
         """The most urgent live item, now in flight until `done`; None when empty."""
@@ -114,8 +153,12 @@ class SpeechQueue:
         )
 
     def retract_user(self, platform: Platform, user_id: str) -> RetractResult:
+        """A ban: every item of that account, however this session sees its id."""
         return self._retract(
-            lambda i: i.message.platform == platform and i.message.user_id == user_id,
+            lambda i: (
+                i.message.platform == platform
+                and same_account(platform, user_id, i.message.user_id)
+            ),
             reason="user_cleared",
         )
 

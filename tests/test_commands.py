@@ -6,7 +6,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from adapters.events import Role
+from adapters.events import Platform, Role
 from bot import outcomes
 from bot.commands import Command, CommandError, is_command, may_run, parse_command, run_command
 from bot.config import CommandsConfig, Config
@@ -136,8 +136,9 @@ def test_mod_commands_change_state_and_log() -> None:
     assert not control.paused
     run("!tts mode command")
     assert control.policy_state.read_mode == "command"
+    control.policy_state.saw(chat("hi", user_name="xX_Gamer_Xx", user_id="g1"))
     run("!tts nick xX_Gamer_Xx The Gamer")
-    assert control.policy_state.nicknames == {"xx_gamer_xx": "The Gamer"}
+    assert control.policy_state.nicknames == {(Platform.TWITCH, "g1"): "The Gamer"}
     status = run("!tts status")
     assert status == "playing | voice bob | volume 35 | mode command | queue 0 | muted 0"
 
@@ -153,10 +154,11 @@ def test_mute_removes_pending_and_unmute() -> None:
     control, queue = make_control()
     troll = queued(queue, "Troll")
     other = queued(queue, "Nice")
+    control.policy_state.saw(troll.message)
     with capture_logs() as logs:
         reply = control.mute("@TROLL")
     assert reply.ok
-    assert "troll" in control.policy_state.muted
+    assert troll.message.user_key in control.policy_state.muted
     assert [i.message.message_id for i in queue.snapshot()] == [other.message.message_id]
     assert logs == [
         {
@@ -203,8 +205,8 @@ def test_initial_state_from_config() -> None:
         audio={"volume": 55},
         engine={"default_voice": "alice"},
     )
-    assert control.policy_state.muted == {"spam"}
-    assert control.policy_state.nicknames == {"bob_": "Robert"}
+    assert control.policy_state.muted_names == {"spam"}
+    assert control.policy_state.name_nicknames == {"bob_": "Robert"}
     assert control.policy_state.read_mode == "paid"
     assert control.volume == 55
     assert control.voice == "alice"
@@ -223,6 +225,8 @@ def test_uservoice_checked_persisted_and_reloaded(tmp_path: Any) -> None:
     cfg = {"commands": {"state_file": str(state_file)}}
     control, _ = make_control(**cfg)
     commands = CommandsConfig.model_validate(cfg["commands"])
+    for name, user_id in (("Bob", "1"), ("Troll", "2"), ("xX_1_Xx", "3")):
+        control.policy_state.saw(chat("hi", user_name=name, user_id=user_id))
     reply = run_command(chat("!tts uservoice @Bob alice", roles=MOD), control, commands)
     assert reply == Reply(True, "bob now speaks as alice")
     refused = run_command(chat("!tts uservoice bob carol", roles=MOD), control, commands)
@@ -231,9 +235,9 @@ def test_uservoice_checked_persisted_and_reloaded(tmp_path: Any) -> None:
     run_command(chat("!tts nick xX_1_Xx One", roles=MOD), control, commands)
     # A restart reads it all back.
     again, _ = make_control(**cfg)
-    assert again.policy_state.user_voices == {"bob": "alice"}
-    assert again.policy_state.muted == {"troll"}
-    assert again.policy_state.nicknames == {"xx_1_xx": "One"}
+    assert again.policy_state.user_voices == {(Platform.TWITCH, "1"): "alice"}
+    assert again.policy_state.muted == {(Platform.TWITCH, "2"): "Troll"}
+    assert again.policy_state.nicknames == {(Platform.TWITCH, "3"): "One"}
     run_command(chat("!tts uservoice bob off", roles=MOD), again, commands)
     assert make_control(**cfg)[0].policy_state.user_voices == {}
 
@@ -244,4 +248,4 @@ def test_damaged_state_file_is_logged_not_fatal(tmp_path: Any) -> None:
     with capture_logs() as logs:
         control, _ = make_control(commands={"state_file": str(state_file)})
     assert control.policy_state.user_voices == {}
-    assert logs[0]["event"] == "state.unreadable"
+    assert logs[0]["event"] == "state.corrupt"

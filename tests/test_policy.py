@@ -194,14 +194,14 @@ def test_events_not_listed_are_dropped() -> None:
 
 def test_nickname_map_from_config_and_state() -> None:
     pol = policy(nicknames={"xX_Gamer42_Xx": "Gamer"})
-    state = PolicyState(nicknames={"xx_gamer42_xx": "Gamer"})
+    state = PolicyState(name_nicknames={"xx_gamer42_xx": "Gamer"})
     assert accept(pol, "hi", state, user_name="xX_Gamer42_Xx").spoken == "Gamer says hi"
     # Without a nickname, underscores are read as spaces.
     assert accept(pol, "hi", user_name="big_fan_99").spoken == "big fan 99 says hi"
 
 
 def test_muted_and_ignored_users() -> None:
-    state = PolicyState(muted={"troll"})
+    state = PolicyState(muted_names=frozenset({"troll"}))
     assert reason(policy(), "hi", state, user_name="Troll") == "muted"
     assert reason(policy(), "hi", user_name="Nightbot") == "ignored_user"
     assert reason(policy(), "hi", user_name="StreamElements") == "ignored_user"
@@ -283,8 +283,8 @@ def test_configured_priority_levels() -> None:
 
 
 def test_voice_override_from_state() -> None:
-    state = PolicyState(user_voices={"bob": "alice"})
-    assert accept(policy(), "hi", state, user_name="Bob").voice == "alice"
+    state = PolicyState(user_voices={(Platform.TWITCH, "7"): "alice"})
+    assert accept(policy(), "hi", state, user_name="Bob", user_id="7").voice == "alice"
     assert accept(policy(), "hi", state, user_name="Ann").voice is None
 
 

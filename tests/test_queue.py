@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 from structlog.testing import capture_logs
 
-from adapters.events import ChatMessage, Platform
+from adapters.events import ChatMessage, Platform, Role
 from bot import outcomes
 from bot.config import QueueConfig
 from bot.policy import SpeakableItem
@@ -66,7 +66,7 @@ def test_ageing_lets_old_normal_message_through() -> None:
     assert q2.pop_nowait() is fresh2
 
 
-def test_overflow_drops_lowest_priority_oldest_and_logs() -> None:
+def test_overflow_drops_lowest_priority_newest_and_logs() -> None:
     clock = Clock()
     q = make(clock, max_size=3)
     low_old, high, low_new = item(0), item(3), item(0)
@@ -75,9 +75,60 @@ def test_overflow_drops_lowest_priority_oldest_and_logs() -> None:
     with capture_logs() as logs:
         assert q.push(item(1))
     assert len(q) == 3
-    assert [(e["event"], e["msg_id"]) for e in logs] == [
-        (outcomes.OVERFLOW, low_old.message.message_id)
+    # The oldest is due next: it keeps its turn.
+    assert [(e["event"], e["msg_id"], e["reason"]) for e in logs] == [
+        (outcomes.OVERFLOW, low_new.message.message_id, "queue_full")
     ]
+
+
+def test_overflow_drops_from_whoever_has_most_waiting() -> None:
+    clock = Clock()
+    q = make(clock, max_size=4)
+    other = item(0, user_id="other")
+    flood = [item(0, user_id="flooder") for _ in range(3)]
+    for i in (other, *flood):
+        q.push(i)
+    incoming = item(0, user_id="newcomer")
+    with capture_logs() as logs:
+        assert q.push(incoming)
+    assert [e["msg_id"] for e in logs] == [flood[-1].message.message_id]
+    assert ids(q.snapshot()) == ids([other, flood[0], flood[1], incoming])
+    # The flooder's own new line is the one refused now.
+    again = item(0, user_id="flooder")
+    with capture_logs() as logs:
+        assert not q.push(again)
+    assert [e["msg_id"] for e in logs] == [again.message.message_id]
+
+
+def test_per_user_cap_refuses_the_new_line_unless_it_outranks() -> None:
+    clock = Clock()
+    q = make(clock, max_per_user=2)
+    first, second = item(0, user_id="u"), item(0, user_id="u")
+    q.push(first)
+    q.push(second)
+    third = item(0, user_id="u")
+    with capture_logs() as logs:
+        assert not q.push(third)
+    assert logs == [
+        {
+            "event": outcomes.OVERFLOW,
+            "log_level": "info",
+            "msg_id": third.message.message_id,
+            "platform": "twitch",
+            "user": third.message.user_name,
+            "reason": "user_cap",
+            "max_per_user": 2,
+        }
+    ]
+    # A paid line from the same viewer replaces their newest normal one.
+    paid = item(3, user_id="u")
+    with capture_logs() as logs:
+        assert q.push(paid)
+    assert [e["msg_id"] for e in logs] == [second.message.message_id]
+    # Others and the broadcaster are not capped by it.
+    assert q.push(item(0, user_id="v"))
+    boss = frozenset({Role.BROADCASTER})
+    assert all(q.push(item(0, user_id="boss", roles=boss)) for _ in range(3))
 
 
 def test_overflow_never_drops_higher_for_lower() -> None:
@@ -220,18 +271,30 @@ class QueueMachine(RuleBasedStateMachine):
         before = self.q.snapshot()
         seen = len(self.logs)
         self.q.push(it)
-        overflowed = [e["msg_id"] for e in self.logs[seen:] if e["event"] == outcomes.OVERFLOW]
+        overflowed = [e for e in self.logs[seen:] if e["event"] == outcomes.OVERFLOW]
         if overflowed:
-            (dropped,) = overflowed
-            # The lowest priority goes, never a higher one in favour of a lower;
-            # among equals the oldest.
+            (event,) = overflowed
+            dropped = self.pushed[event["msg_id"]]
             contenders = [i for i in before if i.message.message_id in self.q_keys()] + [it]
-            lowest = min(c.priority for c in [*contenders, self.pushed[dropped]])
-            assert self.pushed[dropped].priority == lowest
-            same = [
-                c for c in contenders if c.priority == lowest and c.message.message_id != dropped
-            ]
-            assert all(self.order[dropped] < self.order[c.message.message_id] for c in same)
+            if event["reason"] == "user_cap":
+                # Only the sender's own lines pay for their cap.
+                assert dropped.message.user_id == user
+                own = [c for c in [*contenders, dropped] if c.message.user_id == user]
+                assert len(own) > self.config.max_per_user
+                return
+            # The lowest priority goes, never a higher one in favour of a lower; among
+            # equals the newest line of whoever has the most waiting.
+            pool = [*contenders, dropped]
+            lowest = min(c.priority for c in pool)
+            assert dropped.priority == lowest
+            at_low = [c for c in pool if c.priority == lowest]
+            counts = Counter(c.message.user_id for c in at_low)
+            assert counts[dropped.message.user_id] == max(counts.values())
+            mine = [c for c in at_low if c.message.user_id == dropped.message.user_id]
+            assert all(
+                self.order[dropped.message.message_id] >= self.order[c.message.message_id]
+                for c in mine
+            )
 
     def q_keys(self) -> set[str]:
         return {i.message.message_id for i in self.q.snapshot()}

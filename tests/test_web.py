@@ -122,10 +122,12 @@ async def test_actions_go_through_control(client: Any) -> None:
     assert cleared["text"] == "cleared 1 pending message(s)"
     r = await c.post("/api/voice", json={"voice": "mei"}, headers=AUTH)
     assert r.status == 200 and bot.control.voice == "mei"
+    troll = chat("hi", user_name="Troll")
+    bot.router.handle(troll)
     r = await c.post("/api/mute", json={"user": "Troll"}, headers=AUTH)
-    assert r.status == 200 and "troll" in bot.control.policy_state.muted
+    assert r.status == 200 and troll.user_key in bot.control.policy_state.muted
     r = await c.post("/api/mute", json={"user": "Troll", "muted": False}, headers=AUTH)
-    assert r.status == 200 and "troll" not in bot.control.policy_state.muted
+    assert r.status == 200 and troll.user_key not in bot.control.policy_state.muted
     r = await c.post("/api/volume", json={"volume": 30}, headers=AUTH)
     assert r.status == 200 and bot.control.volume == 30
 
