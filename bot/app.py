@@ -310,6 +310,7 @@ async def _run(config: Config, stop: asyncio.Event, locks: ChannelLocks) -> int:
         await player.close()
         player_task.cancel()
     await asyncio.to_thread(engine.close, ENGINE_STOP_WAIT_S)
+    await bot.control.close()  # mod changes of the last second are written too
     # Whatever was still waiting gets its end logged: nothing vanishes silently.
     unrouted = bot.router.drain(bot.events)
     dropped = bot.queue.remove_where(lambda _: True, outcomes.SKIPPED, "shutdown")

@@ -247,7 +247,7 @@ def _snapshot(request: web.Request) -> dict[str, Any]:
         "voices": bot.voices.names(),
         "mode": control.policy_state.read_mode,
         "queue": len(bot.queue),
-        "muted": sorted(control.policy_state.muted),
+        "muted": control.muted_list(),
         "connections": {p.value: up for p, up in control.connections.items()},
     }
 
