@@ -31,9 +31,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from bot.config import ArchConfig, EngineConfig
 from engine import chunking, conv_pos, dit, sampler
 from engine.checkpoints import HOP_LENGTH, SAMPLE_RATE, ModelFiles, load_f5, load_vocos
+from engine.config import ArchConfig, EngineConfig
 from engine.conv_pos import triton_available
 from engine.graphs import GraphSteps
 from engine.synth import Engine

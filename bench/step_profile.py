@@ -24,9 +24,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from bot.config import ArchConfig
 from engine import conv_pos, cudnn_attention, dit, graphs, sampler
 from engine.checkpoints import ModelFiles, load_f5, load_vocos
+from engine.config import ArchConfig
 from engine.graphs import GraphSteps
 from tests.engine.tiny import PUBLISHED_VOCOS_CONFIG, write_f5, write_vocos
 
@@ -702,7 +702,7 @@ def engine_memory(files: ModelFiles, arch: ArchConfig, root: Path) -> None:
     """GPU memory through an Engine's start (graphs, no compile) and one line."""
     import asyncio
 
-    from bot.config import EngineConfig
+    from engine.config import EngineConfig
     from engine.synth import Engine
     from engine.voices import VoiceLibrary
     from tests.engine.tiny import write_voice

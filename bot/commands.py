@@ -11,8 +11,9 @@ from dataclasses import dataclass
 import structlog
 
 from adapters.events import ChatMessage, Role
-from bot.config import COMMAND_NAMES, VOICE_NAME, CommandsConfig
+from bot.config import COMMAND_NAMES, CommandsConfig
 from bot.control import Control, Reply
+from engine.config import VOICE_NAME
 
 log = structlog.get_logger()
 

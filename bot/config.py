@@ -16,12 +16,11 @@ import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import platformdirs
 import yaml
 from pydantic import (
-    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -31,14 +30,15 @@ from pydantic import (
     model_validator,
 )
 
+from adapters.bilibili.config import BilibiliConfig
 from adapters.events import EventKind, PaidKind, Role
+from adapters.twitch.config import TwitchConfig
+from engine.config import EngineConfig, UserPath
 
 DEFAULT_CONFIG_PATH = Path("config") / "ishowtts.yaml"
 #: Where mod changes were kept before the per-user data folder; still used if present.
 LEGACY_STATE_FILE = Path("state") / "ishowtts-state.json"
 
-#: A path from the config: `~` means the user's home, as in a shell.
-UserPath = Annotated[Path, AfterValidator(Path.expanduser)]
 
 #: Secrets may live in the environment so the YAML file can be shared.
 SECRET_ENV_VARS: dict[str, tuple[str, ...]] = {
@@ -82,67 +82,6 @@ class ConfigError(Exception):
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _address(value: str, scheme: str, described: str) -> str:
-    """A URL of `scheme` or its TLS twin (`scheme` + "s"), with a host."""
-    if not re.fullmatch(rf"{scheme}s?://[^\s/]+(/\S*)?", value):
-        raise ValueError(f"must be {described} address, got {value!r}")
-    return value
-
-
-class TwitchConfig(_Section):
-    enabled: bool = False
-    channels: list[str] = Field(default_factory=list)
-    nick: str = ""
-    token: SecretStr = SecretStr("")
-    url: str = "wss://irc-ws.chat.twitch.tv:443"
-
-    @field_validator("channels")
-    @classmethod
-    def _channel_names(cls, value: list[str]) -> list[str]:
-        names = [c.strip().lstrip("#").lower() for c in value]
-        for name in names:
-            if not re.fullmatch(r"[a-z0-9_]{1,25}", name):
-                raise ValueError(
-                    f"must be Twitch logins (letters, digits, _; up to 25), got {name!r}"
-                )
-        return names
-
-    @field_validator("url")
-    @classmethod
-    def _websocket_url(cls, value: str) -> str:
-        return _address(value, "ws", "a ws:// or wss://")
-
-    @model_validator(mode="after")
-    def _consistent(self) -> TwitchConfig:
-        if self.enabled and not self.channels:
-            raise ValueError("channels: enabled but no channel given")
-        if self.token.get_secret_value() and not self.nick:
-            raise ValueError("nick: a token needs the bot account's login as nick")
-        return self
-
-
-class BilibiliConfig(_Section):
-    enabled: bool = False
-    room_id: int = Field(0, ge=0)
-    cookie: SecretStr = SecretStr("")
-    home_url: str = "https://www.bilibili.com/"
-    api_url: str = "https://api.bilibili.com"
-    live_api_url: str = "https://api.live.bilibili.com"
-    fallback_host: str = "broadcastlv.chat.bilibili.com"
-    ws_scheme: Literal["wss", "ws"] = "wss"
-
-    @field_validator("home_url", "api_url", "live_api_url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        return _address(value, "http", "an http:// or https://")
-
-    @model_validator(mode="after")
-    def _consistent(self) -> BilibiliConfig:
-        if self.enabled and self.room_id == 0:
-            raise ValueError("room_id: enabled but no room id given")
-        return self
 
 
 class PlatformsConfig(_Section):
@@ -278,58 +217,6 @@ class QueueConfig(_Section):
     aging_s: float = Field(60.0, ge=0)
     #: Messages one viewer may have waiting; past it their new ones are dropped (0: no cap).
     max_per_user: int = Field(3, ge=0)
-
-
-class ArchConfig(_Section):
-    """The F5-TTS transformer's shape; defaults are the published F5TTS_v1_Base."""
-
-    dim: int = Field(1024, gt=0)
-    depth: int = Field(22, gt=0)
-    heads: int = Field(16, gt=0)
-    ff_mult: int = Field(2, gt=0)
-    text_dim: int = Field(512, gt=0)
-    conv_layers: int = Field(4, ge=0)
-
-
-class EngineConfig(_Section):
-    model_path: UserPath | None = None
-    vocab_path: UserPath | None = None
-    vocoder_path: UserPath | None = None
-    device: str = "auto"
-    dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
-    compile: bool = True
-    #: Replay each sampling step as a CUDA graph (GPU only; needs no Triton).
-    cuda_graphs: bool = True
-    nfe_steps: int = Field(8, ge=1, le=128)
-    cfg_strength: float = Field(2.0, ge=0, le=10)
-    sway_sampling: float = Field(-1.0, ge=-1, le=1)
-    cross_fade_ms: float = Field(50.0, ge=0, le=500)
-    voices_dir: UserPath = Path("voices")
-    default_voice: str = "default"
-    #: A synthesis with no sampling progress for this long is abandoned (its
-    #: message skipped) and a fresh inference thread serves the rest.
-    stall_timeout_s: float = Field(30.0, ge=0.5, le=3600)
-    #: Test-only: see engine/faults.py. null in real use.
-    fault_file: UserPath | None = None
-    arch: ArchConfig = ArchConfig()
-
-    @field_validator("device")
-    @classmethod
-    def _device(cls, value: str) -> str:
-        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
-            raise ValueError(f"must be auto, cpu, mps, cuda or cuda:N, got {value!r}")
-        return value
-
-    @field_validator("default_voice")
-    @classmethod
-    def _voice_name(cls, value: str) -> str:
-        if not VOICE_NAME.fullmatch(value):
-            raise ValueError(f"must be a voice file name without extension, got {value!r}")
-        return value
-
-
-#: A voice is a file stem in voices/: no separators, so no path can escape it.
-VOICE_NAME = re.compile(r"[\w-]{1,64}")
 
 
 class AudioConfig(_Section):

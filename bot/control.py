@@ -17,11 +17,12 @@ import structlog
 
 from adapters.events import Platform
 from bot import outcomes
-from bot.config import VOICE_NAME, Config, ReadMode
+from bot.config import Config, ReadMode
 from bot.policy import PolicyState, SpeakableItem
 from bot.queue import SpeechQueue
 from bot.state import ByName, SavedState, StateWriter, cap_entries, load_state
 from bot.users import Resolved, UserKey, resolve_known, split_platform, user_handle
+from engine.config import VOICE_NAME
 
 log = structlog.get_logger()
 

@@ -26,10 +26,11 @@ from aiohttp import web
 
 from adapters.events import ChatMessage, Platform, Role
 from bot import outcomes
-from bot.config import VOICE_NAME, WebConfig
+from bot.config import WebConfig
 from bot.control import Reply
 from bot.metrics import CONTENT_TYPE, Metrics
 from bot.policy import Drop, SpeakableItem
+from engine.config import VOICE_NAME
 
 log = structlog.get_logger()
 

@@ -21,7 +21,7 @@ from typing import Any
 import structlog
 import torch
 
-from bot.config import ArchConfig, EngineConfig
+from engine.config import ArchConfig, EngineConfig
 
 log = structlog.get_logger()
 

@@ -34,7 +34,6 @@ import numpy as np
 import structlog
 import torch
 
-from bot.config import EngineConfig
 from engine import chunking, conv_pos, cudnn_attention, dit, faults, graphs, sampler, vocoder
 from engine.checkpoints import (
     HOP_LENGTH,
@@ -45,6 +44,7 @@ from engine.checkpoints import (
     load_vocos,
     read_vocab,
 )
+from engine.config import EngineConfig
 from engine.voices import TARGET_RMS, Voice, VoiceLibrary, VoiceSettings
 
 log = structlog.get_logger()

@@ -24,7 +24,7 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from bot.config import VOICE_NAME
+from engine.config import VOICE_NAME
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 SAMPLE_RATE = 24_000

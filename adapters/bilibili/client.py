@@ -17,9 +17,9 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import WebSocketException
 
 from adapters.bilibili import codec, wbi
+from adapters.bilibili.config import BilibiliConfig
 from adapters.events import ChatEvent, ChatMessage, Connected, Disconnected, Platform, Retraction
 from adapters.reconnect import Backoff, describe
-from bot.config import BilibiliConfig
 
 log = structlog.get_logger()
 

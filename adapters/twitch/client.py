@@ -21,7 +21,7 @@ from adapters.events import ChatEvent, ChatMessage, Connected, Disconnected, Pla
 from adapters.ratelimit import SlidingWindow
 from adapters.reconnect import Backoff, describe
 from adapters.twitch import codec
-from bot.config import TwitchConfig
+from adapters.twitch.config import TwitchConfig
 
 log = structlog.get_logger()
 

@@ -9,11 +9,12 @@ from structlog.testing import capture_logs
 
 from adapters.bilibili import codec
 from adapters.bilibili.client import BilibiliClient
+from adapters.bilibili.config import BilibiliConfig
 from adapters.events import ChatEvent, ChatMessage, Connected, Disconnected, Platform
 from adapters.reconnect import Backoff
 from bot import outcomes
 from bot.app import Bot
-from bot.config import BilibiliConfig, Config
+from bot.config import Config
 from tests.bilibili import fixtures as fx
 from tests.bilibili.fake_server import BUVID, TOKEN, FakeBilibili
 from tests.running import Running

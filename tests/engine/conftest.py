@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.config import EngineConfig
 from engine.checkpoints import ModelFiles
+from engine.config import EngineConfig
 from engine.synth import Engine
 from engine.voices import VoiceLibrary
 from tests.engine.tiny import TINY_ARCH, write_voice

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from bot.config import ArchConfig, EngineConfig
 from engine.checkpoints import CheckpointError, ModelFiles, load_f5, load_vocos, resolve_files
+from engine.config import ArchConfig, EngineConfig
 from tests.engine.tiny import TINY_ARCH
 
 
@@ -135,7 +135,7 @@ def test_bad_vocoder_files(tiny_files: ModelFiles, tmp_path: Path) -> None:
 RESOLVE = (
     "import sys, time\n"
     "from bot.logs import configure_logging, flush_logs\n"
-    "from bot.config import EngineConfig\n"
+    "from engine.config import EngineConfig\n"
     "from engine.checkpoints import CheckpointError, resolve_files\n"
     "configure_logging('info', 'json')\n"
     "started = time.monotonic()\n"

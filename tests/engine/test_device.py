@@ -16,9 +16,9 @@ import pytest
 import torch
 from structlog.testing import capture_logs
 
-from bot.config import EngineConfig
 from engine import conv_pos, cudnn_attention, synth
 from engine.checkpoints import ModelFiles
+from engine.config import EngineConfig
 from engine.synth import Engine, SynthesisError, resolve_device
 from engine.voices import VoiceLibrary
 from tests.engine.tiny import TINY_ARCH

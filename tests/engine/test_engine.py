@@ -148,8 +148,8 @@ async def test_empty_text_gives_no_audio(engine: Engine) -> None:
 
 
 async def test_loading_failure_is_reported_by_wait_ready(tmp_path: Path, voices_dir: Path) -> None:
-    from bot.config import EngineConfig
     from engine.checkpoints import CheckpointError, ModelFiles
+    from engine.config import EngineConfig
     from engine.voices import VoiceLibrary
 
     missing = tmp_path / "none"
@@ -167,7 +167,7 @@ async def test_loading_failure_is_reported_by_wait_ready(tmp_path: Path, voices_
 async def faulty_engine(
     tiny_files: Path, voices_dir: Path, tmp_path: Path
 ) -> AsyncIterator[Engine]:
-    from bot.config import EngineConfig
+    from engine.config import EngineConfig
     from engine.voices import VoiceLibrary
     from tests.engine.tiny import TINY_ARCH
 
@@ -250,8 +250,8 @@ def test_without_triton_the_engine_warns_once_and_uses_cuda_graphs(
 ) -> None:
     import importlib.util
 
-    from bot.config import EngineConfig
     from engine import graphs
+    from engine.config import EngineConfig
     from engine.voices import VoiceLibrary
     from tests.engine.tiny import TINY_ARCH
 
@@ -274,8 +274,8 @@ def test_without_triton_the_engine_warns_once_and_uses_cuda_graphs(
 async def test_a_failed_graph_capture_falls_back_to_eager_and_still_starts(
     tiny_files: Path, voices_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from bot.config import EngineConfig
     from engine import graphs
+    from engine.config import EngineConfig
     from engine.voices import VoiceLibrary
     from tests.engine.tiny import TINY_ARCH
 
@@ -299,7 +299,7 @@ async def test_a_failed_graph_capture_falls_back_to_eager_and_still_starts(
 async def test_ready_says_where_the_start_up_time_went(tiny_files: Path, voices_dir: Path) -> None:
     # Operators (and the benchmark) read engine.ready to see what a start cost:
     # loading, then each warm-up line (the first one compiles where compiling is on).
-    from bot.config import EngineConfig
+    from engine.config import EngineConfig
     from engine.voices import VoiceLibrary
     from tests.engine.tiny import TINY_ARCH
 
@@ -341,8 +341,8 @@ async def test_a_compiler_that_cannot_build_costs_a_warning_not_the_start(
     # first compile. The engine drops what fails and keeps going down: on this
     # CPU-only machine the graphs fail first (no CUDA stream to record on), then
     # the compile in the eager steps.
-    from bot.config import EngineConfig
     from engine import dit, graphs
+    from engine.config import EngineConfig
     from engine.voices import VoiceLibrary
     from tests.engine.tiny import TINY_ARCH
 
@@ -382,9 +382,9 @@ def test_fall_back_order_on_a_gpu_compile_then_graphs_then_nothing(
     # are kept (recorded afresh, uncompiled); only a later failure drops them.
     from torch._dynamo.exc import TorchDynamoException
 
-    from bot.config import EngineConfig
     from engine import dit, graphs, sampler
     from engine.checkpoints import load_f5
+    from engine.config import EngineConfig
     from engine.voices import VoiceLibrary
     from tests.engine.tiny import TINY_ARCH
 

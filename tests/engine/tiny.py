@@ -13,8 +13,8 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from bot.config import ArchConfig
 from engine.checkpoints import ModelFiles, build_f5, read_vocab
+from engine.config import ArchConfig
 
 TINY_ARCH = ArchConfig(dim=64, depth=2, heads=2, ff_mult=2, text_dim=32, conv_layers=1)
 

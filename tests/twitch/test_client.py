@@ -12,9 +12,10 @@ from structlog.testing import capture_logs
 from adapters.events import ChatEvent, ChatMessage, Connected, Disconnected, Platform
 from adapters.reconnect import Backoff
 from adapters.twitch.client import TwitchClient
+from adapters.twitch.config import TwitchConfig
 from bot import outcomes
 from bot.app import Bot
-from bot.config import Config, TwitchConfig
+from bot.config import Config
 from tests.running import Running
 from tests.twitch.fake_server import FakeTwitch
 
@@ -206,7 +207,11 @@ async def test_privmsg_then_clearmsg_never_reaches_the_speaker(
     server: FakeTwitch,
 ) -> None:
     config = Config.model_validate(
-        {"platforms": {"twitch": {"enabled": True, "channels": ["chan"], "url": server.url}}}
+        {
+            "platforms": {"twitch": {"enabled": True, "channels": ["chan"], "url": server.url}},
+            # One viewer sends both lines: no cooldown between them here.
+            "policy": {"cooldown_s": 0},
+        }
     )
     bot = Bot(config)
     assert bot.twitch is not None
