@@ -152,7 +152,7 @@ def _for_chat(command: Command, reply: Reply, control: Control, prefix: str) -> 
     match command.name, reply.ok:
         case "voice", True:
             return reply  # names the voice now in use, one of the bot's own
-        case ("voice" | "uservoice"), False:
+        case (("voice" | "uservoice"), False):
             return Reply(False, f"unknown voice; {control.list_voices().text}")
         case "uservoice", True:
             off = command.args[1] == "off"
