@@ -36,6 +36,8 @@ CASES: dict[str, str] = {
     '"a.b" to 1,600 chars': ("a.b" * LINE)[:LINE],
     '"1." x 800 (1,600 chars)': "1." * (LINE // 2),
     "1,600 chars of words": ("the quick brown fox jumps over the lazy dog " * 40)[:LINE],
+    "1,600 chars of look-alikes": ("\u0455\u0441\u0430m b\u0430d " * LINE)[:LINE],
+    '"b" + "a" x 1,599': "b" + "a" * (LINE - 1),
     "typical: short chat": "lol that was so close, gg everyone",
     "typical: with a link": "check out my clip https://clips.twitch.tv/AbcDef and twitch.tv/bob",
     "typical: CJK": "主播好！今日はいい天気ですね, nice stream 한국어",

@@ -195,3 +195,11 @@ def test_match_form(text: str, expected: str) -> None:
 )
 def test_name_words(name: str, expected: str) -> None:
     assert textnorm.name_words(name) == expected
+
+
+@given(st.text(max_size=300))
+def test_match_form_indices_point_into_the_text(text: str) -> None:
+    folded, where = textnorm.match_form(text)
+    assert len(where) == len(folded)
+    assert list(where) == sorted(where)
+    assert all(0 <= i < len(text) for i in where)
