@@ -265,9 +265,10 @@ def _mask(text: str, folded: str, where: Sequence[int], pattern: re.Pattern[str]
     out: list[str] = []
     done = 0
     for match in pattern.finditer(folded):
-        if match.end() == match.start():
-            continue
         start, end = where[match.start()], where[match.end() - 1] + 1
+        if match.end() == match.start() or end <= done:
+            continue  # within a character already masked (one can fold to several: "㍿")
+        start = max(start, done)
         out.append(text[done:start])
         out.append(f" {word} ")
         done = end
