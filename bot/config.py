@@ -69,6 +69,7 @@ COMMAND_NAMES = (
 EVERYONE = "everyone"
 
 ReadMode = Literal["all", "command", "paid"]
+BlockedMatch = Literal["word", "stem"]
 TEMPLATE_FIELDS = frozenset({"user", "amount", "text"})
 
 
@@ -171,7 +172,11 @@ class PolicyConfig(_Section):
     max_word_repeats: int = Field(2, ge=1, le=100)
     blocked_words: list[str] = Field(default_factory=list)
     blocked_action: Literal["drop", "mask"] = "drop"
+    #: word: the listed word only; stem: also with a plural or verb ending (s, es, ed, ing).
+    blocked_match: BlockedMatch = "stem"
     mask_word: str = "bleep"
+    #: Read and shown for a user whose name has a link or a blocked word, or nothing readable.
+    name_fallback: str = Field("someone", min_length=1)
     replacements: list[Replacement] = Field(default_factory=list)
     #: Seconds between one viewer's read messages: one account cannot take over the queue.
     cooldown_s: float = Field(5.0, ge=0)

@@ -33,6 +33,10 @@ READ_MODES: tuple[ReadMode, ...] = ("all", "command", "paid")
 CutHandler = Callable[[Sequence[SpeakableItem] | None, str], bool]
 
 
+#: How a refusal for a name never seen in chat starts (commands say it without the name).
+NOT_SEEN = "unknown user"
+
+
 @dataclass(frozen=True, slots=True)
 class Reply:
     ok: bool
@@ -127,7 +131,7 @@ class Control:
         state = self.policy_state
         found = state.seen.resolve(user) or resolve_known(user, state.names)
         if found is None:
-            return Reply(False, f"unknown user {handle!r}: not seen in chat since the bot started")
+            return Reply(False, f"{NOT_SEEN} {handle!r}: not seen in chat since the bot started")
         return found
 
     def _remember(

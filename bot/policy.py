@@ -8,15 +8,16 @@ accepted.
 
 from __future__ import annotations
 
+import itertools
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import structlog
 
 from adapters.events import ChatMessage, EventKind, Platform, Role
 from bot import textnorm
-from bot.config import PolicyConfig, ReadMode
+from bot.config import BlockedMatch, PolicyConfig, ReadMode
 from bot.state import ByName
 from bot.users import SeenUsers, UserKey, name_keys, user_handle
 
@@ -25,6 +26,14 @@ log = structlog.get_logger()
 #: Hostile input is cut to this many characters (times the length cap) before
 #: the regex passes run, so a 100 KB line costs no more than a long one.
 _PRE_CAP_FACTOR = 8
+
+#: A user name is cut to this many characters before clean-up (hostile input),
+#: and shown at most this long after it.
+_NAME_PRE_CAP = 1000
+_NAME_MAX = 64
+
+#: Endings `blocked_match: stem` also matches after a blocked word.
+_STEM_ENDINGS = ("s", "es", "ed", "ing")
 
 #: Paid amounts rank within the paid level as value / (value + this), in the
 #: reference currency: monotonic, and always below the next level up.
@@ -118,6 +127,13 @@ class SpeakableItem:
     spoken_plain: str
     priority: float
     voice: str | None = None
+    #: The user's name as the overlay and panel show it: cleaned, or the neutral
+    #: `name_fallback` (a built item's own name where none is given).
+    user: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.user:
+            object.__setattr__(self, "user", self.message.user_name)
 
     @property
     def key(self) -> tuple[Platform, str]:
@@ -128,6 +144,14 @@ class SpeakableItem:
         if previous_user == self.message.user_key:
             return self.spoken_plain
         return self.spoken
+
+
+@dataclass(frozen=True, slots=True)
+class UserName:
+    """A user name made safe to show (`shown`) and to read aloud (`spoken`)."""
+
+    shown: str
+    spoken: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +166,7 @@ class SpeechPolicy:
         self.config = config
         self._ignored = {user_handle(n) for n in (*config.ignored_users, *own_logins) if n}
         self._replacements = [(r.compiled(), r.replacement) for r in config.replacements]
-        self._blocked = _blocked_words_pattern(config.blocked_words)
+        self._blocked = _blocked_words_pattern(config.blocked_words, config.blocked_match)
         self._say_prefix = re.compile(re.escape(config.say_prefix) + r"(?:\s+|$)", re.IGNORECASE)
 
     def evaluate(self, message: ChatMessage, state: PolicyState) -> SpeakableItem | Drop:
@@ -209,6 +233,7 @@ class SpeechPolicy:
             spoken_plain=plain,
             priority=self._priority(message, privileged, paid is not None),
             voice=state.user_voices.get(message.user_key),
+            user=self.clean_name(message.user_name).shown,
         )
 
     def clean_text(self, text: str) -> str | Drop:
@@ -224,11 +249,12 @@ class SpeechPolicy:
         for pattern, replacement in self._replacements:
             text = pattern.sub(replacement, text)
         if self._blocked is not None:
+            folded, where = textnorm.match_form(text)
             if cfg.blocked_action == "drop":
-                if self._blocked.search(text):
+                if self._blocked.search(folded):
                     return Drop("blocked_word")
             else:
-                text = self._blocked.sub(f" {cfg.mask_word} ", text)
+                text = _mask(text, folded, where, self._blocked, cfg.mask_word)
         text = textnorm.collapse_repeats(text, cfg.max_char_repeats, cfg.max_word_repeats)
         text = textnorm.normalise_whitespace(text)
         return textnorm.cap_length(text, cfg.max_chars)
@@ -239,9 +265,28 @@ class SpeechPolicy:
         )
         if nick:
             return nick
-        user_name = message.user_name
-        name = textnorm.normalise_whitespace(textnorm.clean_unicode(user_name).replace("_", " "))
-        return name or "someone"
+        return self.clean_name(message.user_name).spoken
+
+    def clean_name(self, user_name: str) -> UserName:
+        """The name under the same rules as text: invisible and bidi characters and
+        mark floods removed; a link or a blocked word (words run together in a
+        name are split apart first) and the whole name is `name_fallback`."""
+        cfg = self.config
+        shown = textnorm.clean_unicode(user_name[:_NAME_PRE_CAP])
+        shown = textnorm.normalise_whitespace(shown)
+        if not shown or textnorm.find_links(shown) or self._has_blocked(textnorm.name_words(shown)):
+            return UserName(cfg.name_fallback, cfg.name_fallback)
+        spoken = shown.replace("_", " ")
+        if cfg.emotes == "strip":
+            spoken = textnorm.strip_emoji(spoken)
+        spoken = textnorm.collapse_repeats(spoken, cfg.max_char_repeats, cfg.max_word_repeats)
+        spoken = textnorm.normalise_whitespace(spoken)
+        return UserName(shown[:_NAME_MAX], spoken[:_NAME_MAX] or cfg.name_fallback)
+
+    def _has_blocked(self, text: str) -> bool:
+        return self._blocked is not None and bool(
+            self._blocked.search(textnorm.match_form(text)[0])
+        )
 
     def _amount_words(self, amount: float, currency: str) -> str:
         cur = self.config.currencies.get(currency.upper())
@@ -267,15 +312,70 @@ def _fill(template: str, *, user: str, amount: str, text: str) -> str:
     return textnorm.normalise_whitespace(template.format(user=user, amount=amount, text=text))
 
 
-def _blocked_words_pattern(words: list[str]) -> re.Pattern[str] | None:
-    """Whole words for alphabetic scripts; plain substrings for CJK, which has no spaces."""
+def _mask(text: str, folded: str, where: Sequence[int], pattern: re.Pattern[str], word: str) -> str:
+    """Replace in `text` what `pattern` matched in its match form `folded`."""
+    out: list[str] = []
+    done = 0
+    for match in pattern.finditer(folded):
+        start, end = where[match.start()], where[match.end() - 1] + 1
+        if match.end() == match.start() or end <= done:
+            continue  # within a character already masked (one can fold to several: "㍿")
+        start = max(start, done)
+        out.append(text[done:start])
+        out.append(f" {word} ")
+        done = end
+    out.append(text[done:])
+    return "".join(out)
+
+
+def _stretched(word: str) -> str:
+    """A pattern for `word` that also matches it with letters stretched: a letter
+    written three or more times counts as once ("baaaad" is "bad"), a doubled
+    one as twice (so "good" is not "god", but "gooood" is). Runs are possessive:
+    a long run is never re-split, so matching stays linear."""
+    parts = []
+    for ch, run in itertools.groupby(word):
+        count = len(list(run))
+        if ch.isspace():
+            parts.append(r"\s++")
+        elif not ch.isalpha():
+            parts.append(re.escape(ch) * count)
+        elif count == 1:
+            parts.append(f"{re.escape(ch)}(?:{re.escape(ch)}{{2,}}+)?")
+        else:
+            parts.append(f"{re.escape(ch)}{{{count},}}+")
+    return "".join(parts)
+
+
+def _stemmed(word: str) -> str:
+    """`word` with an optional simple English ending: s, es, ed, ing; a final
+    consonant doubled ("scammed"), a final e dropped ("hating"), y as ies/ied."""
+    endings = [_stretched(e) for e in _STEM_ENDINGS]
+    last, before = word[-1], word[:-1]
+    if last == "e":
+        endings.append("d")
+    elif last.isalpha() and last.isascii() and last not in "aeiouwxy":
+        endings += [_stretched(last + "ed"), _stretched(last + "ing")]
+    body = f"{_stretched(word)}(?:{'|'.join(endings)})?"
+    if before and last == "e":
+        body += f"|{_stretched(before)}ing"
+    elif before and last == "y":
+        body += f"|{_stretched(before)}(?:ies|ied)"
+    return f"(?:{body})"
+
+
+def _blocked_words_pattern(words: list[str], match: BlockedMatch) -> re.Pattern[str] | None:
+    """One pattern over the words' match forms (`textnorm.match_form`): whole words
+    (with endings, for `stem`) for alphabetic scripts; plain substrings for CJK,
+    which has no spaces."""
     if not words:
         return None
     parts = []
     for word in sorted(words, key=len, reverse=True):
-        escaped = re.escape(word)
+        folded = textnorm.match_form(word)[0]
         if textnorm.is_cjk(word[0]) or textnorm.is_cjk(word[-1]):
-            parts.append(escaped)
+            parts.append(re.escape(folded))
         else:
-            parts.append(rf"(?<!\w){escaped}(?!\w)")
-    return re.compile("|".join(parts), re.IGNORECASE)
+            body = _stemmed(folded) if match == "stem" else _stretched(folded)
+            parts.append(rf"(?<!\w){body}(?!\w)")
+    return re.compile("|".join(parts))

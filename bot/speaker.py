@@ -87,7 +87,7 @@ class Speaker:
         return {
             "id": f"{message.platform.value}:{message.message_id}",
             "platform": message.platform.value,
-            "user": message.user_name,
+            "user": p.item.user,
             "text": p.item.text,
             "voice": p.voice,
             "elapsed_s": round(time.monotonic() - p.playing_since, 2),

@@ -7,8 +7,10 @@ read and tested one at a time.
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
+from collections.abc import Sequence
 
 #: Categories that never carry speech: controls, format (zero-width, bidi
 #: overrides, soft hyphen…), surrogates, private use, unassigned.
@@ -18,10 +20,17 @@ _DROP_CATEGORIES = frozenset({"Cf", "Cs", "Co", "Cn"})
 #: in NFD); a longer run is a "zalgo" flood and is removed whole.
 MAX_COMBINING_RUN = 3
 
+#: Top-level domains a bare "name.tld" link is recognised by.
+_TLDS = "com|net|org|tv|gg|io|ly|be|me|co|cn|uk|de|jp|ru|xyz|app|dev|live|info|link|site|shop"
+
+#: A bare domain is tried only where a dotted name begins (not after a label
+#: character, nor after "label."): a failed try then costs the length of its own
+#: name, never the rest of the line again from each later label, so a line of
+#: "a.a.a.…" is linear, not quadratic. Any later label that could start a link
+#: is inside the same name, which the first try already covered.
 _URL = re.compile(
     r"(?:https?://|www\.)\S+"
-    r"|\b[a-z0-9-]+(?:\.[a-z0-9-]+)*\.(?:com|net|org|tv|gg|io|ly|be|me|co|cn|uk|de|jp|ru|"
-    r"xyz|app|dev|live|info|link|site|shop)\b(?:/\S*)?",
+    rf"|(?<![a-z0-9-])(?<![a-z0-9-]\.)[a-z0-9-]+(?:\.[a-z0-9-]+)*\.(?:{_TLDS})\b(?:/\S*)?",
     re.IGNORECASE,
 )
 
@@ -78,6 +87,131 @@ def _fullwidth_alnum_to_ascii(ch: str) -> str:
     if 0xFF10 <= code <= 0xFF19 or 0xFF21 <= code <= 0xFF3A or 0xFF41 <= code <= 0xFF5A:
         return chr(code - 0xFEE0)
     return ch
+
+
+#: Letters of other scripts drawn like Latin ones, and "_" (a word joiner in
+#: names: "slur_lord"), folded for matching. Math alphanumerics, full-width and
+#: circled letters need no entry: NFKC already makes them plain Latin.
+_LOOKALIKES = str.maketrans(
+    {
+        # Cyrillic, both cases (capitals where they look unlike the small letter).
+        **dict.fromkeys("Аа", "a"),
+        **dict.fromkeys("ВвЬь", "b"),
+        **dict.fromkeys("Сс", "c"),
+        **dict.fromkeys("Ԁԁ", "d"),
+        **dict.fromkeys("Ее", "e"),
+        **dict.fromkeys("НнҺһ", "h"),
+        **dict.fromkeys("Іі", "i"),
+        **dict.fromkeys("Јј", "j"),
+        **dict.fromkeys("Кк", "k"),
+        **dict.fromkeys("Ӏӏ", "l"),
+        **dict.fromkeys("Мм", "m"),
+        **dict.fromkeys("Оо", "o"),
+        **dict.fromkeys("Рр", "p"),
+        **dict.fromkeys("Ԛԛ", "q"),
+        **dict.fromkeys("Ѕѕ", "s"),
+        **dict.fromkeys("Тт", "t"),
+        **dict.fromkeys("Уу", "y"),
+        **dict.fromkeys("Ԝԝ", "w"),
+        **dict.fromkeys("Хх", "x"),
+        # Greek.
+        **dict.fromkeys("Αα", "a"),
+        **dict.fromkeys("Ββ", "b"),
+        **dict.fromkeys("Ϲϲ", "c"),
+        **dict.fromkeys("Εε", "e"),
+        "Η": "h",
+        **dict.fromkeys("Ιι", "i"),
+        **dict.fromkeys("Κκ", "k"),
+        "Μ": "m",
+        **dict.fromkeys("Νη", "n"),
+        **dict.fromkeys("Οο", "o"),
+        **dict.fromkeys("Ρρ", "p"),
+        **dict.fromkeys("Ττ", "t"),
+        **dict.fromkeys("υμ", "u"),
+        "ν": "v",
+        "ω": "w",
+        **dict.fromkeys("Χχ", "x"),
+        **dict.fromkeys("Υγ", "y"),
+        "Ζ": "z",
+        # Latin letters NFKC leaves alone: IPA and small capitals.
+        **dict.fromkeys("ɑᴀ", "a"),
+        "ʙ": "b",
+        "ᴄ": "c",
+        "ᴅ": "d",
+        "ᴇ": "e",
+        **dict.fromkeys("ɡɢ", "g"),
+        "ʜ": "h",
+        **dict.fromkeys("ıɪ", "i"),
+        "ᴊ": "j",
+        "ᴋ": "k",
+        "ʟ": "l",
+        "ᴍ": "m",
+        "ɴ": "n",
+        "ᴏ": "o",
+        "ᴘ": "p",
+        "ʀ": "r",
+        "ꜱ": "s",
+        "ᴛ": "t",
+        "ᴜ": "u",
+        "ᴠ": "v",
+        "ᴡ": "w",
+        "ʏ": "y",
+        "ᴢ": "z",
+        "_": " ",
+    }
+)
+
+
+def _accented_alphabet(ch: str) -> bool:
+    """Latin, Greek and Cyrillic, whose accents are dropped for matching (not
+    kana or hangul, where a mark or a jamo makes another word)."""
+    return ch < "\u0530" or "\u1e00" <= ch <= "\u1fff"
+
+
+@functools.lru_cache(maxsize=4096)
+def _fold_char(ch: str) -> str:
+    out: list[str] = []
+    for c in unicodedata.normalize("NFKC", ch):
+        if _accented_alphabet(c):
+            c = "".join(d for d in unicodedata.normalize("NFD", c) if not unicodedata.combining(d))
+        out.append(c.translate(_LOOKALIKES).casefold().translate(_LOOKALIKES))
+    return "".join(out)
+
+
+_ASCII_FOLD = str.maketrans({"_": " "})
+
+
+def match_form(text: str) -> tuple[str, Sequence[int]]:
+    """`text` as word filters see it, with the index in `text` of each of its characters.
+
+    NFKC, case-folded, accents on Latin/Greek/Cyrillic letters dropped and
+    look-alike letters made Latin ("bаd" with a Cyrillic а, "𝐛𝐚𝐝", "ＢＡＤ", "bád"
+    all read "bad"),
+    so a filter catches what a listener would hear; the indices let a match be
+    masked in the text itself.
+    """
+    if text.isascii():
+        return text.lower().translate(_ASCII_FOLD), range(len(text))
+    out: list[str] = []
+    where: list[int] = []
+    for i, ch in enumerate(text):
+        if unicodedata.category(ch) in ("Mn", "Me") and out and _accented_alphabet(out[-1][-1:]):
+            continue
+        folded = _fold_char(ch)
+        out.append(folded)
+        where.extend([i] * len(folded))
+    return "".join(out), where
+
+
+_NAME_JOINS = re.compile(
+    r"(?<=[a-z])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])|(?<=[A-Za-z])(?=\d)|(?<=\d)(?=[A-Za-z])"
+)
+
+
+def name_words(name: str) -> str:
+    """A user name split where its words were run together ("SlurLord99",
+    "slur.lord") so that word filters see each word."""
+    return _NAME_JOINS.sub(" ", name).replace(".", " ").replace("-", " ")
 
 
 def remove_spans(text: str, spans: tuple[tuple[int, int], ...]) -> str:

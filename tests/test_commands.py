@@ -53,7 +53,7 @@ def test_parse(text: str, expected: Command) -> None:
     ("text", "reason"),
     [
         ("!tts", "usage: !tts voice|voices|skip"),
-        ("!tts dance", "unknown command 'dance'"),
+        ("!tts dance", "unknown command; try !tts voice|voices|skip"),
         ("!tts voice", "usage: !tts voice NAME"),
         ("!tts voice a b", "usage: !tts voice NAME"),
         ("!tts volume loud", "usage: !tts volume 0-100"),
@@ -125,7 +125,7 @@ def test_mod_commands_change_state_and_log() -> None:
 
     assert run("!tts voice bob") == "voice is now bob"
     assert control.voice == "bob"
-    assert run("!tts voice carol") == "unknown voice 'carol' (have: alice, bob)"
+    assert run("!tts voice carol") == "unknown voice; voices: alice, bob (current: bob)"
     assert control.voice == "bob"
     assert run("!tts voices") == "voices: alice, bob (current: bob)"
     run("!tts volume 35")
@@ -228,9 +228,9 @@ def test_uservoice_checked_persisted_and_reloaded(tmp_path: Any) -> None:
     for name, user_id in (("Bob", "1"), ("Troll", "2"), ("xX_1_Xx", "3")):
         control.policy_state.saw(chat("hi", user_name=name, user_id=user_id))
     reply = run_command(chat("!tts uservoice @Bob alice", roles=MOD), control, commands)
-    assert reply == Reply(True, "bob now speaks as alice")
+    assert reply == Reply(True, "that user now speaks with the voice alice")
     refused = run_command(chat("!tts uservoice bob carol", roles=MOD), control, commands)
-    assert refused.text == "unknown voice 'carol' (have: alice, bob)"
+    assert refused.text == "unknown voice; voices: alice, bob (current: default)"
     run_command(chat("!tts mute Troll", roles=MOD), control, commands)
     run_command(chat("!tts nick xX_1_Xx One", roles=MOD), control, commands)
     # A restart reads it all back.
@@ -249,3 +249,75 @@ def test_damaged_state_file_is_logged_not_fatal(tmp_path: Any) -> None:
         control, _ = make_control(commands={"state_file": str(state_file)})
     assert control.policy_state.user_voices == {}
     assert logs[0]["event"] == "state.corrupt"
+
+
+HOSTILE = "https://free-nitro.example.com/claim"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"!tts {HOSTILE}",
+        "!tts",
+        "!tts slurword",
+        "!tts voice ../../etc",
+        "!tts volume 9000",
+        f"!tts nick {HOSTILE}",
+        "!tts skip",
+    ],
+)
+def test_viewer_who_may_run_nothing_gets_no_reply(text: str) -> None:
+    control, _ = make_control()
+    with capture_logs() as logs:
+        reply = run_command(chat(text, roles=VIEWER), control, CommandsConfig())
+    assert not reply.ok
+    assert not reply.public
+    assert HOSTILE not in reply.text
+    assert [(e["event"], e["reason"]) for e in logs] == [("tts.command_refused", "not_allowed")]
+
+
+def test_viewer_with_one_open_command_is_told_only_that_one() -> None:
+    control, _ = make_control()
+    config = CommandsConfig.model_validate({"permissions": {"status": ["everyone"]}})
+    reply = run_command(chat(f"!tts {HOSTILE}", roles=VIEWER), control, config)
+    assert reply == Reply(False, "unknown command; try !tts status")
+    # A command they may not run stays silent, usage error or not.
+    assert not run_command(chat("!tts voice", roles=VIEWER), control, config).public
+    assert run_command(chat("!tts status", roles=VIEWER), control, config).ok
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (f"!tts {HOSTILE}", "unknown command; try !tts voice|voices|skip|clear"),
+        ("!tts voice slurword", "unknown voice; voices: alice, bob (current: default)"),
+        ("!tts uservoice scam.example.com slurword", "unknown voice; voices: alice, bob"),
+        ("!tts uservoice scam.example.com alice", "that user now speaks with the voice alice"),
+        ("!tts uservoice scam.example.com off", "that user now speaks with the current voice"),
+        ("!tts mute scam.example.com", "muted that user; their waiting messages are removed"),
+        ("!tts unmute scam.example.com", "that user is not muted"),
+        ("!tts mute @", "usage: !tts mute USER"),
+        ("!tts nick scam.example.com visit scam.example.com", "nickname saved"),
+        ("!tts nick @ slurword", "usage: !tts nick USER NAME"),
+        ("!tts mode scam.example.com", "usage: !tts mode all|command|paid"),
+        ("!tts volume scam.example.com", "usage: !tts volume 0-100"),
+    ],
+)
+def test_replies_to_moderators_never_repeat_what_was_typed(text: str, expected: str) -> None:
+    control, _ = make_control()
+    control.policy_state.saw(chat("hi", user_name="scam.example.com", user_id="66"))
+    reply = run_command(chat(text, roles=MOD), control, CommandsConfig())
+    assert reply.public
+    assert reply.text.startswith(expected)
+    typed = {w.casefold().lstrip("@") for w in text.split()[1:]} - {"voice", "mute", "off"}
+    typed -= {"alice", "uservoice", "unmute", "nick", "mode", "volume", ""}
+    assert not [w for w in typed if w in reply.text.casefold()], reply.text
+
+
+def test_moderator_unmute_of_a_muted_user() -> None:
+    control, _ = make_control()
+    control.policy_state.saw(chat("hi", user_name="Troll", user_id="2"))
+    run_command(chat("!tts mute Troll", roles=MOD), control, CommandsConfig())
+    reply = run_command(chat("!tts unmute troll", roles=MOD), control, CommandsConfig())
+    assert reply == Reply(True, "unmuted that user")
+    assert control.policy_state.muted == {}

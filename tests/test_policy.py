@@ -309,3 +309,107 @@ def test_any_input_gives_an_item_or_a_drop(
         assert result.text == result.text.strip()
     else:
         assert isinstance(result, Drop) and result.reason
+
+
+NAMES_POLICY = {"blocked_words": ["slur", "scam"]}
+
+
+@pytest.mark.parametrize(
+    ("name", "shown", "spoken"),
+    [
+        ("slur_lord", "someone", "someone"),
+        ("SlurLord99", "someone", "someone"),
+        ("xX_slur_Xx", "someone", "someone"),
+        ("s\u200blu\u200dr_lord", "someone", "someone"),  # zero-width joins removed first
+        ("\U0001d42c\U0001d425\U0001d42e\U0001d42b", "someone", "someone"),  # math bold
+        ("\u0455lur", "someone", "someone"),  # Cyrillic ѕ
+        ("sluuuuur", "someone", "someone"),
+        ("scammers", "scammers", "scammers"),
+        ("scams4u", "someone", "someone"),
+        ("Visit scam.example.com", "someone", "someone"),
+        ("free-nitro.gg", "someone", "someone"),
+        ("www.evil", "someone", "someone"),
+        ("Bob\u202eevil\u202c", "Bobevil", "Bobevil"),  # bidi override stripped
+        ("B" + "\u0336\u0321\u032a\u032f\u0368" * 10 + "ob", "Bob", "Bob"),  # zalgo
+        ("big_fan_99", "big_fan_99", "big fan 99"),
+        ("小明", "小明", "小明"),
+        ("\u200b\u200d", "someone", "someone"),
+        ("Rainbow 🌈", "Rainbow 🌈", "Rainbow"),
+        ("🌈🌈", "🌈🌈", "someone"),
+        ("x" * 500, "x" * 64, "xxx"),
+    ],
+)
+def test_user_names_cleaned_and_filtered(name: str, shown: str, spoken: str) -> None:
+    item = accept(policy(**NAMES_POLICY), "hi", user_name=name)
+    assert item.user == shown
+    assert item.spoken == f"{spoken} says hi"
+
+
+def test_name_fallback_is_configurable_and_nicknames_still_win() -> None:
+    pol = policy(name_fallback="a viewer", **NAMES_POLICY)
+    item = accept(pol, "hi", user_name="scam.com")
+    assert (item.user, item.spoken) == ("a viewer", "a viewer says hi")
+    raid = accept(pol, "", user_name="slur_lord", event=EventKind.RAID)
+    assert raid.spoken == "a viewer is raiding!"
+    state = PolicyState(name_nicknames={"slur_lord": "Larry"})
+    assert accept(pol, "hi", state, user_name="slur_lord").spoken == "Larry says hi"
+
+
+def test_name_with_a_link_is_hidden_whatever_the_links_setting() -> None:
+    for links in ("replace", "remove", "drop"):
+        item = accept(policy(links=links), "hi", user_name="Visit scam.example.com")
+        assert item.user == "someone"
+        assert item.spoken == "someone says hi"
+
+
+@pytest.mark.parametrize(
+    ("text", "word", "stem"),
+    [
+        # Look-alikes: Cyrillic, Greek, math bold, full-width, accents, small capitals.
+        ("you are b\u0430d", True, True),
+        ("you are \u0392\u0391D", True, True),
+        ("you are \U0001d41b\U0001d41a\U0001d41d", True, True),
+        ("you are \uff42\uff41\uff44", True, True),
+        ("you are b\u00e1d", True, True),
+        ("you are \u0299\u1d00\u1d05", True, True),
+        ("you are b\u200bad", True, True),
+        # Stretched letters: three or more count as one.
+        ("so baaaaad", True, True),
+        ("so BBBAAADDD", True, True),
+        ("so baad", False, False),
+        # Endings, with stem only.
+        ("so many scams", False, True),
+        ("you got scammed", False, True),
+        ("stop scamming", False, True),
+        ("bads", False, True),
+        ("stop hating", False, True),
+        ("two puppies", False, True),
+        # Never: other words that contain or resemble a blocked one.
+        ("a scampi dinner", False, False),
+        ("badge", False, False),
+        ("good", False, False),
+        ("hello there", False, False),
+        ("ok", False, False),
+    ],
+)
+def test_blocked_words_see_through_disguises(text: str, word: bool, stem: bool) -> None:
+    words = ["bad", "scam", "hate", "puppy", "god"]
+    for match, expected in (("word", word), ("stem", stem)):
+        result = policy(blocked_words=words, blocked_match=match).evaluate(
+            chat(text), PolicyState()
+        )
+        assert isinstance(result, Drop) == expected, (match, text)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("so b\u0430\u0430\u0430d, right", "so bleep , right"),
+        ("\U0001d42c\U0001d41c\U0001d41a\U0001d426s everywhere", "bleep everywhere"),
+        ("scams and scammers", "bleep and scammers"),
+        ("你是傻瓜们", "你是 bleep 们"),
+    ],
+)
+def test_masking_replaces_the_disguised_word_in_place(text: str, expected: str) -> None:
+    pol = policy(blocked_words=["bad", "scam", "傻瓜"], blocked_action="mask")
+    assert accept(pol, text).text == expected

@@ -48,6 +48,24 @@ def test_command_is_applied_replied_and_ends_as_filtered() -> None:
     assert len(replies) == 1
 
 
+def test_viewers_cannot_make_the_bot_post_in_chat() -> None:
+    """A flood of `!tts <link>` from viewers gets no reply at all, so the bot never
+    posts their text and a moderator's command still gets its answer."""
+    replies: list[Reply] = []
+    bot = make_bot()
+    bot.router._reply = lambda m, r: replies.append(r)
+    with capture_logs() as logs:
+        for n in range(20):
+            bot.router.handle(chat(f"!tts https://free-nitro.example.com/{n}", roles=frozenset()))
+        bot.router.handle(chat("!tts unknown-thing", roles=frozenset({Role.SUBSCRIBER})))
+        bot.router.handle(chat("!tts pause", roles=frozenset({Role.MODERATOR})))
+    assert replies == [Reply(True, "paused")]
+    refused = [e for e in logs if e["event"] == "tts.command_refused"]
+    assert len(refused) == 21
+    assert {e["reason"] for e in refused} == {"not_allowed"}
+    assert all(e["reason"] == "command" for e in logs if e["event"] == outcomes.FILTERED)
+
+
 def test_accepted_message_starts_cooldown() -> None:
     bot = make_bot(policy={"cooldown_s": 30})
     bot.router.handle(chat("one", user_id="7", received=100.0))

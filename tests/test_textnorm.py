@@ -121,3 +121,85 @@ def test_printable_ascii_is_already_clean() -> None:
     assert textnorm.clean_unicode(printable) == printable
     assert textnorm.clean_unicode(printable + "\u00e9") == printable + "\u00e9"
     assert textnorm.clean_unicode("tab\there") == "tab here"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("go to scam.com now", "go to L now"),
+        ("scam.com.evil", "L .evil"),
+        ("..scam.com", ".. L"),
+        ("x_scam.com here", "x_ L here"),
+        ("看scam.com", "看 L"),
+        ("foo--bar.com", "L"),
+        ("a.b.c.example.co.uk/path?q=1 ok", "L ok"),
+        ("example.community", "example.community"),
+        ("e.g. node.js v1.2.3", "e.g. node.js v1.2.3"),
+    ],
+)
+def test_link_table(text: str, expected: str) -> None:
+    assert textnorm.normalise_whitespace(textnorm.replace_links(text, "L")) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["a." * 250, "a." * 800, "a-" * 800, ("a.b" * 534)[:1600], "1." * 800, "a" * 1600],
+)
+def test_link_worst_cases_have_no_link(text: str) -> None:
+    # Their speed is bench/links.py's; here only the answer.
+    assert not textnorm.find_links(text)
+    assert textnorm.replace_links(text, "L") == text
+    assert textnorm.find_links(text + "x.com")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Bad", "bad"),
+        ("b\u0430d", "bad"),  # Cyrillic а
+        ("\u0412\u0410\u0414", "ba\u0434"),  # Cyrillic ВАД: В, А fold; Д has no Latin twin
+        ("\u0455\u0441\u0430m", "scam"),  # Cyrillic ѕ с а
+        ("\u0456\u0458", "ij"),
+        ("\u0391\u0392\u0395", "abe"),  # Greek capitals
+        ("\U0001d41b\U0001d41a\U0001d41d", "bad"),  # math bold
+        ("\U0001d4eb\U0001d4ea\U0001d4ed", "bad"),  # math bold script
+        ("\uff22\uff21\uff24", "bad"),  # full-width
+        ("\u24b7\u24d0\u24d3", "bad"),  # circled
+        ("b\u00e1d", "bad"),
+        ("ba\u0301d", "bad"),
+        ("\u0299\u1d00\u1d05", "bad"),  # small capitals
+        ("bad_guy", "bad guy"),
+        ("Stra\u00dfe", "strasse"),
+        ("\u304c\u3093", "\u304c\u3093"),  # kana keep their marks
+        ("\ud55c\uad6d", "\ud55c\uad6d"),  # hangul is not split into jamo
+        ("\u50bb\u74dc", "\u50bb\u74dc"),
+    ],
+)
+def test_match_form(text: str, expected: str) -> None:
+    folded, where = textnorm.match_form(text)
+    assert folded == expected
+    assert len(where) == len(folded)
+    assert list(where) == sorted(where)
+    assert all(0 <= i < len(text) for i in where)
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("SlurLord99", "Slur Lord 99"),
+        ("xXGamerXx", "x X Gamer Xx"),
+        ("HTTPServer", "HTTP Server"),
+        ("slur.lord-x", "slur lord x"),
+        ("小明", "小明"),
+    ],
+)
+def test_name_words(name: str, expected: str) -> None:
+    assert textnorm.name_words(name) == expected
+
+
+@given(st.text(max_size=300))
+def test_match_form_indices_point_into_the_text(text: str) -> None:
+    folded, where = textnorm.match_form(text)
+    assert len(where) == len(folded)
+    assert list(where) == sorted(where)
+    assert all(0 <= i < len(text) for i in where)

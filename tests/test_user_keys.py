@@ -81,7 +81,7 @@ def test_muting_a_masked_name_mutes_that_viewer_only(tmp_path: Path) -> None:
     assert first.user_id != second.user_id
     bot.say(first)
     bot.say(second)
-    assert bot.command("!tts mute 小***") == "muted 小*** (1 pending removed)"
+    assert bot.command("!tts mute 小***") == "muted that user; their waiting messages are removed"
     # The most recently seen 小*** is muted; the other masked viewer still speaks.
     assert bot.say(bot.danmaku("还是我", 0, "小***", crc_of=222)) == "muted"
     assert isinstance(bot.say(bot.danmaku("我能说话", 0, "小***", crc_of=111)), SpeakableItem)
@@ -91,11 +91,11 @@ def test_a_rename_neither_escapes_a_mute_nor_steals_a_voice_or_nickname(tmp_path
     bot = Bot(tmp_path)
     bot.say(twitch("hi", "100", "Troll"))
     bot.say(twitch("hi", "200", "ModAlice", roles=MOD))
-    assert bot.command("!tts mute troll").startswith("muted troll")
-    assert bot.command("!tts uservoice ModAlice alice") == "modalice now speaks as alice"
-    assert bot.command("!tts nick ModAlice Alice the Great") == (
-        "modalice will be read as Alice the Great"
+    assert bot.command("!tts mute troll").startswith("muted that user")
+    assert bot.command("!tts uservoice ModAlice alice") == (
+        "that user now speaks with the voice alice"
     )
+    assert bot.command("!tts nick ModAlice Alice the Great") == "nickname saved"
     # Same account, new name: still muted.
     assert bot.say(twitch("I'm back", "100", "NotATroll")) == "muted"
     # Another account (here on Bilibili) taking the moderator's name gets neither.
@@ -112,7 +112,7 @@ def test_a_rename_neither_escapes_a_mute_nor_steals_a_voice_or_nickname(tmp_path
 def test_a_name_never_seen_is_refused_not_silently_kept(tmp_path: Path) -> None:
     bot = Bot(tmp_path)
     reply = bot.command("!tts mute ghost")
-    assert reply == "unknown user 'ghost': not seen in chat since the bot started"
+    assert reply == "that user has not chatted since the bot started"
     assert bot.control.policy_state.muted == {}
     assert not bot.control.mute("ghost").ok  # the web panel's path
     assert not bot.control.set_nick("ghost", "Boo").ok
@@ -143,7 +143,7 @@ def test_unmute_by_the_name_it_was_muted_under_after_a_restart(tmp_path: Path) -
     again = Bot(tmp_path)
     assert again.say(twitch("hi", "100", "Troll")) == "muted"
     assert again.control.muted_list() == ["Troll (twitch)"]
-    assert again.command("!tts unmute Troll") == "unmuted troll"
+    assert again.command("!tts unmute Troll") == "unmuted that user"
     assert isinstance(again.say(twitch("hi", "100", "Troll")), SpeakableItem)
 
 
