@@ -32,7 +32,8 @@ import numpy as np
 import torch
 
 from engine import chunking, conv_pos, dit, sampler
-from engine.checkpoints import HOP_LENGTH, SAMPLE_RATE, ModelFiles, load_f5, load_vocos
+from engine.audio import SAMPLE_RATE
+from engine.checkpoints import HOP_LENGTH, ModelFiles, load_f5, load_vocos
 from engine.config import ArchConfig, EngineConfig
 from engine.conv_pos import triton_available
 from engine.graphs import GraphSteps

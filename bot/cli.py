@@ -165,7 +165,8 @@ def _say(path: Path, text: str, voice: str | None, out: Path, seed: int | None) 
     import soundfile as sf
 
     from bot.app import default_voice
-    from engine.checkpoints import SAMPLE_RATE, CheckpointError, resolve_files
+    from engine.audio import SAMPLE_RATE
+    from engine.checkpoints import CheckpointError, resolve_files
     from engine.synth import Engine, SynthesisError
 
     library = VoiceLibrary(config.engine.voices_dir)

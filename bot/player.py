@@ -25,10 +25,10 @@ from adapters.reconnect import Backoff, describe
 from bot import audio
 from bot.alsa import route_alsa_errors
 from bot.config import AudioConfig
+from engine.audio import SAMPLE_RATE, resample
 
 log = structlog.get_logger()
 
-ENGINE_RATE = 24_000
 #: OBS runs at 48 kHz; used when the device accepts it, else the device's default.
 PREFERRED_RATE = 48_000
 #: Most audio held ahead of the device (the speaker waits for room beyond this).
@@ -216,17 +216,15 @@ class Player:
     # shaping (worker thread) --------------------------------------------------------
     def _shape(self, state: _Utterance, chunk: np.ndarray) -> np.ndarray:
         if state.gain is None:
-            level = audio.loudness_lufs(chunk, ENGINE_RATE)
+            level = audio.loudness_lufs(chunk, SAMPLE_RATE)
             state.gain = (
                 audio.db_to_gain(min(self.config.target_lufs - level, 24.0))
                 if np.isfinite(level)
                 else 1.0
             )
         out = chunk.astype(np.float32) * state.gain
-        if self.rate != ENGINE_RATE:
-            from engine.voices import resample
-
-            out = resample(out, ENGINE_RATE, self.rate)
+        if self.rate != SAMPLE_RATE:
+            out = resample(out, SAMPLE_RATE, self.rate)
         if not state.started:
             out = audio.fade_in(out, int(self.config.fade_in_ms / 1000 * self.rate))
             state.started = True

@@ -20,9 +20,10 @@ import structlog
 from adapters.events import Platform
 from bot import outcomes
 from bot.control import Control
-from bot.player import ENGINE_RATE, Player
+from bot.player import Player
 from bot.policy import SpeakableItem
 from bot.queue import SpeechQueue
+from engine.audio import SAMPLE_RATE
 from engine.synth import Engine, SynthesisStalled
 
 log = structlog.get_logger()
@@ -150,7 +151,7 @@ class Speaker:
                     prepared.playing_since = time.monotonic()
                     log.info("tts.playing", msg_id=item.message.message_id, voice=prepared.voice)
                 samples += len(chunk)
-                prepared.audio_s = samples / ENGINE_RATE
+                prepared.audio_s = samples / SAMPLE_RATE
             self._player.finish(utt)
             done = asyncio.create_task(self._player.wait_done(utt))
             # Synthesis of this item is over: prepare the next while this one plays.
@@ -188,7 +189,7 @@ class Speaker:
                 outcomes.SPOKEN,
                 item.message,
                 voice=prepared.voice,
-                audio_s=round(samples / ENGINE_RATE, 3),
+                audio_s=round(samples / SAMPLE_RATE, 3),
                 ttfa_ms=round(ttfa, 1) if ttfa is not None else None,
                 synth_s=round(prepared.synth_s, 3) if prepared.synth_s is not None else None,
             )

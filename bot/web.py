@@ -30,6 +30,7 @@ from bot.config import WebConfig
 from bot.control import Reply
 from bot.metrics import CONTENT_TYPE, Metrics
 from bot.policy import Drop, SpeakableItem
+from engine.audio import SAMPLE_RATE
 from engine.config import VOICE_NAME
 
 log = structlog.get_logger()
@@ -408,7 +409,7 @@ async def _synthesize(request: web.Request) -> web.StreamResponse:
     def encode() -> None:
         import soundfile as sf
 
-        sf.write(buffer, audio, 24_000, format="WAV", subtype="PCM_16")
+        sf.write(buffer, audio, SAMPLE_RATE, format="WAV", subtype="PCM_16")
 
     await asyncio.to_thread(encode)
     return web.Response(body=buffer.getvalue(), content_type="audio/wav")

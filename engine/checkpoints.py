@@ -21,6 +21,7 @@ from typing import Any
 import structlog
 import torch
 
+from engine.audio import SAMPLE_RATE
 from engine.config import ArchConfig, EngineConfig
 
 log = structlog.get_logger()
@@ -33,7 +34,6 @@ VOCOS_CONFIG_FILE = "config.yaml"
 VOCOS_WEIGHTS_FILE = "pytorch_model.bin"
 
 # The mel front end the published model and vocoder share.
-SAMPLE_RATE = 24_000
 N_MELS = 100
 HOP_LENGTH = 256
 WIN_LENGTH = 1024

@@ -9,7 +9,8 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from engine.checkpoints import HOP_LENGTH, SAMPLE_RATE
+from engine.audio import SAMPLE_RATE
+from engine.checkpoints import HOP_LENGTH
 
 #: F5-TTS keeps reference + generated speech within about this many seconds.
 MAX_TOTAL_SECONDS = 22.0

@@ -35,9 +35,9 @@ import structlog
 import torch
 
 from engine import chunking, conv_pos, cudnn_attention, dit, faults, graphs, sampler, vocoder
+from engine.audio import SAMPLE_RATE
 from engine.checkpoints import (
     HOP_LENGTH,
-    SAMPLE_RATE,
     CheckpointError,
     ModelFiles,
     load_f5,

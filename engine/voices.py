@@ -24,10 +24,10 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from engine.audio import SAMPLE_RATE, resample
 from engine.config import VOICE_NAME
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
-SAMPLE_RATE = 24_000
 #: F5-TTS raises quieter references to this RMS (and quietens its output back).
 TARGET_RMS = 0.1
 MIN_SECONDS = 1.0
@@ -355,12 +355,3 @@ def trim_point(audio: np.ndarray) -> int:
     # Latest of the quietest frames (within 10 % of the minimum) keeps the most speech.
     quiet = np.flatnonzero(energy <= energy.min() * 1.1 + 1e-9)
     return int((start + quiet[-1]) * frame + frame // 2)
-
-
-def resample(audio: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
-    import torch
-    import torchaudio.functional as AF
-
-    tensor = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))
-    out: np.ndarray = AF.resample(tensor, from_rate, to_rate).numpy()
-    return out

@@ -5,7 +5,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from engine import chunking
-from engine.checkpoints import HOP_LENGTH, SAMPLE_RATE
+from engine.audio import SAMPLE_RATE
+from engine.checkpoints import HOP_LENGTH
 
 
 def test_one_chunk_per_sentence_english_and_chinese() -> None:

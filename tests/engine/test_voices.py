@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from engine.audio import SAMPLE_RATE
 from engine.voices import (
     MAX_SECONDS,
-    SAMPLE_RATE,
     TARGET_RMS,
     VoiceError,
     VoiceLibrary,
