@@ -85,6 +85,12 @@ async def test_names_in_allowed_hosts_and_any_address_off_loopback(tmp_path: Pat
         assert "web.allowed_hosts" in (await r.json())["error"]
 
 
+@pytest.mark.parametrize("name", ["streampc.lan:8765", "http://streampc.lan", "a b", "[::1]"])
+def test_allowed_hosts_are_bare_names(name: str) -> None:
+    with pytest.raises(ValueError, match=r"must be host names like streampc\.lan"):
+        WebConfig(allowed_hosts=[name])
+
+
 async def test_a_change_must_come_from_this_panels_own_page(open_panel: Any) -> None:
     c, bot = open_panel
     with capture_logs() as logs:
