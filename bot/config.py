@@ -239,10 +239,26 @@ class WebConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8765, ge=1, le=65535)
     token: SecretStr = SecretStr("")
+    #: Host names the panel answers to besides this machine's addresses and
+    #: "localhost" (a name that could point anywhere is refused: DNS rebinding).
+    allowed_hosts: list[str] = Field(default_factory=list)
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not re.fullmatch(r"[A-Za-z0-9.-]+", name):
+                raise ValueError(f"must be host names like streampc.lan (no port), got {name!r}")
+        return [name.lower().rstrip(".") for name in value]
+
+    @property
+    def on_loopback(self) -> bool:
+        """Whether only this machine can reach the panel."""
+        return _is_loopback(self.host)
 
     @model_validator(mode="after")
     def _token_off_loopback(self) -> WebConfig:
-        if self.enabled and not _is_loopback(self.host) and not self.token.get_secret_value():
+        if self.enabled and not self.on_loopback and not self.token.get_secret_value():
             raise ValueError(
                 f"token: binding to {self.host} (not loopback) needs a token "
                 "(set web.token or ISHOWTTS_WEB_TOKEN)"

@@ -1,28 +1,44 @@
 """The streamer's control panel, its JSON API, /metrics and the OBS overlay.
 
 Every action goes through `bot.control`, the same code the chat commands use.
+
+Only the panel's own pages may drive the bot, token or not: a request must name
+this machine (the Host header: DNS rebinding is refused), must not come from
+another site's page (fetch metadata), and a request that changes anything must
+carry this panel's Origin, unless it proves itself with the token in an
+`Authorization: Bearer` header, which no other page can send. JSON endpoints
+take `application/json` only.
+
 When a token is configured, every route but the login form needs it (as a
-Bearer header, the session cookie the login form sets, or `?token=` for OBS
-browser sources).
+Bearer header, the session cookie the login form sets, or `?token=`). The OBS
+overlay takes a read-only token of its own, derived from the panel's
+(`overlay_token`): its URL shows captions and nothing else. Wrong tokens are
+counted per client address; after a few, that address waits longer each time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import functools
+import hashlib
 import hmac
 import io
+import ipaddress
 import json
+import re
 import socket
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
 import numpy as np
 import structlog
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from adapters.events import ChatMessage, Platform, Role
 from bot import outcomes
@@ -51,6 +67,61 @@ FEED_KEY: web.AppKey[Any] = web.AppKey("feed", object)
 STOPPING_KEY: web.AppKey[asyncio.Event] = web.AppKey("stopping", asyncio.Event)
 #: Seconds other requests get to finish at shutdown before they are cancelled.
 SHUTDOWN_TIMEOUT_S = 2.0
+#: Only one preview is made at a time; a second one meanwhile is refused (429).
+PREVIEW_KEY: web.AppKey[asyncio.Lock] = web.AppKey("preview", asyncio.Lock)
+
+#: Wrong tokens an address may give before it must wait; each one after doubles the wait.
+FREE_FAILURES = 5
+MAX_LOCKOUT_S = 300.0
+#: Client addresses whose failures are remembered (the oldest is forgotten first).
+MAX_TRACKED = 4096
+#: A repeated refusal is logged at most this often (a hostile page can send many).
+REFUSAL_LOG_EVERY_S = 10.0
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+#: Responses without a policy of their own (JSON, the login form) load nothing.
+DEFAULT_CSP = "default-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+_HOST = re.compile(r"(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9.-]+))(?::[0-9]{1,5})?")
+
+
+def overlay_token(token: str) -> str:
+    """The overlay's read-only token, derived from the panel's: the URL pasted into
+    OBS (and seen on screen while setting it up) cannot control the bot."""
+    if not token:
+        return ""
+    return hmac.new(token.encode(), b"ishowtts overlay", hashlib.sha256).hexdigest()[:32]
+
+
+class LoginThrottle:
+    """Wrong tokens per client address: the first `FREE_FAILURES` cost nothing, then
+    the address is locked out for 1 s, 2 s, 4 s… (at most `MAX_LOCKOUT_S`); a right
+    token clears its count. A guess made while locked out is not even checked."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._failed: dict[str, tuple[int, float]] = {}  # address → (failures, locked until)
+
+    def retry_after(self, address: str) -> float:
+        """Seconds until `address` may try again (0: now)."""
+        _, until = self._failed.get(address, (0, 0.0))
+        return max(0.0, until - self.clock())
+
+    def failed(self, address: str) -> tuple[int, float]:
+        """Count a wrong token; returns the failures so far and the lockout it earned."""
+        failures = self._failed.pop(address, (0, 0.0))[0] + 1
+        lockout = 0.0
+        if failures >= FREE_FAILURES:
+            lockout = min(2.0 ** (failures - FREE_FAILURES), MAX_LOCKOUT_S)
+        self._failed[address] = (failures, self.clock() + lockout)
+        while len(self._failed) > MAX_TRACKED:
+            del self._failed[next(iter(self._failed))]
+        return failures, lockout
+
+    def succeeded(self, address: str) -> None:
+        self._failed.pop(address, None)
+
+
+THROTTLE_KEY: web.AppKey[LoginThrottle] = web.AppKey("throttle", LoginThrottle)
 
 
 class Feed:
@@ -87,13 +158,18 @@ def create_app(
     config: WebConfig, bot: Any, speaker: Any = None, engine: Any = None
 ) -> web.Application:
     token = config.token.get_secret_value()
-    app = web.Application(client_max_size=MAX_BODY, middlewares=[_errors, _auth(token)])
+    throttle = LoginThrottle()
+    app = web.Application(
+        client_max_size=MAX_BODY, middlewares=[_errors, _guard(config, token, throttle)]
+    )
     app[BOT_KEY] = bot
     app[SPEAKER_KEY] = speaker
     app[ENGINE_KEY] = engine
     app[METRICS_KEY] = Metrics(bot.queue, bot.control, engine, bot.lag)
     app[FEED_KEY] = Feed()
     app[STOPPING_KEY] = asyncio.Event()
+    app[PREVIEW_KEY] = asyncio.Lock()
+    app[THROTTLE_KEY] = throttle
 
     async def shutdown(app: web.Application) -> None:
         app[STOPPING_KEY].set()
@@ -102,6 +178,7 @@ def create_app(
         app[METRICS_KEY].close()
         app[FEED_KEY].close()
 
+    app.on_response_prepare.append(_security_headers)
     app.on_shutdown.append(shutdown)
     app.on_cleanup.append(cleanup)
     app.add_routes(
@@ -109,12 +186,13 @@ def create_app(
             web.get("/", _page("panel.html")),
             web.get("/overlay", _page("overlay.html")),
             web.get("/login", _login_form),
-            web.post("/login", _login(token)),
+            web.post("/login", _login(token, throttle)),
+            web.get("/api/overlay", _overlay_url(token)),
             web.get("/metrics", _metrics),
             web.get("/api/status", _status),
             web.get("/api/queue", _queue),
             web.delete("/api/queue/{id}", _remove),
-            web.get("/api/events", _events),
+            web.get("/api/events", functools.partial(_events, everything=True)),
             web.post("/api/skip", _action("skip")),
             web.post("/api/pause", _action("pause")),
             web.post("/api/resume", _action("resume")),
@@ -133,7 +211,11 @@ async def serve(
     config: WebConfig, app: web.Application, sock: socket.socket | None = None
 ) -> web.AppRunner:
     """Serve `app` on `sock` (bound early by bot.instance), else on the configured port."""
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+    # Handlers are cancelled when their client goes away: a preview nobody waits
+    # for any more stops sampling (its engine job is cancelled with it).
+    runner = web.AppRunner(
+        app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S, handler_cancellation=True
+    )
     await runner.setup()
     site: web.BaseSite = (
         web.SockSite(runner, sock)
@@ -157,35 +239,214 @@ async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
         raise
 
 
-def _auth(token: str) -> Any:
-    @web.middleware
-    async def check(request: web.Request, handler: Any) -> web.StreamResponse:
-        if not token or request.path == "/login":
-            response: web.StreamResponse = await handler(request)
-            return response
-        given = ""
-        header = request.headers.get("Authorization", "")
-        if header.startswith("Bearer "):
-            given = header[7:]
-        given = given or request.cookies.get(COOKIE, "") or request.query.get("token", "")
-        if given and hmac.compare_digest(given.encode(), token.encode()):
-            response = await handler(request)
-            return response
-        if request.method == "GET" and not request.path.startswith(("/api/", "/metrics")):
-            raise web.HTTPFound("/login")
-        return web.json_response({"error": "token required"}, status=401)
+def _guard(config: WebConfig, token: str, throttle: LoginThrottle) -> Any:
+    """Host, site, token, origin and content type, checked before any handler runs."""
+    read_only = overlay_token(token)
+    refusals = _Refusals()
+    overlay_routes: dict[tuple[str, str], Any] = {
+        ("GET", "/overlay"): _page("overlay.html"),
+        ("GET", "/api/events"): functools.partial(_events, everything=False),
+    }
 
-    return check
+    @web.middleware
+    async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
+        host = request.headers.get(hdrs.HOST, "")
+        if not _allowed_host(config, host):
+            return refusals.refuse(
+                request,
+                421,
+                "host",
+                f"this panel does not answer to host {host[:100]!r}: open it by its address, "
+                "or add the name to web.allowed_hosts",
+            )
+        if _from_another_site(request):
+            return refusals.refuse(request, 403, "cross_site", "requests from other sites refused")
+        unsafe = request.method not in SAFE_METHODS
+        checked = await _check_token(request, token, read_only, throttle)
+        if isinstance(checked, web.StreamResponse):
+            return checked
+        scope, by_header = checked
+        if unsafe and not by_header and not _same_origin(request):
+            return refusals.refuse(
+                request,
+                403,
+                "origin",
+                "a change must come from this panel's own page (Origin), or carry the "
+                "token as Authorization: Bearer",
+            )
+        # A body is JSON or nothing (an empty one may come with any type).
+        if (
+            unsafe
+            and request.path.startswith("/api/")
+            and request.body_exists
+            and not _is_json(request)
+        ):
+            raise _json_error(web.HTTPUnsupportedMediaType, _JSON_ONLY)
+        if scope == "overlay":
+            handler = overlay_routes.get((request.method, request.path))
+            if handler is None:
+                return _bad("the overlay token is read-only: it shows captions only", 403)
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    return guard
+
+
+async def _check_token(
+    request: web.Request, token: str, read_only: str, throttle: LoginThrottle
+) -> tuple[str, bool] | web.StreamResponse:
+    """("full" or "overlay", whether the token came in the Authorization header),
+    or the response for a request without a right token."""
+    if not token:
+        return "full", False
+    if request.path == "/login":
+        return "none", False
+    page = request.method == "GET" and not request.path.startswith(("/api/", "/metrics"))
+    header = request.headers.get(hdrs.AUTHORIZATION, "")
+    given, via = "", ""
+    for value, source in (
+        (header[7:] if header.startswith("Bearer ") else "", "header"),
+        (request.cookies.get(COOKIE, ""), "cookie"),
+        (request.query.get("token", ""), "query"),
+    ):
+        if value:
+            given, via = value, source
+            break
+    if not given:
+        if page:
+            raise web.HTTPFound("/login")
+        return _bad("token required", 401)
+    address = request.remote or "unknown"
+    wait = throttle.retry_after(address)
+    if wait:
+        return _locked_out(request, wait)
+    if _equal(given, token):
+        throttle.succeeded(address)
+        return "full", via == "header"
+    if _equal(given, read_only):
+        return "overlay", False
+    failures, lockout = throttle.failed(address)
+    log.warning("web.login_failed", client=address, via=via, failures=failures, locked_s=lockout)
+    response = web.HTTPFound("/login") if page else _bad("wrong token", 401)
+    if via == "cookie":  # a stale session is counted once, not on every request
+        response.del_cookie(COOKIE)
+    if isinstance(response, web.HTTPFound):
+        raise response
+    return response
+
+
+def _locked_out(request: web.Request, wait: float) -> web.Response:
+    retry = {hdrs.RETRY_AFTER: str(int(wait) + 1)}
+    message = f"too many wrong tokens from this address: try again in {int(wait) + 1} s"
+    if request.path.startswith("/api/"):
+        return web.json_response({"error": message}, status=429, headers=retry)
+    return web.Response(status=429, text=message, content_type="text/plain", headers=retry)
+
+
+def _equal(given: str, expected: str) -> bool:
+    return bool(expected) and hmac.compare_digest(given.encode(), expected.encode())
+
+
+def _allowed_host(config: WebConfig, value: str) -> bool:
+    """A name in web.allowed_hosts, "localhost", or an address (one of this machine's
+    loopback addresses where the panel listens on loopback). Other names are refused:
+    anyone can point one at 127.0.0.1 and serve a page under it (DNS rebinding)."""
+    match = _HOST.fullmatch(value)
+    if match is None:
+        return False
+    name = (match.group(1) or match.group(2)).lower().removesuffix(".")
+    if name == "localhost" or name in config.allowed_hosts:
+        return True
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return address.is_loopback or not config.on_loopback
+
+
+def _from_another_site(request: web.Request) -> bool:
+    """Sent by a browser for another site's page (not a link followed to this panel):
+    such a request could only be an attack, or a token guess the attacker times."""
+    site = request.headers.get("Sec-Fetch-Site")
+    if site not in ("cross-site", "same-site"):  # same-site: another port of this host
+        return False
+    navigation = request.headers.get("Sec-Fetch-Mode") == "navigate"
+    return not (navigation and request.method == "GET")
+
+
+def _same_origin(request: web.Request) -> bool:
+    origin = request.headers.get(hdrs.ORIGIN, "").lower()
+    host = request.headers.get(hdrs.HOST, "").lower()
+    return bool(origin) and origin in (f"http://{host}", f"https://{host}")
+
+
+class _Refusals:
+    """Refuses a request, logging `web.refused` at most every `REFUSAL_LOG_EVERY_S` per
+    reason, with how many went unlogged since."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, float] = {}
+        self._unlogged: dict[str, int] = {}
+
+    def refuse(self, request: web.Request, status: int, reason: str, message: str) -> web.Response:
+        now = time.monotonic()
+        if now - self._last.get(reason, -REFUSAL_LOG_EVERY_S) >= REFUSAL_LOG_EVERY_S:
+            self._last[reason] = now
+            log.warning(
+                "web.refused",
+                reason=reason,
+                method=request.method,
+                path=request.path[:100],
+                client=request.remote,
+                host=request.headers.get(hdrs.HOST, "")[:100],
+                origin=request.headers.get(hdrs.ORIGIN, "")[:100],
+                unlogged=self._unlogged.pop(reason, 0),
+            )
+        else:
+            self._unlogged[reason] = self._unlogged.get(reason, 0) + 1
+        if request.path.startswith("/api/"):
+            return _bad(message, status)
+        return web.Response(status=status, text=message, content_type="text/plain")
+
+
+async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """No page may frame ours or sniff our JSON into a script; links leak no token."""
+    response.headers.setdefault("Content-Security-Policy", DEFAULT_CSP)
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers["Cross-Origin-Resource-Policy"] = "same-origin"
 
 
 # pages -------------------------------------------------------------------------------
+@functools.cache
 def _page(name: str) -> Any:
     html = resources.files("bot").joinpath("static", name).read_text(encoding="utf-8")
+    policy = page_policy(html)
 
     async def page(_: web.Request) -> web.Response:
-        return web.Response(text=html, content_type="text/html")
+        return web.Response(
+            text=html, content_type="text/html", headers={"Content-Security-Policy": policy}
+        )
 
     return page
+
+
+def page_policy(html: str) -> str:
+    """The page's Content-Security-Policy: its own inline script and style, by hash
+    (nothing else inline runs, whatever text a viewer manages to slip in), and
+    audio from blob: URLs (the voice preview)."""
+
+    def hashes(tag: str) -> str:
+        bodies = re.findall(rf"<{tag}>(.*?)</{tag}>", html, flags=re.S)
+        digests = (base64.b64encode(hashlib.sha256(b.encode()).digest()).decode() for b in bodies)
+        return " ".join(f"'sha256-{d}'" for d in digests) or "'none'"
+
+    return (
+        f"default-src 'self'; script-src {hashes('script')}; style-src {hashes('style')}; "
+        "media-src 'self' blob:; object-src 'none'; base-uri 'none'; form-action 'self'; "
+        "frame-ancestors 'none'"
+    )
 
 
 async def _login_form(_: web.Request) -> web.Response:
@@ -199,33 +460,62 @@ async def _login_form(_: web.Request) -> web.Response:
     )
 
 
-def _login(token: str) -> Any:
+def _login(token: str, throttle: LoginThrottle) -> Any:
     async def login(request: web.Request) -> web.Response:
+        address = request.remote or "unknown"
+        wait = throttle.retry_after(address)
+        if wait:
+            return _locked_out(request, wait)
         form = await request.post()
         given = str(form.get("token", ""))
-        if not token or hmac.compare_digest(given.encode(), token.encode()):
+        if not token or _equal(given, token):
+            throttle.succeeded(address)
             response = web.HTTPFound("/")
             response.set_cookie(COOKIE, given, httponly=True, samesite="Strict")
             raise response
+        failures, lockout = throttle.failed(address)
+        log.warning(
+            "web.login_failed", client=address, via="form", failures=failures, locked_s=lockout
+        )
         return web.Response(status=401, text="wrong token", content_type="text/plain")
 
     return login
 
 
+def _overlay_url(token: str) -> Any:
+    """Where OBS should point its browser source: the overlay with its read-only token."""
+    read_only = overlay_token(token)
+
+    async def url(_: web.Request) -> web.Response:
+        return web.json_response({"url": f"/overlay?token={read_only}" if token else "/overlay"})
+
+    return url
+
+
 # API ----------------------------------------------------------------------------------------
+_JSON_ONLY = 'send the body as JSON, with "Content-Type: application/json"'
+
+
+def _is_json(request: web.Request) -> bool:
+    return request.content_type == "application/json"
+
+
+def _json_error(kind: type[web.HTTPException], message: str) -> web.HTTPException:
+    return kind(text=json.dumps({"error": message}), content_type="application/json")
+
+
 async def _json_body(request: web.Request) -> dict[str, Any]:
+    if not _is_json(request):  # a form or a no-cors fetch cannot send this type
+        raise _json_error(web.HTTPUnsupportedMediaType, _JSON_ONLY)
     raw = await request.read()  # over MAX_BODY raises 413
     try:
         body = json.loads(raw or b"{}")
+    except RecursionError:
+        raise _json_error(web.HTTPBadRequest, "body is nested too deeply") from None
     except ValueError:
-        raise web.HTTPBadRequest(
-            text=json.dumps({"error": "body is not valid JSON"}), content_type="application/json"
-        ) from None
+        raise _json_error(web.HTTPBadRequest, "body is not valid JSON") from None
     if not isinstance(body, dict):
-        raise web.HTTPBadRequest(
-            text=json.dumps({"error": "body must be a JSON object"}),
-            content_type="application/json",
-        )
+        raise _json_error(web.HTTPBadRequest, "body must be a JSON object")
     return body
 
 
@@ -281,8 +571,9 @@ async def _remove(request: web.Request) -> web.Response:
     return _reply(reply)
 
 
-async def _events(request: web.Request) -> web.StreamResponse:
-    """Server-sent events: a status snapshot plus new terminal events, continuously."""
+async def _events(request: web.Request, everything: bool) -> web.StreamResponse:
+    """Server-sent events: a status snapshot plus new terminal events, continuously;
+    with the overlay's token (not `everything`), only what is on air now."""
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
     )
@@ -295,7 +586,11 @@ async def _events(request: web.Request) -> web.StreamResponse:
             new = feed.since(seq)
             if new:
                 seq = new[-1]["seq"]
-            payload = json.dumps({"status": _snapshot(request), "events": new})
+            if everything:
+                payload = json.dumps({"status": _snapshot(request), "events": new})
+            else:
+                playing = _snapshot(request)["now_playing"]
+                payload = json.dumps({"status": {"now_playing": playing}, "events": []})
             await response.write(f"data: {payload}\n\n".encode())
             # The stream ends when the bot stops, so an open page never holds up the exit.
             with contextlib.suppress(TimeoutError):
@@ -402,7 +697,16 @@ async def _synthesize(request: web.Request) -> web.StreamResponse:
     if isinstance(args, web.Response):
         return args
     text, voice = args
-    chunks = [chunk async for chunk in engine.stream(text, voice)]
+    preview = request.app[PREVIEW_KEY]
+    if preview.locked():
+        return web.json_response(
+            {"error": "a preview is being made: try again when it has finished"},
+            status=429,
+            headers={hdrs.RETRY_AFTER: "1"},
+        )
+    async with preview:
+        # Cancelled with the handler when the client leaves (see `serve`).
+        chunks = [chunk async for chunk in engine.stream(text, voice, preview=True)]
     audio = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
     buffer = io.BytesIO()
 

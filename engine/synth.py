@@ -5,6 +5,10 @@ All torch work happens on one dedicated thread. The asyncio side calls
 skip) stops the work at the next sampling step. A failed request logs
 `engine.error` and raises `SynthesisError` to its caller; the engine stays up.
 
+Speech for the air comes first: a preview (`stream(..., preview=True)`, the
+panel's preview button) waits behind every on-air request, and on-air requests
+that arrive while a preview runs are served between its sentences.
+
 A watchdog thread guards against a synthesis that never returns (a wedged
 driver, a pathological input): after `engine.stall_timeout_s` without a
 sampling step it logs `engine.stalled`, fails that request with
@@ -18,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
+import itertools
 import os
 import queue
 import shutil
@@ -59,6 +64,10 @@ WARMUP = (
 )
 
 
+#: Ranks in the job queue: on-air speech, then previews (FIFO within each), then
+#: the stop marker.
+ON_AIR, PREVIEW, _STOP = 0, 1, 2
+
 #: Stuck inference threads tolerated before requests fail at once instead of
 #: each waiting out its own stall (the engine needs a restart by then).
 MAX_STUCK_THREADS = 3
@@ -92,6 +101,7 @@ class _Job:
     #: Set by the watchdog: whatever the stuck thread still produces is dropped.
     abandoned: bool = False
     chunks: int = 0  # audio chunks handed over so far
+    preview: bool = False  # nobody hears it on air: it yields to those who will
 
 
 #: Reinstalls our pinned torch and torchaudio (pyproject.toml) as PyTorch's CUDA
@@ -212,7 +222,8 @@ class Engine:
         self.steps_run = 0  # sampling steps since start (tests watch cancellation with it)
         self.errors = 0  # failed requests since start (a metric)
         self.stalls = 0  # requests abandoned by the watchdog (a metric)
-        self._jobs: queue.Queue[_Job | None] = queue.Queue()
+        self._jobs: queue.PriorityQueue[tuple[int, int, _Job | None]] = queue.PriorityQueue()
+        self._order = itertools.count()  # FIFO among jobs of one rank
         self._thread = threading.Thread(target=self._main, name="ishowtts-engine", daemon=True)
         #: The thread serving jobs now; the watchdog replaces it when it sticks.
         self._worker = self._thread
@@ -238,12 +249,13 @@ class Engine:
         await asyncio.wrap_future(self.ready)
 
     async def stream(
-        self, text: str, voice: str, seed: int | None = None
+        self, text: str, voice: str, seed: int | None = None, *, preview: bool = False
     ) -> AsyncGenerator[np.ndarray, None]:
-        """Audio for `text` in `voice`, one chunk per sentence as each is ready."""
+        """Audio for `text` in `voice`, one chunk per sentence as each is ready.
+        A `preview` never delays speech on air: it waits behind it."""
         out: asyncio.Queue[np.ndarray | BaseException | None] = asyncio.Queue()
-        job = _Job(text, voice, asyncio.get_running_loop(), out, seed=seed)
-        self._jobs.put(job)
+        job = _Job(text, voice, asyncio.get_running_loop(), out, seed=seed, preview=preview)
+        self._put(job)
         try:
             while True:
                 item = await out.get()
@@ -261,10 +273,14 @@ class Engine:
         """Stop after the current sampling step; waits at most `timeout` seconds for
         it (the thread is a daemon: a step that takes longer ends with the process)."""
         self._closing.set()
-        self._jobs.put(None)
+        self._put(None)
         worker = self._worker
         if worker.is_alive() and worker is not threading.current_thread():
             worker.join(timeout=timeout)
+
+    def _put(self, job: _Job | None) -> None:
+        rank = _STOP if job is None else PREVIEW if job.preview else ON_AIR
+        self._jobs.put((rank, next(self._order), job))
 
     # inference thread ---------------------------------------------------------
     def _main(self) -> None:
@@ -346,22 +362,53 @@ class Engine:
             with self._lock:
                 if self._worker is not me:
                     return
-            job = self._jobs.get()
+            _, _, job = self._jobs.get()
             if job is None:
                 return
+            self._serve_one(job)
+
+    def _serve_one(self, job: _Job) -> None:
+        with self._lock:
+            job.progress_at = time.monotonic()
+            self._job = job
+            stuck = sum(t.is_alive() for t in self._stuck)
+        if stuck >= MAX_STUCK_THREADS:
+            self.errors += 1
+            log.error("engine.error", voice=job.voice, text_len=len(job.text), error="stuck")
+            self._emit(job, SynthesisError(f"the engine is stuck ({stuck} syntheses hung)"))
+        else:
+            self._run(job)
+        with self._lock:
+            if self._job is job:
+                self._job = None
+
+    def _serve_on_air_first(self, preview: _Job) -> None:
+        """Between a preview's sentences: serve the on-air requests waiting behind it,
+        so a long preview delays speech on air by one sentence at most."""
+        me = threading.current_thread()
+        while True:
             with self._lock:
-                job.progress_at = time.monotonic()
-                self._job = job
-                stuck = sum(t.is_alive() for t in self._stuck)
-            if stuck >= MAX_STUCK_THREADS:
-                self.errors += 1
-                log.error("engine.error", voice=job.voice, text_len=len(job.text), error="stuck")
-                self._emit(job, SynthesisError(f"the engine is stuck ({stuck} syntheses hung)"))
-            else:
-                self._run(job)
+                if self._worker is not me or preview.abandoned:
+                    return
+            try:
+                entry = self._jobs.get_nowait()
+            except queue.Empty:
+                return
+            rank, _, job = entry
+            if rank != ON_AIR or job is None:
+                self._jobs.put(entry)  # same rank and number: it keeps its place
+                return
+            self._serve_one(job)
             with self._lock:
-                if self._job is job:
-                    self._job = None
+                if self._worker is not me:
+                    # That request stuck and a fresh thread took the queue: the
+                    # preview ends here, its caller told why.
+                    preview.abandoned = True
+                    preview.cancel.set()
+                    _deliver(preview, SynthesisStalled("the engine stalled during a preview"))
+                    return
+                preview.progress_at = time.monotonic()
+                self._job = preview
 
     def _watch(self) -> None:
         limit = self.config.stall_timeout_s
@@ -533,6 +580,8 @@ class Engine:
         for chunk in self._synthesize(job.text, voice, job):
             self._emit(job, chunk)
             job.chunks += 1
+            if job.preview:
+                self._serve_on_air_first(job)
 
     def _synthesize(self, text: str, voice: Voice, job: _Job) -> Any:
         ref = self._reference(voice)

@@ -16,7 +16,7 @@ from adapters.events import Connected, Disconnected, Platform
 from bot import outcomes
 from bot.app import Bot
 from bot.config import Config, WebConfig
-from bot.web import MAX_BODY, create_app
+from bot.web import MAX_BODY, THROTTLE_KEY, create_app
 from engine.checkpoints import ModelFiles
 from engine.synth import Engine
 from tests.engine.tiny import TINY_ARCH, write_voice
@@ -24,6 +24,7 @@ from tests.factories import chat
 
 TOKEN = "s3cret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+JSON = {"Content-Type": "application/json"}
 
 
 def make_bot(tmp_path: Path) -> Bot:
@@ -66,15 +67,17 @@ async def test_every_route_needs_the_token(client: Any) -> None:
         assert (await r.json()) == {"error": "token required"}
         wrong = await c.request(method, path, headers={"Authorization": "Bearer nope"})
         assert wrong.status == 401
+        c.server.app[THROTTLE_KEY].succeeded("127.0.0.1")  # lockouts: test_web_security
     page = await c.get("/", allow_redirects=False)
     assert page.status == 302 and page.headers["Location"] == "/login"
 
 
 async def test_login_form_sets_a_cookie_and_query_token_works(client: Any) -> None:
     c, _ = client
-    bad = await c.post("/login", data={"token": "nope"}, allow_redirects=False)
+    origin = {"Origin": f"http://{c.host}:{c.port}"}  # as a browser sends with the form
+    bad = await c.post("/login", data={"token": "nope"}, headers=origin, allow_redirects=False)
     assert bad.status == 401
-    ok = await c.post("/login", data={"token": TOKEN}, allow_redirects=False)
+    ok = await c.post("/login", data={"token": TOKEN}, headers=origin, allow_redirects=False)
     assert ok.status == 302
     page = await c.get("/")
     assert page.status == 200 and "iShowTTS panel" in await page.text()
@@ -161,7 +164,7 @@ async def test_say_is_queued_at_broadcaster_priority_as_typed(client: Any) -> No
 )
 async def test_errors(client: Any, path: str, body: bytes, status: int, error: str) -> None:
     c, _ = client
-    r = await c.post(path, data=body, headers={**AUTH, "Content-Type": "application/json"})
+    r = await c.post(path, data=body, headers={**AUTH, **JSON})
     assert r.status == status
     data = await r.json()
     assert error in data["error"]
@@ -171,7 +174,7 @@ async def test_errors(client: Any, path: str, body: bytes, status: int, error: s
 
 async def test_body_over_the_limit_is_413(client: Any) -> None:
     c, _ = client
-    r = await c.post("/api/say", data=b"x" * (MAX_BODY + 1), headers=AUTH)
+    r = await c.post("/api/say", data=b"x" * (MAX_BODY + 1), headers={**AUTH, **JSON})
     assert r.status == 413
 
 
@@ -206,10 +209,14 @@ async def test_server_sent_events_carry_status_and_terminal_events(client: Any) 
     r.close()
 
 
-async def test_no_token_on_loopback_means_open(tmp_path: Path) -> None:
-    app = create_app(WebConfig(), make_bot(tmp_path))
+async def test_no_token_on_loopback_means_open_to_this_panels_own_page(tmp_path: Path) -> None:
+    bot = make_bot(tmp_path)
+    app = create_app(WebConfig(), bot)
     async with TestClient(TestServer(app)) as c:
         assert (await c.get("/api/status")).status == 200
+        origin = {"Origin": f"http://{c.host}:{c.port}"}
+        assert (await c.post("/api/pause", headers=origin)).status == 200
+        assert bot.control.paused
 
 
 async def test_synthesize_returns_a_wav(tmp_path: Path, tiny_files: ModelFiles) -> None:

@@ -13,7 +13,7 @@ from structlog.testing import capture_logs
 from engine import chunking
 from engine.checkpoints import HOP_LENGTH
 from engine.faults import apply_fault
-from engine.synth import MAX_STUCK_THREADS, Engine, SynthesisError, SynthesisStalled
+from engine.synth import MAX_STUCK_THREADS, Engine, SynthesisError, SynthesisStalled, _Job
 from engine.voices import TARGET_RMS
 
 LONG = " ".join(f"This is sentence number {i} of a long message." for i in range(8))
@@ -80,6 +80,47 @@ async def test_cancel_stops_within_one_step(engine: Engine) -> None:
     assert any(e["event"] == "engine.cancelled" for e in logs)
     # And the engine serves the next request.
     assert len(await collect(engine, "Still here.")) == 1
+
+
+async def test_speech_for_the_air_starts_before_waiting_previews(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The order jobs start in, as the inference thread takes them.
+    started: list[tuple[str, int]] = []
+    run = Engine._run
+
+    def spy(self: Engine, job: _Job) -> None:
+        started.append((job.text[:9], first_job.chunks if first_job else 0))
+        run(self, job)
+
+    first_job: _Job | None = None
+    monkeypatch.setattr(Engine, "_run", spy)
+
+    async def drain(stream: AsyncIterator[np.ndarray]) -> None:
+        async for _ in stream:
+            pass
+
+    first = engine.stream("Preview 1 " + LONG, "alice", seed=1, preview=True)
+    await first.__anext__()  # the first preview runs, seven sentences to go
+    first_job = engine._job
+    assert first_job is not None and first_job.text.startswith("Preview 1")
+    waiting = [
+        asyncio.create_task(drain(engine.stream(text, "alice", seed=1, preview=preview)))
+        for text, preview in (
+            ("Preview 2 " + LONG, True),
+            ("Preview 3 " + LONG, True),
+            ("On air: a viewer's line.", False),  # queued last
+        )
+    ]
+    await asyncio.gather(drain(first), *waiting)
+    assert [text for text, _ in started] == [
+        "Preview 1",
+        "On air: a",  # between the running preview's sentences
+        "Preview 2",
+        "Preview 3",
+    ]
+    on_air_at = started[1][1]
+    assert 1 <= on_air_at < 8  # the first preview had not finished
 
 
 async def test_a_failed_request_does_not_stop_the_engine(engine: Engine) -> None:
