@@ -125,9 +125,13 @@ THROTTLE_KEY: web.AppKey[LoginThrottle] = web.AppKey("throttle", LoginThrottle)
 
 
 class Feed:
-    """The last terminal events, numbered, for the panel's list and live updates."""
+    """The last terminal events, numbered, for the panel's list and live updates.
 
-    def __init__(self) -> None:
+    Names are shown cleaned (`clean_name`), and what the filters dropped is not
+    shown at all: a panel captured on stream must not put it on air."""
+
+    def __init__(self, clean_name: Callable[[str], str] = lambda name: name) -> None:
+        self._clean_name = clean_name
         self.events: deque[dict[str, Any]] = deque(maxlen=RECENT_EVENTS)
         self.seq = 0
         outcomes.add_listener(self._on_outcome)
@@ -142,8 +146,8 @@ class Feed:
                 "seq": self.seq,
                 "event": event,
                 "id": f"{message.platform.value}:{message.message_id}",
-                "user": message.user_name,
-                "text": message.text[:200],
+                "user": self._clean_name(message.user_name),
+                "text": "" if event == outcomes.FILTERED else message.text[:200],
                 "reason": fields.get("reason"),
                 "voice": fields.get("voice"),
                 "at": time.time(),
@@ -166,7 +170,7 @@ def create_app(
     app[SPEAKER_KEY] = speaker
     app[ENGINE_KEY] = engine
     app[METRICS_KEY] = Metrics(bot.queue, bot.control, engine, bot.lag)
-    app[FEED_KEY] = Feed()
+    app[FEED_KEY] = Feed(lambda name: str(bot.policy.clean_name(name).shown))
     app[STOPPING_KEY] = asyncio.Event()
     app[PREVIEW_KEY] = asyncio.Lock()
     app[THROTTLE_KEY] = throttle
@@ -554,7 +558,7 @@ async def _queue(request: web.Request) -> web.Response:
         {
             "id": f"{i.message.platform.value}:{i.message.message_id}",
             "platform": i.message.platform.value,
-            "user": i.message.user_name,
+            "user": i.user,
             "text": i.text,
             "priority": round(i.priority, 3),
             "age_s": round(now - i.message.received, 1),
