@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import structlog
 
 from adapters.bilibili.client import BilibiliClient
-from adapters.events import ChatEvent, ChatMessage, Platform
+from adapters.events import ChatEvent, ChatMessage, Disconnected, Platform
+from adapters.reconnect import Backoff, describe
 from adapters.twitch.client import TwitchClient
 from bot import outcomes
 from bot.config import Config, WebConfig
@@ -44,6 +46,10 @@ NO_PLATFORM = (
 
 #: Bounded so a flood waits in the adapters' sockets rather than in memory.
 EVENT_QUEUE_SIZE = 1000
+
+#: Restarting an adapter whose task crashed: 1 s, doubling to a minute apart
+#: while it keeps crashing; back to quick once a run lasted a minute.
+ADAPTER_BACKOFF = Backoff(base_s=1.0, cap_s=60.0, jitter_s=1.0, stable_s=60.0)
 
 
 class Bot:
@@ -117,12 +123,51 @@ async def _restarting(name: str, run: Callable[[], Coroutine[Any, Any, None]]) -
             await asyncio.sleep(1.0)
 
 
-async def _guarded(name: str, run: Coroutine[Any, Any, None]) -> None:
-    """One adapter failing must not take the others (or the bot) down."""
-    try:
-        await run
-    except Exception:
-        log.exception("adapter.crashed", platform=name)
+class Adapter(Protocol):
+    async def run(self) -> None: ...
+
+    def down(self, reason: str) -> list[Disconnected]: ...
+
+
+async def _guarded(
+    platform: Platform,
+    client: Adapter,
+    events: asyncio.Queue[ChatEvent],
+    *,
+    on_crash: Callable[[Platform], None] | None = None,
+    backoff: Backoff = ADAPTER_BACKOFF,
+    rand: Callable[[], float] = random.random,
+) -> None:
+    """One adapter failing must not take the others (or the bot) down, nor stop
+    its chat being read: whatever escapes its run() is logged (`adapter.crashed`),
+    the bot is told it is down (Disconnected: the status and the metrics show it),
+    and it is restarted with backoff (`adapter.restarted`). A run() that returns
+    by itself (a refused login) stays ended: retrying would not help."""
+    attempt = 0
+    while True:
+        started = time.monotonic()
+        try:
+            await client.run()
+            return
+        except Exception as exc:
+            crash: Exception = exc
+        error = describe(crash)
+        attempt = backoff.next_attempt(attempt, time.monotonic() - started)
+        delay = round(backoff.delay(attempt - 1, rand()), 3)
+        for event in client.down(f"crashed: {error}"):
+            await events.put(event)
+        if on_crash is not None:
+            on_crash(platform)
+        log.error(
+            "adapter.crashed",
+            platform=platform.value,
+            error=error,
+            restart_in_s=delay,
+            exc_info=crash,
+        )
+        del crash  # its traceback holds the dead run's frames
+        await asyncio.sleep(delay)
+        log.info("adapter.restarted", platform=platform.value, attempt=attempt)
 
 
 def _in_daemon_thread(work: Callable[[], T]) -> asyncio.Future[T]:
@@ -288,7 +333,12 @@ async def _run(config: Config, stop: asyncio.Event, locks: ChannelLocks) -> int:
             tasks.create_task(bot.lag.run()),
             tasks.create_task(bot.router.run(bot.events)),
             tasks.create_task(_restarting("speaker", speaker.run)),
-            *(tasks.create_task(_guarded(n, c.run())) for n, c in bot.adapters().items()),
+            *(
+                tasks.create_task(
+                    _guarded(Platform(n), c, bot.events, on_crash=bot.control.adapter_crashed)
+                )
+                for n, c in bot.adapters().items()
+            ),
         ]
         log.info(
             "bot.started",

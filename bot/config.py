@@ -24,6 +24,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SecretBytes,
     SecretStr,
     ValidationError,
     field_validator,
@@ -438,7 +439,8 @@ def format_error(err: Mapping[str, Any]) -> str:
     loc: tuple[str | int, ...] = tuple(err["loc"])
     kind: str = err["type"]
     ctx: dict[str, Any] = err.get("ctx") or {}
-    got = f", got {_show(err.get('input'))}"
+    shown = _hidden(err.get("input")) if _is_secret(loc) else _show(err.get("input"))
+    got = f", got {shown}"
     if kind == "extra_forbidden":
         allowed = _allowed_keys(loc[:-1])
         what = "unknown key"
@@ -489,6 +491,47 @@ def _show(value: Any) -> str:
         return f"{value:g}"
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+#: Keys whose values are never echoed, whatever their type in the schema.
+_SECRET_KEY_WORDS = ("token", "cookie", "password", "secret")
+
+
+def _is_secret(loc: tuple[str | int, ...]) -> bool:
+    """Whether the value at `loc` is, or may contain, a secret: a key named like
+    one, a SecretStr field, or a section that holds one (its whole input would
+    be echoed, secret included)."""
+    if any(isinstance(p, str) and any(w in p.lower() for w in _SECRET_KEY_WORDS) for p in loc):
+        return True
+    node: Any = Config
+    for part in loc:
+        node = _step(node, part)
+        if node is None:
+            return False
+    return bool(loc) and _holds_secret(node, set())
+
+
+def _holds_secret(node: Any, seen: set[type]) -> bool:
+    node = _unwrap_optional(node)
+    if isinstance(node, type) and issubclass(node, SecretStr | SecretBytes):
+        return True
+    if isinstance(node, type) and issubclass(node, BaseModel) and node not in seen:
+        seen.add(node)
+        return any(_holds_secret(f.annotation, seen) for f in node.model_fields.values())
+    return any(_holds_secret(arg, seen) for arg in typing.get_args(node))
+
+
+def _hidden(value: Any) -> str:
+    """What a secret's wrong value was, without the value."""
+    kind = {
+        bool: "true or false",
+        int: "a number",
+        float: "a number",
+        str: "text",
+        list: "a list",
+        dict: "a mapping",
+    }.get(type(value), type(value).__name__)
+    return f"{kind} (value hidden: secret)"
 
 
 def _did_you_mean(name: str, allowed: typing.Sequence[str]) -> str:

@@ -71,6 +71,7 @@ class Control:
         self.policy_state.on_change = self._save
         self.connections: dict[Platform, bool] = {}
         self.disconnects: dict[Platform, int] = {}
+        self.crashes: dict[Platform, int] = {}
         self._cut_handlers: list[CutHandler] = []
         self._listeners: list[Callable[[], None]] = []
         self._resumed = asyncio.Event()
@@ -303,6 +304,10 @@ class Control:
         if not connected and self.connections.get(platform):
             self.disconnects[platform] = self.disconnects.get(platform, 0) + 1
         self.connections[platform] = connected
+
+    def adapter_crashed(self, platform: Platform) -> None:
+        """A platform's adapter task crashed (it is restarted): counted for /metrics."""
+        self.crashes[platform] = self.crashes.get(platform, 0) + 1
 
     def status(self) -> Reply:
         links = ", ".join(

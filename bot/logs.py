@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import importlib.util
 import logging
 import queue
 import sys
@@ -140,6 +141,21 @@ def progress(text: str) -> None:
         tell_user(text)
 
 
+# Tracebacks never show the frames' local variables: they hold secrets (the
+# Bilibili cookie, tokens, HTTP headers) that must not reach a log. structlog's
+# defaults (`dict_tracebacks`, and rich's console tracebacks) show them.
+def _json_tracebacks() -> structlog.typing.Processor:
+    return structlog.processors.ExceptionRenderer(
+        structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+    )
+
+
+def _console_tracebacks() -> structlog.typing.ExceptionRenderer:
+    if importlib.util.find_spec("rich") is not None:
+        return structlog.dev.RichTracebackFormatter(show_locals=False)
+    return structlog.dev.plain_traceback
+
+
 def configure_logging(
     level: str = "info", fmt: LogFormat = "auto", stream: TextIO | None = None
 ) -> None:
@@ -148,9 +164,13 @@ def configure_logging(
     as_json = fmt == "json" or (fmt == "auto" and not out.isatty())
     _for_person = not as_json
     tail: list[structlog.typing.Processor] = (
-        [structlog.processors.dict_tracebacks, structlog.processors.JSONRenderer()]
+        [_json_tracebacks(), structlog.processors.JSONRenderer()]
         if as_json
-        else [structlog.dev.ConsoleRenderer(colors=out.isatty())]
+        else [
+            structlog.dev.ConsoleRenderer(
+                colors=out.isatty(), exception_formatter=_console_tracebacks()
+            )
+        ]
     )
     if _writer is not None:
         _writer.close()

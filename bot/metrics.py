@@ -87,10 +87,18 @@ class _StateCollector(Collector):
         )
         for platform, up in self._control.connections.items():
             connected.add_metric([platform.value], 1.0 if up else 0.0)
+        crashes = CounterMetricFamily(
+            "ishowtts_adapter_crashes",
+            "Adapter tasks that crashed and were restarted, per platform",
+            labels=["platform"],
+        )
         for platform, count in self._control.disconnects.items():
             reconnects.add_metric([platform.value], count)
+        for platform, count in self._control.crashes.items():
+            crashes.add_metric([platform.value], count)
         yield connected
         yield reconnects
+        yield crashes
         errors = CounterMetricFamily("ishowtts_engine_errors", "Synthesis requests that failed")
         errors.add_metric([], getattr(self._engine, "errors", 0))
         yield errors

@@ -231,3 +231,39 @@ def test_permissions_override_keeps_other_defaults() -> None:
     config = parse_config("commands:\n  permissions: {status: [everyone]}\n", environ={})
     assert config.commands.allowed_roles("status") is None
     assert config.commands.permissions["skip"] == ["broadcaster", "moderator"]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            'platforms:\n  twitch:\n    token: ["oauth:abc123secret"]\n',
+            "platforms.twitch.token: must be text, got a list (value hidden: secret)",
+        ),
+        (
+            "platforms:\n  bilibili:\n    cookie: {SESSDATA: abc123secret}\n",
+            "platforms.bilibili.cookie: must be text, got a mapping (value hidden: secret)",
+        ),
+        (
+            "web:\n  token: 1234567\n",
+            "web.token: must be text, got a number (value hidden: secret)",
+        ),
+        # A section holding a secret, written as something else: its text is echoed whole.
+        (
+            "platforms:\n  twitch: token=oauth:abc123secret\n",
+            "platforms.twitch: must be a mapping of keys, got text (value hidden: secret)",
+        ),
+    ],
+)
+def test_secrets_are_never_echoed_in_errors(text: str, expected: str) -> None:
+    assert error_lines(text) == [f"config error: {expected}"]
+    assert not any(s in expected for s in ("abc123secret", "1234567"))
+
+
+def test_values_beside_secrets_are_still_shown() -> None:
+    assert error_lines("web:\n  port: lots\n") == [
+        "config error: web.port: must be a whole number, got 'lots'"
+    ]
+    assert error_lines("platforms:\n  twitch:\n    nick: [a]\n") == [
+        "config error: platforms.twitch.nick: must be text, got ['a']"
+    ]

@@ -134,3 +134,49 @@ def test_lines_beyond_the_bound_are_dropped_and_counted() -> None:
         writer.close()
     assert out.getvalue().splitlines()[:11] == ["first"] + [f"line {n}" for n in range(10)]
     assert [e["lines"] for e in logs if e["event"] == "logs.dropped"] == [15]
+
+
+# Built here, far from the frames: a console traceback shows source lines
+# around each frame, and a secret is a value at run time, not in the source.
+SECRET = "SESSDATA=" + "super" + "secret"
+
+
+def crash_with_a_secret_in_scope(config: dict[str, str]) -> None:
+    cookie = config["cookie"]
+    raise ValueError(f"bad cookie of {len(cookie)} characters")
+
+
+def log_a_crash() -> None:
+    try:
+        crash_with_a_secret_in_scope({"cookie": SECRET})
+    except ValueError:
+        structlog.get_logger().exception("adapter.crashed", platform="bilibili")
+
+
+def test_json_tracebacks_carry_no_local_variables() -> None:
+    out = io.StringIO()
+    configure_logging("info", "json", stream=out)
+    try:
+        log_a_crash()
+    finally:
+        flush_logs()
+        structlog.reset_defaults()
+    event = json.loads(out.getvalue())
+    assert event["event"] == "adapter.crashed"
+    frames = event["exception"][0]["frames"]
+    assert frames[-1]["name"] == "crash_with_a_secret_in_scope"
+    assert all("locals" not in f for f in frames)
+    assert "supersecret" not in out.getvalue()
+
+
+def test_console_tracebacks_carry_no_local_variables() -> None:
+    out = FakeTty()
+    configure_logging("info", "console", stream=out)
+    try:
+        log_a_crash()
+    finally:
+        flush_logs()
+        structlog.reset_defaults()
+    text = out.getvalue()
+    assert "adapter.crashed" in text and "crash_with_a_secret_in_scope" in text
+    assert "supersecret" not in text

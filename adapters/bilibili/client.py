@@ -132,6 +132,13 @@ class BilibiliClient:
             self.connected = False
             await self._events.put(Disconnected(Platform.BILIBILI, str(self.room.room_id), reason))
 
+    def down(self, reason: str) -> list[Disconnected]:
+        """After run() crashed: not connected, and the event that tells the bot so
+        (sent even if it never connected, so the status shows the room down)."""
+        self.connected = False
+        room_id = self.room.room_id if self.room is not None else self.config.room_id
+        return [Disconnected(Platform.BILIBILI, str(room_id), reason)]
+
     async def _bootstrap(self, http: aiohttp.ClientSession) -> Room:
         """Room id, owner, token and servers; on failure the fallback server, no token."""
         try:
@@ -208,7 +215,7 @@ class BilibiliClient:
     def _fallback(self) -> tuple[str, int]:
         host, _, port = self.config.fallback_host.partition(":")
         default = 443 if self.config.ws_scheme == "wss" else 80
-        return host, int(port) if port.isdigit() else default
+        return host, int(port) if port.isascii() and port.isdigit() else default
 
     async def _get_json(
         self,
@@ -244,7 +251,14 @@ class BilibiliClient:
                 if isinstance(frame, str):
                     log.info("bilibili.text_frame_ignored", length=len(frame))
                     continue
-                for event in decoder.feed(frame, time.monotonic()):
+                received = time.monotonic()
+                if codec.is_heavy(frame):
+                    # Inflating a batch can take milliseconds (a bomb, up to the
+                    # frame's budget): off the loop, awaited here so order holds.
+                    events = await asyncio.to_thread(decoder.feed, frame, received)
+                else:
+                    events = decoder.feed(frame, received)
+                for event in events:
                     if isinstance(event, codec.AuthReply):
                         if event.code != 0:
                             raise AuthRejectedError(f"code {event.code}")

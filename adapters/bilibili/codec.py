@@ -2,9 +2,12 @@
 
 A frame holds packets back to back (16-byte big-endian header + body); a
 packet may be a zlib or brotli batch of further packets. Lengths are checked
-before they are trusted, inflation is capped, and nesting is bounded. A bad
-packet yields `DecodeFailed` for that packet only; `BilibiliCodec.feed`
-never raises.
+before they are trusted, nesting is bounded, and one WebSocket frame has one
+budget, shared by every batch in it however nested: inflated bytes and
+packets. A bad packet yields `DecodeFailed` for that packet only; a frame over
+its budget yields one `DecodeFailed` and the rest of it is dropped;
+`BilibiliCodec.feed` never raises (whatever else a packet provokes is caught
+there and becomes a `DecodeFailed` too).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import zlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Any
 
 import brotli
@@ -47,8 +51,20 @@ OP_AUTH_REPLY = 8
 
 #: A batch inflating past this is a bomb (real batches are tens of KB).
 MAX_INFLATED = 2 * 1024 * 1024
+#: All the batches of one WebSocket frame together, however nested, inflate to
+#: at most this; past it the rest of the frame is dropped.
+MAX_FRAME_INFLATED = 4 * 1024 * 1024
+#: Packets in one WebSocket frame, those inside batches included (a busy room
+#: sends a few hundred at most); past it the rest of the frame is dropped.
+MAX_FRAME_PACKETS = 5000
 #: Batches inside batches: the server nests one level; allow one more.
 MAX_DEPTH = 2
+#: JSON nested deeper than this is refused unparsed (real commands nest ~6
+#: deep; a few thousand levels would exhaust the parser's recursion limit).
+MAX_JSON_DEPTH = 64
+#: Frames at least this long, or holding a batch, are decoded off the event
+#: loop (see `is_heavy`); heartbeat and auth replies are a few dozen bytes.
+HEAVY_FRAME_BYTES = 1024
 
 #: Commands seen often that the bot deliberately does not read.
 IGNORED_COMMANDS = frozenset(
@@ -84,6 +100,40 @@ _ID_STR = re.compile(r'"id_str"\s*:\s*"([0-9A-Za-z_:-]+)"')
 
 class DecodeError(ValueError):
     """A packet that is not valid danmaku protocol; skipped, the rest still decodes."""
+
+
+class FrameOverBudget(Exception):
+    """The frame inflates or holds more than one frame may: the rest is dropped."""
+
+
+class FrameBudget:
+    """What is left for one WebSocket frame, across all its (nested) batches."""
+
+    def __init__(
+        self, inflated: int = MAX_FRAME_INFLATED, packets: int = MAX_FRAME_PACKETS
+    ) -> None:
+        self.max_inflated = inflated
+        self.max_packets = packets
+        self.inflated = 0
+        self.packets = 0
+
+    @property
+    def inflate_left(self) -> int:
+        return max(0, self.max_inflated - self.inflated)
+
+    def count_packet(self) -> None:
+        self.packets += 1
+        if self.packets > self.max_packets:
+            raise FrameOverBudget(
+                f"frame holds over {self.max_packets} packets; the rest of it is dropped"
+            )
+
+    def charge(self, inflated: int) -> None:
+        self.inflated += inflated
+        if self.inflated > self.max_inflated:
+            raise FrameOverBudget(
+                f"frame inflates past {self.max_inflated} bytes; the rest of it is dropped"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,8 +192,18 @@ def heartbeat_packet() -> bytes:
     return encode_packet(OP_HEARTBEAT)
 
 
-def split_packets(buf: bytes, depth: int = 0) -> Iterator[Packet | DecodeFailed]:
-    """Packets in a frame (or inflated batch), batches opened; stops at a lying length."""
+def split_packets(
+    buf: bytes, depth: int = 0, budget: FrameBudget | None = None
+) -> Iterator[Packet | DecodeFailed]:
+    """Packets in a frame (or inflated batch), batches opened; stops at a lying
+    length, and at the end of the frame's budget (one `DecodeFailed` says so)."""
+    if budget is None:
+        budget = FrameBudget()
+        try:
+            yield from split_packets(buf, depth, budget)
+        except FrameOverBudget as exc:
+            yield DecodeFailed(str(exc))
+        return
     if depth > MAX_DEPTH:
         yield DecodeFailed(f"batches nested deeper than {MAX_DEPTH}")
         return
@@ -152,6 +212,7 @@ def split_packets(buf: bytes, depth: int = 0) -> Iterator[Packet | DecodeFailed]
         if len(buf) - off < HEADER_LEN:
             yield DecodeFailed(f"truncated header ({len(buf) - off} bytes)")
             return
+        budget.count_packet()
         packet_len, header_len, ver, op, seq = HEADER.unpack_from(buf, off)
         if header_len < HEADER_LEN or packet_len < header_len:
             yield DecodeFailed(f"bad lengths (packet {packet_len}, header {header_len})")
@@ -169,22 +230,43 @@ def split_packets(buf: bytes, depth: int = 0) -> Iterator[Packet | DecodeFailed]
             off = len(buf)  # the echoed heartbeat bytes the length does not cover
         if op == OP_MESSAGE and ver in (VER_ZLIB, VER_BROTLI):
             try:
-                inner = _inflate(body, ver)
+                inner = _inflate(body, ver, budget)
             except DecodeError as exc:
                 yield DecodeFailed(str(exc))
                 continue
-            yield from split_packets(inner, depth + 1)
+            yield from split_packets(inner, depth + 1, budget)
         else:
             yield Packet(ver, op, body, seq)
 
 
-def _inflate(body: bytes, ver: int) -> bytes:
+def is_heavy(frame: bytes) -> bool:
+    """Whether decoding `frame` may take long enough to stall the event loop: a
+    long frame, or one holding a batch (tiny compressed input can inflate to
+    megabytes). Looks at the first few packet headers only, so it is cheap."""
+    if len(frame) >= HEAVY_FRAME_BYTES:
+        return True
+    off = 0
+    while len(frame) - off >= HEADER_LEN:
+        packet_len, _, ver, op, _ = HEADER.unpack_from(frame, off)
+        if op == OP_MESSAGE and ver in (VER_ZLIB, VER_BROTLI):
+            return True
+        if packet_len < HEADER_LEN:
+            return False
+        off += packet_len
+    return False
+
+
+def _inflate(body: bytes, ver: int, budget: FrameBudget) -> bytes:
+    """One batch, inflated: at most MAX_INFLATED bytes, and at most what is left
+    of the frame's budget (FrameOverBudget past that)."""
+    limit = min(MAX_INFLATED, budget.inflate_left) + 1
     if ver == VER_ZLIB:
         z = zlib.decompressobj()
         try:
-            out = z.decompress(body, MAX_INFLATED + 1)
+            out = z.decompress(body, limit)
         except zlib.error as exc:
             raise DecodeError(f"bad zlib batch: {exc}") from None
+        budget.charge(len(out))
         if len(out) > MAX_INFLATED or z.unconsumed_tail:
             raise DecodeError(f"zlib batch inflates past {MAX_INFLATED} bytes")
         if not z.eof:
@@ -192,9 +274,10 @@ def _inflate(body: bytes, ver: int) -> bytes:
         return out
     b = brotli.Decompressor()
     try:
-        inflated: bytes = b.process(body, output_buffer_limit=MAX_INFLATED + 1)
+        inflated: bytes = b.process(body, output_buffer_limit=limit)
     except brotli.error as exc:
         raise DecodeError(f"bad brotli batch: {exc}") from None
+    budget.charge(len(inflated))
     if len(inflated) > MAX_INFLATED:
         raise DecodeError(f"brotli batch inflates past {MAX_INFLATED} bytes")
     if not b.is_finished():
@@ -212,18 +295,27 @@ class BilibiliCodec:
         self.unknown_commands: Counter[str] = Counter()
 
     def feed(self, frame: bytes, received: float) -> list[BilibiliEvent]:
+        """Decode one WebSocket frame. The codec's one boundary: a packet that
+        provokes any exception (a bug, beyond what DecodeError names) costs
+        that packet only; one escaping the framing costs the rest of the frame."""
         events: list[BilibiliEvent] = []
-        for packet in split_packets(frame):
-            if isinstance(packet, DecodeFailed):
-                events.append(packet)
-                continue
-            try:
-                event = self._packet_event(packet, received)
-            except DecodeError as exc:
-                events.append(DecodeFailed(str(exc)))
-                continue
-            if event is not None:
-                events.append(event)
+        try:
+            for packet in split_packets(frame):
+                if isinstance(packet, DecodeFailed):
+                    events.append(packet)
+                    continue
+                try:
+                    event = self._packet_event(packet, received)
+                except DecodeError as exc:
+                    events.append(DecodeFailed(str(exc)))
+                    continue
+                except Exception as exc:
+                    events.append(DecodeFailed(_unexpected(exc)))
+                    continue
+                if event is not None:
+                    events.append(event)
+        except Exception as exc:
+            events.append(DecodeFailed(_unexpected(exc) + "; the rest of the frame is dropped"))
         return events
 
     def _packet_event(self, packet: Packet, received: float) -> BilibiliEvent | None:
@@ -270,7 +362,8 @@ class BilibiliCodec:
                     data = doc.get("data")
                     source = data if isinstance(data, dict) and "uid" in data else doc
                     uid = source.get("uid")
-                    if not (isinstance(uid, int) or (isinstance(uid, str) and uid.isdigit())):
+                    digits = isinstance(uid, str) and uid.isascii() and uid.isdigit()
+                    if not (isinstance(uid, int) or digits):
                         raise DecodeError("ROOM_BLOCK_MSG: uid must be a number")
                     return Retraction(
                         Platform.BILIBILI, self.channel, user_id=str(uid), reason="ban"
@@ -405,11 +498,37 @@ def _danmaku_id(meta: list[Any]) -> str:
     return ""
 
 
+def _unexpected(exc: BaseException) -> str:
+    """The decode error for an exception the codec did not mean to raise."""
+    text = str(exc)[:200]
+    return f"unexpected {type(exc).__name__}" + (f": {text}" if text else "")
+
+
+_JSON_ESCAPE = re.compile(rb"\\.", re.DOTALL)
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_BRACKET_STEP = [1 if b in b"[{" else -1 for b in range(256)]
+
+
+def json_depth(body: bytes) -> int:
+    """How deep the arrays and objects in a JSON text nest, without parsing it:
+    linear C-speed passes, no recursion. Escapes go first, so every quote left
+    opens or closes a string, and what is inside strings is not counted."""
+    outside = b"".join(_JSON_ESCAPE.sub(b"", body).split(b'"')[::2])
+    brackets = outside.translate(None, _NOT_BRACKETS)
+    if not brackets:
+        return 0
+    return max(0, max(accumulate(map(_BRACKET_STEP.__getitem__, brackets))))
+
+
 def _json(body: bytes) -> dict[str, Any]:
+    if json_depth(body) > MAX_JSON_DEPTH:
+        raise DecodeError(f"JSON nested deeper than {MAX_JSON_DEPTH}")
     try:
         doc = json.loads(body.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise DecodeError(f"invalid UTF-8 at byte {exc.start}") from None
+    except RecursionError:
+        raise DecodeError("invalid JSON: nested too deep") from None
     except ValueError as exc:
         raise DecodeError(f"invalid JSON: {exc}") from None
     if not isinstance(doc, dict):

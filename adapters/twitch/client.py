@@ -120,6 +120,12 @@ class TwitchClient:
             for channel in self.channels:
                 await self._events.put(Disconnected(Platform.TWITCH, channel, reason))
 
+    def down(self, reason: str) -> list[Disconnected]:
+        """After run() crashed: not connected, and the events that tell the bot so
+        (sent even if it never connected, so the status shows the channels down)."""
+        self.connected = False
+        return [Disconnected(Platform.TWITCH, c, reason) for c in self.channels or [""]]
+
     async def _session(self, ws: ClientConnection) -> bool:
         """Run one connection; True when the server asked us to reconnect."""
         decoder = codec.TwitchCodec(self.nick)

@@ -1,9 +1,10 @@
 """Twitch chat's IRC dialect, sans I/O: bytes in, typed events out, lines to send.
 
 No sockets, no clock, no logging: the caller passes the receive time and
-decides what to do with each event. `DecodeError` is the only error a bad
-line can produce, and it is returned (as `DecodeFailed`), never raised, by
-`TwitchCodec.feed`, so one bad line cannot stop the lines after it.
+decides what to do with each event. A bad line is returned as `DecodeFailed`,
+never raised, by `TwitchCodec.feed`, so one bad line cannot stop the lines
+after it: `DecodeError` for what the codec recognises as invalid, and any
+other exception a line provokes (a bug in the codec) is caught there too.
 """
 
 from __future__ import annotations
@@ -252,7 +253,28 @@ class TwitchCodec:
                 events.extend(to_events(parse_line(line), self.nick, received))
             except DecodeError as exc:
                 events.append(DecodeFailed(str(exc), line[:200]))
+            except Exception as exc:
+                # The codec's one boundary: whatever else a line provokes is a
+                # bug, and it costs that line only, never the connection.
+                events.append(DecodeFailed(unexpected(exc), line[:200]))
         return events
+
+
+def unexpected(exc: BaseException) -> str:
+    """The decode error for an exception the codec did not mean to raise."""
+    text = str(exc)[:200]
+    return f"unexpected {type(exc).__name__}" + (f": {text}" if text else "")
+
+
+#: Longest digit string read as a number: Twitch's are at most 13 digits
+#: (a millisecond timestamp); `int()` refuses more than 4300.
+MAX_DIGITS = 18
+
+
+def is_number(value: str) -> bool:
+    """A whole number `int()` takes: ASCII digits only (`str.isdigit()` is also
+    true for '²', which `int()` refuses), and not absurdly many."""
+    return value.isascii() and value.isdigit() and len(value) <= MAX_DIGITS
 
 
 def to_events(msg: IrcMessage, own_nick: str, received: float) -> list[TwitchEvent]:
@@ -330,14 +352,14 @@ def _emotes(value: str) -> tuple[tuple[int, int], ...]:
         _, _, ranges = group.partition(":")
         for span in ranges.split(","):
             start, sep, end = span.partition("-")
-            if sep and start.isdigit() and end.isdigit() and int(start) <= int(end):
+            if sep and is_number(start) and is_number(end) and int(start) <= int(end):
                 spans.append((int(start), int(end)))
     return tuple(sorted(spans))
 
 
 def _timestamp(msg: IrcMessage) -> float:
     raw = msg.tags.get("tmi-sent-ts", "")
-    return int(raw) / 1000 if raw.isdigit() else 0.0
+    return int(raw) / 1000 if is_number(raw) else 0.0
 
 
 def _user(msg: IrcMessage) -> tuple[str, str]:
@@ -370,7 +392,7 @@ def _privmsg(msg: IrcMessage, received: float) -> ChatMessage:
     paid = None
     bits_tag = msg.tags.get("bits", "")
     if bits_tag:
-        if not bits_tag.isdigit():
+        if not is_number(bits_tag):
             raise DecodeError(f"bits is not a number: {bits_tag[:20]!r}")
         paid = Paid(float(bits_tag), "BITS", PaidKind.BITS)
         # Blank cheermotes ("Cheer100") to spaces: emote offsets stay valid.
@@ -418,7 +440,7 @@ def _usernotice(msg: IrcMessage, received: float) -> ChatMessage | None:
     paid = None
     if kind is EventKind.GIFT:
         count = msg.tags.get("msg-param-mass-gift-count", "1")
-        paid = Paid(float(count) if count.isdigit() else 1.0, "SUBS", PaidKind.GIFT)
+        paid = Paid(float(count) if is_number(count) else 1.0, "SUBS", PaidKind.GIFT)
     if kind is EventKind.RAID:
         name = msg.tags.get("msg-param-displayName") or name
     text = msg.trailing if len(msg.params) >= 2 else ""

@@ -9,6 +9,8 @@ from typing import Any
 import brotli
 
 from adapters.bilibili.codec import (
+    MAX_INFLATED,
+    OP_HEARTBEAT,
     OP_MESSAGE,
     VER_BROTLI,
     VER_JSON,
@@ -173,3 +175,30 @@ def brotli_batch(*docs: dict[str, Any]) -> bytes:
     # Quality 5: the default (11) costs ~3 ms a batch, which at flood rates is a
     # third of a core taken from the bot under test; decoding is the same.
     return encode_packet(OP_MESSAGE, brotli.compress(inner, quality=5), ver=VER_BROTLI, seq=0)
+
+
+def deeply_nested(depth: int) -> bytes:
+    """A DANMU_MSG packet whose info nests `depth` arrays deep (past ~1000, more
+    than json.loads can recurse)."""
+    doc = b'{"cmd":"DANMU_MSG","info":' + b"[" * depth + b"]" * depth + b"}"
+    return encode_packet(OP_MESSAGE, doc, ver=VER_JSON, seq=0)
+
+
+def inflating_batch(size: int = MAX_INFLATED, ver: int = VER_BROTLI) -> bytes:
+    """A batch of a few dozen bytes that inflates to `size` (the most one batch
+    may): one packet of spaces, with an op the codec ignores."""
+    inner = encode_packet(OP_HEARTBEAT, b" " * (size - 16))
+    packed = brotli.compress(inner) if ver == VER_BROTLI else zlib.compress(inner, 9)
+    return encode_packet(OP_MESSAGE, packed, ver=ver, seq=0)
+
+
+def bomb_frame(count: int = 200) -> bytes:
+    """`count` tiny batches, each inflating to 2 MiB: each within the per-batch
+    limit, hundreds of MiB together."""
+    return inflating_batch() * count
+
+
+def nested_bomb_frame(count: int = 10_000) -> bytes:
+    """One compressed batch holding `count` compressed batches of 2 MiB each."""
+    inner = inflating_batch() * count
+    return encode_packet(OP_MESSAGE, brotli.compress(inner), ver=VER_BROTLI, seq=0)

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import threading
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -180,3 +183,88 @@ async def test_bootstrap_failure_falls_back_to_default_host(
     # Degraded: the configured id, no token.
     assert server.auth_bodies[0]["roomid"] == 1
     assert "key" not in server.auth_bodies[0]
+
+
+async def test_deeply_nested_json_mid_stream_is_skipped_and_reading_goes_on(
+    server: FakeBilibili, start: Any
+) -> None:
+    with capture_logs() as logs:
+        run = start()
+        await run.next(Connected)
+        await server.send(fx.message_packet(fx.danmaku(id_str="before")))
+        await server.send(fx.deeply_nested(100_000))
+        await server.send(fx.brotli_batch(fx.danmaku(id_str="after")))
+        ids = [(await run.next(ChatMessage)).message_id for _ in range(2)]
+    assert ids == ["before", "after"]
+    assert [e["error"] for e in logs if e["event"] == "bilibili.decode_error"] == [
+        f"JSON nested deeper than {codec.MAX_JSON_DEPTH}"
+    ]
+    assert not run.task.done()
+    assert len(server.connections) == 1
+    assert not [e for e in logs if e["event"] == "bilibili.disconnected"]
+
+
+async def test_bomb_frames_are_refused_off_the_event_loop(
+    server: FakeBilibili, start: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loop_thread = threading.get_ident()
+    decoded_on: dict[int, str] = {}
+    real_feed = codec.BilibiliCodec.feed
+
+    def feed(self: codec.BilibiliCodec, frame: bytes, received: float) -> Any:
+        decoded_on[len(frame)] = "loop" if threading.get_ident() == loop_thread else "worker"
+        return real_feed(self, frame, received)
+
+    monkeypatch.setattr(codec.BilibiliCodec, "feed", feed)
+    ticks: list[float] = []
+
+    async def ticker() -> None:
+        while True:
+            ticks.append(time.monotonic())
+            await asyncio.sleep(0.005)
+
+    with capture_logs() as logs:
+        run = start()
+        await run.next(Connected)
+        ticking = asyncio.create_task(ticker())
+        bombs = (fx.bomb_frame(200), fx.nested_bomb_frame(10_000))
+        for frame in bombs * 3:
+            await server.send(frame)
+        await server.send(fx.message_packet(fx.danmaku(id_str="after")))
+        assert (await run.next(ChatMessage, timeout=30)).message_id == "after"
+        ticking.cancel()
+    errors = [e["error"] for e in logs if e["event"] == "bilibili.decode_error"]
+    assert (
+        errors.count(
+            f"frame inflates past {codec.MAX_FRAME_INFLATED} bytes; the rest of it is dropped"
+        )
+        == 6
+    )
+    assert {decoded_on[len(frame)] for frame in bombs} == {"worker"}
+    # Small frames (heartbeat replies, a lone danmaku) stay on the loop.
+    assert decoded_on[len(fx.message_packet(fx.danmaku(id_str="after")))] == "loop"
+    # The loop kept ticking throughout (a generous bound: no timing of the decode).
+    gaps = [b - a for a, b in itertools.pairwise(ticks)]
+    assert len(ticks) > 2 and max(gaps) < 0.5
+    assert len(server.connections) == 1
+
+
+async def test_a_packet_that_trips_a_codec_bug_is_logged_and_skipped(
+    server: FakeBilibili, start: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = codec.BilibiliCodec.command_event
+
+    def buggy(self: codec.BilibiliCodec, doc: dict[str, Any], received: float) -> Any:
+        if doc.get("cmd") == "BUG":
+            raise KeyError("simulated")
+        return real(self, doc, received)
+
+    monkeypatch.setattr(codec.BilibiliCodec, "command_event", buggy)
+    with capture_logs() as logs:
+        run = start()
+        await run.next(Connected)
+        await server.send(fx.brotli_batch({"cmd": "BUG"}, fx.danmaku(id_str="ok")))
+        assert (await run.next(ChatMessage)).message_id == "ok"
+    errors = [e["error"] for e in logs if e["event"] == "bilibili.decode_error"]
+    assert errors == ["unexpected KeyError: 'simulated'"]
+    assert len(server.connections) == 1

@@ -340,3 +340,154 @@ def test_fuzz_mutated_real_frames(kinds: list[str], data: st.DataObject) -> None
             frame[i] = data.draw(st.integers(0, 255))
     for event in decode(bytes(frame)):
         assert isinstance(event, codec.BilibiliEvent)
+
+
+@pytest.mark.parametrize(
+    ("body", "depth"),
+    [
+        (b"{}", 1),
+        (b'{"a":[1,[2,{}]]}', 4),
+        (b'"[[[["', 0),
+        (b'{"a":"x\\"[[[","b":"\\\\"}', 1),
+        (b'{"a":"\\\\","b":[[1]]}', 3),
+        (b"[" * 100_000 + b"]" * 100_000, 100_000),
+        (b"", 0),
+    ],
+)
+def test_json_depth_without_parsing(body: bytes, depth: int) -> None:
+    assert codec.json_depth(body) == depth
+
+
+def test_deeply_nested_json_is_refused_and_the_rest_of_the_frame_decodes() -> None:
+    frame = (
+        fx.message_packet(fx.danmaku(id_str="before"))
+        + fx.deeply_nested(100_000)
+        + fx.deeply_nested(codec.MAX_JSON_DEPTH - 1)  # the object around it is one more
+        + fx.message_packet(fx.danmaku(id_str="after"))
+    )
+    events = decode(frame)
+    assert [type(e) for e in events] == [ChatMessage, DecodeFailed, DecodeFailed, ChatMessage]
+    assert isinstance(events[1], DecodeFailed)
+    assert events[1].error == f"JSON nested deeper than {codec.MAX_JSON_DEPTH}"
+    # At the limit it is parsed (and refused for its shape, not its depth).
+    assert isinstance(events[2], DecodeFailed) and "DANMU_MSG" in events[2].error
+
+
+def test_brackets_inside_text_are_not_nesting() -> None:
+    event = one(fx.message_packet(fx.danmaku(id_str="b", text="[" * 500 + "{" * 500)))
+    assert isinstance(event, ChatMessage) and event.text == "[" * 500 + "{" * 500
+
+
+def test_any_exception_a_packet_provokes_costs_that_packet_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real = BilibiliCodec._danmaku
+
+    def buggy(self: BilibiliCodec, doc: dict[str, object], received: float) -> object:
+        if "boom" in str(doc):
+            raise RecursionError("maximum recursion depth exceeded")
+        return real(self, doc, received)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(BilibiliCodec, "_danmaku", buggy)
+    events = decode(
+        fx.message_packet(fx.danmaku(text="boom")) + fx.message_packet(fx.danmaku(id_str="ok"))
+    )
+    assert [type(e) for e in events] == [DecodeFailed, ChatMessage]
+    assert events[0] == DecodeFailed("unexpected RecursionError: maximum recursion depth exceeded")
+
+
+def test_an_exception_in_the_framing_drops_the_rest_of_the_frame_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def broken(*args: object) -> bytes:
+        raise MemoryError
+
+    monkeypatch.setattr(codec, "_inflate", broken)
+    dec = BilibiliCodec(fx.ROOM)
+    events = dec.feed(
+        fx.message_packet(fx.danmaku(id_str="a")) + fx.brotli_batch(fx.danmaku()), NOW
+    )
+    assert [type(e) for e in events] == [ChatMessage, DecodeFailed]
+    assert events[1] == DecodeFailed("unexpected MemoryError; the rest of the frame is dropped")
+    (event,) = dec.feed(fx.message_packet(fx.danmaku(id_str="b")), NOW)
+    assert isinstance(event, ChatMessage) and event.message_id == "b"
+
+
+@pytest.fixture
+def inflations(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Bytes each batch inflated to (the codec's own count is what is tested)."""
+    sizes: list[int] = []
+    real = codec._inflate
+
+    def counted(*args: object) -> bytes:
+        out = real(*args)  # type: ignore[arg-type]
+        sizes.append(len(out))
+        return out
+
+    monkeypatch.setattr(codec, "_inflate", counted)
+    return sizes
+
+
+def over_budget(events: list[codec.BilibiliEvent]) -> list[str]:
+    return [e.error for e in events if isinstance(e, DecodeFailed) and "rest of it" in e.error]
+
+
+def test_many_small_bombs_in_one_frame_share_one_budget(inflations: list[int]) -> None:
+    # 200 batches of 2 MiB each: each alone is allowed, together 400 MiB.
+    frame = fx.bomb_frame(200) + fx.message_packet(fx.danmaku(id_str="dropped"))
+    events = decode(frame)
+    assert over_budget(events) == [
+        f"frame inflates past {codec.MAX_FRAME_INFLATED} bytes; the rest of it is dropped"
+    ]
+    assert events == [DecodeFailed(over_budget(events)[0])]
+    assert sum(inflations) <= codec.MAX_FRAME_INFLATED
+    assert len(inflations) == codec.MAX_FRAME_INFLATED // codec.MAX_INFLATED
+    # The budget is per frame: the next one decodes.
+    assert isinstance(one(fx.message_packet(fx.danmaku(id_str="next"))), ChatMessage)
+
+
+# zlib packs 2 MiB into 2 KB at best (brotli: 23 bytes): fewer fit one batch.
+@pytest.mark.parametrize(("ver", "count"), [(codec.VER_BROTLI, 10_000), (codec.VER_ZLIB, 500)])
+def test_bombs_nested_in_a_batch_share_the_frame_budget(
+    inflations: list[int], ver: int, count: int
+) -> None:
+    inner = fx.inflating_batch(ver=ver) * count
+    packed = brotli.compress(inner) if ver == codec.VER_BROTLI else zlib.compress(inner, 9)
+    events = decode(encode_packet(5, packed, ver=ver))
+    assert len(over_budget(events)) == 1
+    assert len(events) == 1
+    assert sum(inflations) <= codec.MAX_FRAME_INFLATED
+
+
+def test_packets_per_frame_are_bounded_nested_ones_included() -> None:
+    empty = encode_packet(codec.OP_HEARTBEAT)
+    events = decode(empty * (codec.MAX_FRAME_PACKETS + 10))
+    assert over_budget(events) == [
+        f"frame holds over {codec.MAX_FRAME_PACKETS} packets; the rest of it is dropped"
+    ]
+    batch = encode_packet(5, zlib.compress(empty * 100_000), ver=codec.VER_ZLIB)
+    events = decode(batch + fx.message_packet(fx.danmaku()))
+    assert len(events) == 1 and len(over_budget(events)) == 1
+    # Real traffic is far from it.
+    busy = fx.brotli_batch(*(fx.danmaku(id_str=f"m{i}") for i in range(1000)))
+    assert len(decode(busy)) == 1000
+
+
+def test_one_lone_bomb_still_costs_only_itself(brotli_bomb: bytes) -> None:
+    frame = (
+        encode_packet(5, brotli_bomb, ver=3)
+        + fx.inflating_batch(1024)
+        + fx.message_packet(fx.danmaku(id_str="ok"))
+    )
+    events = decode(frame)
+    assert [type(e) for e in events] == [DecodeFailed, ChatMessage]
+
+
+def test_heavy_frames_are_told_apart_cheaply() -> None:
+    assert not codec.is_heavy(codec.heartbeat_packet())
+    assert not codec.is_heavy(fx.message_packet({"cmd": "X"}))
+    assert not codec.is_heavy(b"\x00" * 40)
+    assert codec.is_heavy(fx.inflating_batch())
+    assert codec.is_heavy(fx.nested_bomb_frame(3))
+    assert codec.is_heavy(encode_packet(codec.OP_HEARTBEAT) + fx.brotli_batch(fx.danmaku()))
+    assert codec.is_heavy(fx.message_packet(fx.danmaku(text="x" * 2000)))

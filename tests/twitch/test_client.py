@@ -11,6 +11,7 @@ from structlog.testing import capture_logs
 
 from adapters.events import ChatEvent, ChatMessage, Connected, Disconnected, Platform
 from adapters.reconnect import Backoff
+from adapters.twitch import codec as codec_module
 from adapters.twitch.client import TwitchClient
 from adapters.twitch.config import TwitchConfig
 from bot import outcomes
@@ -244,3 +245,40 @@ async def test_privmsg_then_clearmsg_never_reaches_the_speaker(
     assert [(e["event"], e["msg_id"]) for e in logs if e["event"] in outcomes.TERMINAL_EVENTS] == [
         (outcomes.RETRACTED, "gone")
     ]
+
+
+async def test_odd_timestamp_mid_stream_neither_kills_nor_stops_reading(
+    server: FakeTwitch, start: Any
+) -> None:
+    with capture_logs() as logs:
+        run = start()
+        await run.next(Connected)
+        await server.send(PRIVMSG.format(id="ok1", text="before"))
+        await server.send("@tmi-sent-ts=²;" + PRIVMSG.format(id="odd", text="odd ts")[1:])
+        await server.send(PRIVMSG.format(id="ok2", text="after"))
+        ids = [(await run.next(ChatMessage)).message_id for _ in range(3)]
+    assert ids == ["ok1", "odd", "ok2"]
+    assert not run.task.done()
+    assert len(server.sessions) == 1
+    assert not [e for e in logs if e["event"] == "twitch.disconnected"]
+
+
+async def test_a_line_that_trips_a_codec_bug_is_logged_and_skipped(
+    server: FakeTwitch, start: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = codec_module.to_events
+
+    def buggy(msg: codec_module.IrcMessage, *args: Any) -> list[codec_module.TwitchEvent]:
+        if msg.tags.get("id") == "bug":
+            raise ValueError("simulated bug")
+        return real(msg, *args)
+
+    monkeypatch.setattr(codec_module, "to_events", buggy)
+    with capture_logs() as logs:
+        run = start()
+        await run.next(Connected)
+        await server.send([PRIVMSG.format(id="bug", text="x"), PRIVMSG.format(id="ok", text="y")])
+        assert (await run.next(ChatMessage)).message_id == "ok"
+    (error,) = [e for e in logs if e["event"] == "twitch.decode_error"]
+    assert error["error"] == "unexpected ValueError: simulated bug"
+    assert len(server.sessions) == 1

@@ -400,3 +400,75 @@ def test_fuzz_structured_messages_only_decode_error(
 ) -> None:
     with contextlib.suppress(DecodeError):
         to_events(IrcMessage(command, tuple(params), tags, "a!a@a"), "x", NOW)
+
+
+@pytest.mark.parametrize(
+    "tags",
+    [
+        "tmi-sent-ts=²",  # str.isdigit() is true for it; int() refuses it
+        "tmi-sent-ts=" + "9" * 5000,  # past int()'s 4300-digit limit
+        "emotes=25:²-3",
+        "emotes=25:0-" + "9" * 5000,
+    ],
+)
+def test_odd_digits_in_number_tags_do_not_break_the_message(tags: str) -> None:
+    event = one(f"@id=x;user-id=1;{tags} :a!a@a PRIVMSG #c :hi")
+    assert isinstance(event, ChatMessage)
+    assert (event.text, event.platform_time, event.emotes) == ("hi", 0.0, ())
+
+
+def test_odd_digits_in_counts() -> None:
+    with pytest.raises(DecodeError, match="bits is not a number"):
+        events_of("@id=x;bits=²;user-id=1 :a!a@a PRIVMSG #c :hi")
+    gift = one(
+        "@id=g;msg-id=submysterygift;msg-param-mass-gift-count=³;user-id=1 "
+        ":tmi.twitch.tv USERNOTICE #c"
+    )
+    assert isinstance(gift, ChatMessage) and gift.paid == Paid(1.0, "SUBS", PaidKind.GIFT)
+
+
+def test_any_exception_a_line_provokes_costs_that_line_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real_roles = codec._roles
+
+    def buggy_roles(msg: IrcMessage) -> frozenset[Role]:
+        if msg.tags.get("id") == "bad":
+            raise RecursionError("maximum recursion depth exceeded")
+        return real_roles(msg)
+
+    monkeypatch.setattr(codec, "_roles", buggy_roles)
+    events = TwitchCodec("x").feed(
+        "@id=bad;user-id=1 :a!a@a PRIVMSG #c :one\r\n@id=good;user-id=1 :a!a@a PRIVMSG #c :two\r\n",
+        NOW,
+    )
+    assert [type(e) for e in events] == [DecodeFailed, ChatMessage]
+    failed, good = events
+    assert isinstance(failed, DecodeFailed)
+    assert failed.error == "unexpected RecursionError: maximum recursion depth exceeded"
+    assert failed.excerpt.startswith("@id=bad;")
+    assert isinstance(good, ChatMessage) and good.message_id == "good"
+
+
+NUMBERS = st.text(alphabet="0123456789²³¹٣߁", max_size=6) | st.text(max_size=30)
+
+
+@given(
+    numbers=st.dictionaries(
+        st.sampled_from(["bits", "tmi-sent-ts", "msg-param-mass-gift-count"]), NUMBERS
+    ),
+    emotes=st.lists(st.tuples(NUMBERS, NUMBERS), max_size=3),
+    command=st.sampled_from(["PRIVMSG", "USERNOTICE"]),
+)
+@settings(max_examples=300)
+def test_fuzz_number_tags_only_decode_error(
+    numbers: dict[str, str], emotes: list[tuple[str, str]], command: str
+) -> None:
+    tags = {
+        "id": "x",
+        "msg-id": "submysterygift",
+        "emotes": "1:" + ",".join(f"{a}-{b}" for a, b in emotes),
+        **numbers,
+    }
+    with contextlib.suppress(DecodeError):
+        to_events(IrcMessage(command, ("#c", "hi"), tags, "a!a@a"), "x", NOW)
