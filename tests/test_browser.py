@@ -52,6 +52,7 @@ async def test_panel_skips_switches_voice_and_overlay_shows_caption(
             tiny_files,
             platforms={"twitch": {"enabled": True, "channels": ["chan"], "url": server.url}},
             web={"enabled": True, "port": port, "token": TOKEN},
+            policy={"cooldown_s": 0},  # one viewer sends both lines
         )
         bot = await BotProcess.start(config)
         await bot.until("web.started")
