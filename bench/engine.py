@@ -11,13 +11,16 @@ divided by this GPU's measured dense fp16 matmul rate, times the steps.
 Results are stored as JSON; each run is compared with the previous one and
 any figure more than 20 % worse is flagged.
 
-Run on the GPU:  python -m bench.engine --out bench/results [--runs 5]
+Run on the GPU:  python -m bench.engine [--out bench/results] [--runs 5]
+Check the script on the CPU (tiny random model, eager path, writes nothing):
+python -m bench.engine --tiny
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
 import statistics
@@ -25,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -207,32 +211,43 @@ def time_step(model: Any, frames: int, text_len: int, device: str, reps: int = 2
     return (time.perf_counter() - started) / reps * 1000
 
 
-def time_engine_step(engine: Engine, frames: int, text_len: int, reps: int = 50) -> float:
-    """One guided step on the engine's own path (runner), at `frames` frames."""
+@contextlib.contextmanager
+def one_step(engine: Engine, frames: int, text_len: int) -> Iterator[Callable[[], None]]:
+    """One guided step on the engine's own path (its runner) at `frames` frames,
+    to run as often as wanted: its time step is 0, so x stays as it is."""
     model, runner = engine._model, engine._runner
+    device = torch.device(engine.device)
     dtype = next(model.parameters()).dtype
-    x = torch.randn(1, frames, 100, device="cuda", dtype=dtype)
-    text = torch.randint(0, 100, (1, text_len), device="cuda")
-    t = torch.tensor(0.5, device="cuda", dtype=dtype)
+    x = torch.randn(1, frames, 100, device=device, dtype=dtype)
+    text = torch.randint(0, 100, (1, text_len), device=device)
+    t = torch.tensor(0.5, device=device, dtype=dtype)
     with torch.inference_mode():
         length = runner.length(frames)
         pad = (0, 0, 0, length - frames)
-        mask = (torch.arange(length, device="cuda") < frames)[None] if length != frames else None
+        mask = (torch.arange(length, device=device) < frames)[None] if length != frames else None
         xp = torch.nn.functional.pad(x, pad)
         ids = dit.pad_ids([text], length)
         mods = dit.modulations(model.transformer, t.reshape(1))
-        dts = torch.zeros(1, device="cuda", dtype=dtype)  # x stays as it is
+        dts = torch.zeros(1, device=device, dtype=dtype)
         runner.start(
             sampler.StepInputs(model.transformer, xp, xp.clone(), ids, mask, 2.0, mods, dts)
         )
+        try:
+            yield lambda: runner.step(0)
+        finally:
+            runner.result()
+
+
+def time_engine_step(engine: Engine, frames: int, text_len: int, reps: int = 50) -> float:
+    """One guided step on the engine's own path, in ms."""
+    with one_step(engine, frames, text_len) as step:
         for _ in range(3):
-            runner.step(0)
+            step()
         sync()
         started = time.perf_counter()
         for _ in range(reps):
-            runner.step(0)
+            step()
         sync()
-        runner.result()
     return (time.perf_counter() - started) / reps * 1000
 
 
@@ -248,17 +263,25 @@ def warm_startup(label: str) -> float:
     return float(record["startup_s"])
 
 
-async def startup_only(label: str) -> None:
-    compile_, graphs_ = {"ours_compiled_graphs": (True, True), "ours_compiled": (True, False),
-                         "ours_graphs": (False, True)}.get(label, (False, False))  # fmt: skip
-    root = Path(tempfile.mkdtemp(prefix="bench-"))
-    arch = ArchConfig()
+def write_model(root: Path, tiny: bool = False) -> tuple[ModelFiles, ArchConfig]:
+    """F5TTS_v1_Base and Vocos in their published shapes with random weights (or the
+    tests' tiny ones), and the reference voice "ref", under `root`."""
+    arch = TINY_ARCH if tiny else ArchConfig()
     model_path, vocab = write_f5(root / "f5", arch)
-    vocos_dir = write_vocos(root / "vocos", config_doc=PUBLISHED_VOCOS_CONFIG)
+    vocos_config: dict[str, object] | None = None if tiny else dict(PUBLISHED_VOCOS_CONFIG)
+    vocos_dir = write_vocos(root / "vocos", config_doc=vocos_config)
     write_voice(root / "voices", "ref", REFERENCE_TEXT, seconds=REFERENCE_S)
     files = ModelFiles(
         model_path, vocab, vocos_dir / "config.yaml", vocos_dir / "pytorch_model.bin"
     )
+    return files, arch
+
+
+async def startup_only(label: str) -> None:
+    compile_, graphs_ = {"ours_compiled_graphs": (True, True), "ours_compiled": (True, False),
+                         "ours_graphs": (False, True)}.get(label, (False, False))  # fmt: skip
+    root = Path(tempfile.mkdtemp(prefix="bench-"))
+    files, arch = write_model(root)
     config = EngineConfig(nfe_steps=NFE, compile=compile_, cuda_graphs=graphs_, arch=arch)
     engine = Engine(config, VoiceLibrary(root / "voices"), files)
     started = time.perf_counter()
@@ -394,18 +417,11 @@ def compare(previous: dict[str, Any], current: dict[str, Any]) -> list[str]:
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     records: list[dict[str, Any]] = []
     summary: dict[str, Any] = {}
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    # --tiny: a check of the script itself on the CPU; its figures mean nothing.
+    device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
     root = Path(tempfile.mkdtemp(prefix="bench-"))
-    # --tiny: a CPU check of the script itself; its figures mean nothing.
-    arch = TINY_ARCH if args.tiny else ArchConfig()
-    model_path, vocab = write_f5(root / "f5", arch)
-    vocos_dir = write_vocos(
-        root / "vocos", config_doc=None if args.tiny else PUBLISHED_VOCOS_CONFIG
-    )
-    write_voice(root / "voices", "ref", REFERENCE_TEXT, seconds=REFERENCE_S)
-    files = ModelFiles(
-        model_path, vocab, vocos_dir / "config.yaml", vocos_dir / "pytorch_model.bin"
-    )
+    files, arch = write_model(root, args.tiny)
+    lines = {"short": LINES["short"]} if args.tiny else LINES
     gpu = torch.cuda.get_device_name() if device == "cuda" else "cpu"
     emit(
         {"event": "setup", "device": device, "gpu": gpu, "torch": torch.__version__, "nfe": NFE},
@@ -420,7 +436,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     wav, sr = sf.read(str(root / "voices" / "ref.wav"), dtype="float32")
     ref = (torch.from_numpy(wav)[None], sr)
     stock_start = time.perf_counter() - started
-    for name, text in LINES.items():
+    for name, text in lines.items():
         runs = [
             run_stock(stock_model, stock_vocoder, ref, text, device) for _ in range(args.runs + 1)
         ]
@@ -470,7 +486,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         # The paths without compile stand for a machine without Triton (Windows,
         # mostly): there the position convolutions are the package's (cuDNN) too.
         conv_pos.triton_available = triton_available if compile_ else lambda: False  # type: ignore[assignment]
-        config = EngineConfig(nfe_steps=NFE, compile=compile_, cuda_graphs=graphs_, arch=arch)
+        config = EngineConfig(
+            device=device, nfe_steps=NFE, compile=compile_, cuda_graphs=graphs_, arch=arch
+        )
         engine = Engine(config, VoiceLibrary(root / "voices"), files)
         # Peak memory counts what this engine adds, not what an earlier one left.
         before = torch.cuda.memory_allocated() if device == "cuda" else 0
@@ -490,7 +508,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
               "conv": conv_pos.path(device), "startup_s": round(startup, 1),
               "dynamo_graphs": graphs(), **memory},
              records)  # fmt: skip
-        for name, text in LINES.items():
+        for name, text in lines.items():
             runs = [await run_ours(engine, text) for _ in range(args.runs + 1)]
             peak = (torch.cuda.max_memory_allocated() - before) / 2**30 if device == "cuda" else 0.0
             record = {**summarise(runs), "startup_s": round(startup, 1), "peak_gb": round(peak, 2)}
@@ -579,8 +597,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
-    parser.add_argument("--out", default="bench/results")
-    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument(
+        "--out", type=Path, help="where results go (default: bench/results; with --tiny, nowhere)"
+    )
+    parser.add_argument("--runs", type=int, help="measured runs per line (default: 5; --tiny: 2)")
     parser.add_argument("--tiny", action="store_true", help="tiny model: checks the script on CPU")
     parser.add_argument("--paths", nargs="*", help="only these of our paths (default: all)")
     parser.add_argument("--startup-only", metavar="PATH", help=argparse.SUPPRESS)
@@ -588,14 +608,18 @@ if __name__ == "__main__":
     if args.startup_only:
         asyncio.run(startup_only(args.startup_only))
         raise SystemExit(0)
+    if args.runs is None:
+        args.runs = 2 if args.tiny else 5
     result = asyncio.run(main(args))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    latest = out / "engine-latest.json"
-    if latest.exists():
-        flags = compare(json.loads(latest.read_text()), result)
-        print(
-            json.dumps({"event": "regression_check", "flags": flags, "ok": not flags}), flush=True
-        )
-        latest.replace(out / "engine-previous.json")
-    latest.write_text(json.dumps(result, indent=1))
+    out = args.out or (None if args.tiny else Path("bench/results"))
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        latest = out / "engine-latest.json"
+        if latest.exists():
+            flags = compare(json.loads(latest.read_text()), result)
+            print(
+                json.dumps({"event": "regression_check", "flags": flags, "ok": not flags}),
+                flush=True,
+            )
+            latest.replace(out / "engine-previous.json")
+        latest.write_text(json.dumps(result, indent=1))

@@ -2,12 +2,11 @@
 
 f5-tts's `ConvPositionEmbedding` is two grouped 1-D convolutions (16 groups,
 kernel 31), each followed by the padding mask and Mish. cuDNN runs a grouped
-convolution as one small kernel per group plus layout copies on either side:
-128 kernels of a guided step's 411, 0.28 ms of its 3.2 ms on an H200 at
-1,024 frames. Here each convolution is one kernel that reads the hidden state
-row-major (frames × channels, as the blocks keep it), computes every group's
-taps as small matrix products, and applies the bias, the mask and Mish (and
-the embedding's residual) before writing once.
+convolution as one small kernel per group plus layout copies on either side,
+a third of a guided step's kernels. Here each convolution is one kernel that
+reads the hidden state row-major (frames × channels, as the blocks keep it),
+computes every group's taps as small matrix products, and applies the bias,
+the mask and Mish (and the embedding's residual) before writing once.
 
 Triton is there with torch.compile on Linux and often missing on Windows; where
 it is missing, or its first kernel fails to build, the package's convolutions
@@ -26,9 +25,8 @@ import torch
 
 log = structlog.get_logger()
 
-#: Frames per program and the launch settings: the fastest of 27 settings tried on
-#: an H200 (`python -m bench.step_profile --conv`), 0.050 ms for both
-#: convolutions at 2 × 1,024 frames against cuDNN's 0.298 ms.
+#: Frames per program and the launch settings: the fastest of those tried
+#: (bench/FINDINGS.md).
 BLOCK_FRAMES = 128
 NUM_WARPS = 4
 NUM_STAGES = 3

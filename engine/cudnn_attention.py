@@ -2,24 +2,21 @@
 
 A chat line's frames are padded up to its bucket, and the padded keys must be
 left out of every real frame's attention. torch's SDPA can only say so with a
-mask tensor, which costs cuDNN its fast kernel (43 µs a block on an H200 at
-1,024 frames), or with the penalty column (`dit.penalty_column_attention`:
-queries and keys 16 columns wider, 28 µs, and the rotation writes the wider
-tensors). cuDNN itself takes each row's count of real keys and skips the
-rest; torch 2.11 does not pass such counts, so this module builds the cuDNN
-graph itself through cudnn-frontend's Python API (`nvidia-cudnn-frontend`,
-which loads the cuDNN that torch ships). The counts are a device tensor, so
-one recorded CUDA graph serves every line of its bucket, and padded query rows
-are skipped too (their output is left unwritten: the attention's caller zeroes
-padded rows after the output projection).
+mask tensor, which costs cuDNN its fast kernel, or with the penalty column
+(`dit.penalty_column_attention`: queries and keys 16 columns wider, and the
+rotation writes the wider tensors). cuDNN itself takes each row's count of
+real keys and skips the rest; torch 2.11 does not pass such counts, so this
+module builds the cuDNN graph itself through cudnn-frontend's Python API
+(`nvidia-cudnn-frontend`, which loads the cuDNN that torch ships). The counts
+are a device tensor, so one recorded CUDA graph serves every line of its
+bucket, and padded query rows are skipped too (their output is left
+unwritten: the attention's caller zeroes padded rows after the output
+projection).
 
-The guided step on an H200, against the penalty column, interleaved
-(`bench/results/2026-11-30-h200-step-cudnn-padding.log`): 2.63-2.65 against
-2.68 ms at 1,024 frames, 3.66 against 4.23 at 1,536, 4.55 against 5.80 at
-2,048. The attention kernel itself is no faster than the column's (28.3
-against 27.0 µs a block at 1,024 frames): the step gains in the rotation,
-which writes 64-wide queries and keys with nothing concatenated (6.2 against
-13.5 µs a block).
+Against the penalty column the guided step is faster, the more so the longer
+the line (bench/FINDINGS.md). The attention kernel itself is no faster than
+the column's: the step gains in the rotation, which writes 64-wide queries
+and keys with nothing concatenated.
 
 Where the frontend is missing (macOS, or a CPU) the engine keeps its other
 paths; where it is there but cannot build or run the graph, the first failure

@@ -68,7 +68,7 @@ class Rotary(NamedTuple):
     Made by `rotary_tables`, outside the attention: compiled, the package's
     `apply_rotary_pos_emb` takes the cosine and sine inside the rotation's own
     kernel, for every element of every head's queries and keys, 64 times what
-    the tables hold (13.6 µs of each block's 50 on an H200)."""
+    the tables hold."""
 
     cos: torch.Tensor
     sin: torch.Tensor
@@ -173,7 +173,7 @@ def modulations(dit: Any, times: torch.Tensor) -> torch.Tensor:
 
     They depend on the time alone, so a request computes them for all its steps
     at once (one small matmul per block), instead of 23 matrix-vector products
-    inside every step: 0.21 ms of each 4 ms step on an H100."""
+    inside every step."""
     emb = F.silu(dit.time_embed(times))
     parts = [block.attn_norm.linear(emb) for block in dit.transformer_blocks]
     parts.append(dit.norm_out.linear(emb))
@@ -217,9 +217,8 @@ def feed_forward(ff: Any, x: torch.Tensor) -> torch.Tensor:
 def fused_feed_forward(ff: Any, x: torch.Tensor) -> torch.Tensor:
     """The feed-forward with the inner layer's bias and GELU applied by its matmul
     (cuBLASLt's epilogue), not by a kernel of their own that reads and writes the
-    whole inner activation again: 2-3.5 % of a guided step on an H100. On a GPU
-    the epilogue's GELU is the tanh one that f5-tts uses; the CPU's kernel for
-    the same op applies the exact GELU."""
+    whole inner activation again. On a GPU the epilogue's GELU is the tanh one
+    that f5-tts uses; the CPU's kernel for the same op applies the exact GELU."""
     proj_in, proj_out = ff.ff[0][0], ff.ff[2]
     inner = torch._addmm_activation(
         proj_in.bias, x.reshape(-1, x.shape[-1]), proj_in.weight.t(), use_gelu=True
@@ -232,18 +231,14 @@ class PaddedAttention:
     """f5-tts's `AttnProcessor` (torch backend), inference only, with three changes.
 
     The padding mask never goes to SDPA as a boolean mask expanded to (b, heads,
-    n, n), which costs SDPA its fused kernel (see `masked_attention`): on an
-    H100 at 1,536 frames one attention call took 73 µs with an additive mask
-    against 379 µs the package's way. The rotation reads `Rotary` tables, on
-    queries and keys left in the projection's (batch, length, heads, dim)
-    order, with SDPA given transposed views: compiled, the kernel that rotates
-    them and adds the penalty column then reads and writes along the same
-    axes (the guided step 2.680 against 2.762 ms at 1,024 frames on an H200,
-    4.216 against 4.294 at 1,536, bit-identical). And
-    Q, K and V come from one matmul: the three
-    projections' weights are joined into one tensor, which the package's
-    `to_q`/`to_k`/`to_v` then view (no copy kept); at 2,048 rows on an H100 one
-    1024→3072 matmul took 22 µs against 3 × 18.5 µs.
+    n, n), which costs SDPA its fused kernel (see `masked_attention`). The
+    rotation reads `Rotary` tables, on queries and keys left in the
+    projection's (batch, length, heads, dim) order, with SDPA given transposed
+    views: compiled, the kernel that rotates them and adds the penalty column
+    then reads and writes along the same axes instead of transposing on the
+    way. And Q, K and V come from one matmul: the three projections' weights
+    are joined into one tensor, which the package's `to_q`/`to_k`/`to_v` then
+    view (no copy kept); one wide matmul fills the GPU better than three.
     """
 
     def __init__(self, attn: Any, pe_attn_head: int | None = None) -> None:
@@ -357,7 +352,8 @@ def additive_mask_attention(
 #: Added to a padded key's score by `penalty_column_attention`: exp() of it is
 #: exactly 0 beside any real score, and it is well inside float16's range.
 PADDING_PENALTY = -30000.0
-#: Width of the column block carrying it (cuDNN: head size 80 ran faster than 72).
+#: Width of the column block carrying it (cuDNN: head size 80 ran faster than 72;
+#: bench/FINDINGS.md).
 PENALTY_DIMS = 16
 
 
@@ -366,10 +362,9 @@ def penalty_column_attention(
 ) -> torch.Tensor:
     """The padded keys left out with no attention mask at all: queries get an extra
     column of ones, keys the padding penalty in it (0 on real frames), which
-    adds exactly the mask to every score. cuDNN's attention runs unmasked, 28
-    against 42 µs a block on an H200, and inductor writes the wider queries and
-    keys in the rotation's own kernel: the guided step 2.741 against 2.806 ms
-    at 1,024 frames, 4.228 against 4.401 at 1,536, bit-identical."""
+    adds exactly the mask to every score. cuDNN's attention runs unmasked, on
+    its fast kernel, and inductor writes the wider queries and keys in the
+    rotation's own kernel."""
     scale = query.shape[-1] ** -0.5
     ones = F.pad(torch.ones_like(query[..., :1]), (0, PENALTY_DIMS - 1))
     penalty = torch.zeros(mask.shape, dtype=key.dtype, device=key.device)
@@ -419,14 +414,13 @@ def velocity(
     if guided:
         # The dropped-condition rows are the same input embedding with the audio
         # condition zeroed: one call for both halves runs the position
-        # convolutions once at batch 2 (0.28 ms on an H100, against 0.49 ms twice).
+        # convolutions once at batch 2 rather than twice at batch 1.
         x = torch.cat((x, x), dim=0)
         cond = torch.cat((cond, torch.zeros_like(cond)), dim=0)
         text = embeds.both
         mask = torch.cat((mask, mask), dim=0) if mask is not None else None
     # f5-tts's InputEmbedding (drop_audio_cond=False), with h left row-major: the
-    # blocks read it across the grain otherwise (0.43 ms of a 3.76 ms step on an
-    # H100, at 1,024 frames).
+    # blocks read it across the grain otherwise.
     embed = dit.input_embed
     h = embed.proj(torch.cat((x, cond, text), dim=-1))
     h = conv_pos.position_embedding(embed.conv_pos_embed, h, mask)

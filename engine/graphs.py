@@ -7,8 +7,7 @@ are padded up to a multiple of `bucket` frames (the padding is masked out,
 see `engine.dit`) and one graph is captured per bucket, on first use. Works
 with or without torch.compile underneath, and needs no Triton. The request's
 text embedding (eight small ConvNeXt blocks, twice) is a graph of its own:
-launched op by op it cost about 6 ms of host time per request on the bench's
-H100 host, replayed 0.64 ms.
+launched op by op it costs the host several times what the GPU needs.
 
 All graphs share one memory pool: they replay one at a time on the engine
 thread, and nothing they allocate outlives a replay except the text
@@ -33,7 +32,8 @@ from engine.sampler import EagerSteps, StepInputs
 log = structlog.get_logger()
 
 #: 128 mel frames = 1.37 s of audio: a few percent of padding on a chat line,
-#: and about 20 graphs cover everything up to 30 s.
+#: and about 20 graphs cover everything up to 30 s. Finer buckets step no
+#: faster (bench/FINDINGS.md).
 BUCKET_FRAMES = 128
 
 #: Untimed runs before a capture (they also trigger any torch.compile work).

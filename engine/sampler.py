@@ -71,8 +71,7 @@ def schedule(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Each step's dt (steps,) and its `dit.modulations` row (steps, width): the
     same for every request with these settings, so computed once and kept on
-    the model (the time grid alone is a host-to-GPU copy and a few kernels,
-    0.1-0.8 ms of each request on the bench's H100 hosts)."""
+    the model (the time grid alone is a host-to-GPU copy and a few kernels)."""
     cache: dict[tuple[int, float, torch.dtype, torch.device], tuple[torch.Tensor, torch.Tensor]]
     cache = transformer.__dict__.setdefault("_ishowtts_schedules", {})
     key = (steps, sway, dtype, device)

@@ -1,12 +1,10 @@
 """Vocos decoding replayed from a CUDA graph, backbone and head together.
 
 Vocos is ~60 small kernels; launched one by one they cost more host time than
-the GPU needs for them (on the bench's H100: decode 2.8 ms eager, 1.0 ms with
-the backbone replayed and the head still eager; on the H200, the head in the
-graph too took about 0.1 ms more off). Graphs need fixed shapes, so
-the mel is padded to a multiple of `bucket` frames and the padding zeroed
-before every convolution, which is what the convolutions' own zero padding
-does at the true length. The head's inverse STFT is Vocos's own overlap-add,
+the GPU needs for them, in the head as in the backbone. Graphs need fixed
+shapes, so the mel is padded to a multiple of `bucket` frames and the padding
+zeroed before every convolution, which is what the convolutions' own zero
+padding does at the true length. The head's inverse STFT is Vocos's own overlap-add,
 with the padded frames' spectra zeroed and the window envelope summed over
 real frames only: the real samples come out as an unpadded decode gives them.
 Vocos checks that envelope on the host (a sync a graph cannot hold); here it
@@ -166,11 +164,10 @@ class GraphVocoder:
 def tf32_matmuls() -> Iterator[None]:
     """fp32 matmuls on TF32 tensor cores while a decode graph is recorded (the graph
     keeps the kernels chosen then). Vocos's weights stay fp32; its matmuls have a
-    few hundred rows, where cuBLAS's plain fp32 kernels took 0.55 ms of a 3 s
-    line's 1.16 ms decode on an H200. With TF32: 0.60 ms, and the largest sample
-    difference from Vocos's own fp32 decode 4.4e-5 against 3.5e-5 (fp32 graph),
-    on audio peaking at 0.1 (`bench/results/2026-11-30-h200-vocoder-tf32.log`).
-    The switch is process-wide; the engine's thread is the only one recording."""
+    few hundred rows, where cuBLAS's plain fp32 kernels took about half a chat
+    line's decode; TF32 halves the decode and moves the samples about as little
+    as the fp32 graph does (bench/FINDINGS.md). The switch is process-wide; the
+    engine's thread is the only one recording."""
     matmul = torch.backends.cuda.matmul
     before = matmul.fp32_precision
     matmul.fp32_precision = "tf32"

@@ -1,0 +1,55 @@
+"""The benchmark runs, so it cannot rot: `python -m bench.engine --tiny` end to end on
+the CPU (tiny random model, stock and our eager path), as a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from bench.step_profile import category
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_bench(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "bench.engine", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,  # about 15 s alone; 2 busy cores
+    )
+
+
+def test_tiny_run_measures_stock_and_ours_and_writes_nothing(tmp_path: Path) -> None:
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    result = run_bench(cwd, "--tiny")
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    paths = {r["path"] for r in records if r["event"] == "result"}
+    assert paths == {"stock", "ours_eager"}
+    ours = next(r for r in records if r["event"] == "result" and r["path"] == "ours_eager")
+    assert ours["ttfa_ms_median"] > 0 and ours["audio_s"] > 0
+    assert next(r for r in records if r["event"] == "equivalence")["ok"]
+    assert list(cwd.iterdir()) == []  # no bench/results/ unless --out asks
+
+
+def test_help_lists_the_options(tmp_path: Path) -> None:
+    result = run_bench(tmp_path, "--help")
+    assert result.returncode == 0, result.stderr
+    for option in ("--out", "--runs", "--tiny", "--paths"):
+        assert option in result.stdout
+
+
+def test_profile_categories_read_kernel_names() -> None:
+    assert category("cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16") == "attention"
+    assert category("nvjet_sm90_hsh_128x128_64x6_2x1_v_bz_bias_TNT") == "gemm"
+    assert category("conv_mish") == "conv"
+    assert category("triton_poi_fused_add_mul_0") == "triton"
+    assert category("elementwise_kernel") == "other"
