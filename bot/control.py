@@ -3,7 +3,7 @@
 Chat commands and the web panel both call these methods, so an action behaves
 the same whoever asks. Methods never raise on bad input: they return a `Reply`
 saying what happened or why not. Users are named as typed and resolved to an
-account seen in chat (`bot.users`); mutes, nicknames and voices follow the
+account seen in chat (`bot.chat.users`); mutes, nicknames and voices follow the
 account, not the name.
 """
 
@@ -16,12 +16,12 @@ from dataclasses import dataclass
 import structlog
 
 from adapters.events import Platform
-from bot import outcomes
+from bot.chat import outcomes
+from bot.chat.mod_changes import ByName, SavedState, StateWriter, cap_entries, load_state
+from bot.chat.policy import PolicyState, SpeakableItem
+from bot.chat.queue import SpeechQueue
+from bot.chat.users import Resolved, UserKey, resolve_known, split_platform, user_handle
 from bot.config import Config, ReadMode
-from bot.policy import PolicyState, SpeakableItem
-from bot.queue import SpeechQueue
-from bot.state import ByName, SavedState, StateWriter, cap_entries, load_state
-from bot.users import Resolved, UserKey, resolve_known, split_platform, user_handle
 from engine.config import VOICE_NAME
 
 log = structlog.get_logger()

@@ -7,12 +7,12 @@ import pytest
 from structlog.testing import capture_logs
 
 from adapters.events import Platform, Role
-from bot import outcomes
-from bot.commands import Command, CommandError, is_command, may_run, parse_command, run_command
+from bot.chat import outcomes
+from bot.chat.commands import Command, CommandError, is_command, may_run, parse_command, run_command
+from bot.chat.policy import SpeakableItem
+from bot.chat.queue import SpeechQueue
 from bot.config import CommandsConfig, Config
 from bot.control import Control, Reply
-from bot.policy import SpeakableItem
-from bot.queue import SpeechQueue
 from tests.factories import chat
 
 MOD = frozenset({Role.MODERATOR})

@@ -6,11 +6,11 @@ from collections.abc import Sequence
 from structlog.testing import capture_logs
 
 from adapters.events import ChatEvent, Connected, Disconnected, Platform, Retraction, Role
-from bot import outcomes
 from bot.app import Bot
+from bot.chat import outcomes
+from bot.chat.policy import SpeakableItem
 from bot.config import Config
 from bot.control import Reply
-from bot.policy import SpeakableItem
 from tests.factories import chat
 
 

@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from bot import outcomes
 from bot.app import Bot
+from bot.audio.player import Player
+from bot.audio.speaker import Speaker
+from bot.chat import outcomes
 from bot.config import Config
-from bot.player import Player
-from bot.speaker import Speaker
 from engine.checkpoints import ModelFiles
 from engine.synth import Engine
 from tests.engine.tiny import TINY_ARCH, write_voice

@@ -15,12 +15,12 @@ from structlog.testing import capture_logs
 
 from adapters.bilibili.codec import BilibiliCodec
 from adapters.events import ChatMessage, Retraction, Role
-from bot import outcomes
+from bot.chat import outcomes
+from bot.chat.policy import SpeakableItem, SpeechPolicy
+from bot.chat.queue import SpeechQueue
+from bot.chat.router import Router
 from bot.config import Config
 from bot.control import Control
-from bot.policy import SpeakableItem, SpeechPolicy
-from bot.queue import SpeechQueue
-from bot.router import Router
 from tests.bilibili import fixtures as fx
 from tests.factories import chat
 

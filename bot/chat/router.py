@@ -9,12 +9,12 @@ from collections.abc import Callable
 import structlog
 
 from adapters.events import ChatEvent, ChatMessage, Connected, Disconnected, Retraction
-from bot import outcomes
-from bot.commands import is_command, run_command
+from bot.chat import outcomes
+from bot.chat.commands import is_command, run_command
+from bot.chat.policy import Drop, SpeechPolicy
+from bot.chat.queue import RetractResult, SpeechQueue
 from bot.config import CommandsConfig
 from bot.control import Control, Reply
-from bot.policy import Drop, SpeechPolicy
-from bot.queue import RetractResult, SpeechQueue
 
 log = structlog.get_logger()
 

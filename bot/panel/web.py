@@ -41,11 +41,11 @@ import structlog
 from aiohttp import hdrs, web
 
 from adapters.events import ChatMessage, Platform, Role
-from bot import outcomes
+from bot.chat import outcomes
+from bot.chat.policy import Drop, SpeakableItem
 from bot.config import WebConfig
 from bot.control import Reply
-from bot.metrics import CONTENT_TYPE, Metrics
-from bot.policy import Drop, SpeakableItem
+from bot.panel.metrics import CONTENT_TYPE, Metrics
 from engine.audio import SAMPLE_RATE
 from engine.config import VOICE_NAME
 
@@ -425,7 +425,7 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
 # pages -------------------------------------------------------------------------------
 @functools.cache
 def _page(name: str) -> Any:
-    html = resources.files("bot").joinpath("static", name).read_text(encoding="utf-8")
+    html = resources.files("bot.panel").joinpath("static", name).read_text(encoding="utf-8")
     policy = page_policy(html)
 
     async def page(_: web.Request) -> web.Response:

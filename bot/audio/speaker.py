@@ -18,11 +18,11 @@ import numpy as np
 import structlog
 
 from adapters.events import Platform
-from bot import outcomes
+from bot.audio.player import Player
+from bot.chat import outcomes
+from bot.chat.policy import SpeakableItem
+from bot.chat.queue import SpeechQueue
 from bot.control import Control
-from bot.player import Player
-from bot.policy import SpeakableItem
-from bot.queue import SpeechQueue
 from engine.audio import SAMPLE_RATE
 from engine.synth import Engine, SynthesisStalled
 
