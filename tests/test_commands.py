@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -13,7 +12,7 @@ from bot.chat.policy import SpeakableItem
 from bot.chat.queue import SpeechQueue
 from bot.config import CommandsConfig, Config
 from bot.control import Control, Reply
-from tests.factories import chat
+from tests.factories import RecordingSpeaker, chat
 
 MOD = frozenset({Role.MODERATOR})
 VIEWER: frozenset[Role] = frozenset()
@@ -188,15 +187,10 @@ def test_skip_asks_the_speaker() -> None:
     control, _ = make_control()
     # No speaker registered: nothing can be playing.
     assert control.skip().text == "nothing is playing"
-    cuts: list[tuple[Sequence[SpeakableItem] | None, str]] = []
-
-    def handler(items: Sequence[SpeakableItem] | None, outcome: str) -> bool:
-        cuts.append((items, outcome))
-        return True
-
-    control.on_cut(handler)
+    speaker = RecordingSpeaker()
+    control.attach(speaker)
     assert control.skip().ok
-    assert cuts == [(None, outcomes.SKIPPED)]
+    assert speaker.cuts == [(None, outcomes.SKIPPED)]
 
 
 def test_initial_state_from_config() -> None:

@@ -121,7 +121,7 @@ async def test_retraction_between_pop_and_preparation_is_honoured(rig: Any) -> N
     bot, speaker = rig
     item = bot.policy.evaluate(chat("retracted in the gap"), bot.control.policy_state)
     # The queue reports it in flight, the speaker does not hold it yet.
-    assert speaker._cut([item], outcomes.RETRACTED)
+    assert speaker.cut([item], outcomes.RETRACTED)
     prepared = speaker._prepare(item)
     assert prepared.ended == (outcomes.RETRACTED, "retracted")
     with capture_logs() as logs:

@@ -60,9 +60,7 @@ class Speaker:
         #: Cuts for items taken from the queue but not yet prepared (the look-ahead
         #: pop is a task: a retraction can land between its pop and its preparation).
         self._early_cuts: dict[tuple[Platform, str], tuple[str, str]] = {}
-        control.on_cut(self._cut)
-        control.on_change(self._follow_controls)
-        self._follow_controls()
+        control.attach(self)
 
     async def run(self) -> None:
         try:
@@ -95,7 +93,7 @@ class Speaker:
             "audio_s": round(p.audio_s, 2),
         }
 
-    def _follow_controls(self) -> None:
+    def follow_controls(self) -> None:
         self._player.set_paused(self._control.paused)
         self._player.set_volume(self._control.volume / 100)
 
@@ -203,7 +201,7 @@ class Speaker:
         outcomes.log_outcome(event, prepared.item.message, voice=prepared.voice, reason=reason)
         self._queue.done(prepared.item)
 
-    def _cut(self, items: Sequence[SpeakableItem] | None, event: str) -> bool:
+    def cut(self, items: Sequence[SpeakableItem] | None, event: str) -> bool:
         """Control's cut: None is a skip of what plays; else these items, wherever they are."""
         reason = (
             "skip" if items is None else ("retracted" if event == outcomes.RETRACTED else "cut")
