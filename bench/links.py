@@ -1,4 +1,4 @@
-"""Worst-case and typical timings of the link pattern (`bot.textnorm`), before and
+"""Worst-case and typical timings of the link pattern (`bot.chat.textnorm`), before and
 after it was made linear, and of the whole text clean-up per message.
 
 The earlier pattern tried a bare domain from every label of a dotted run and
@@ -14,9 +14,9 @@ import re
 import timeit
 from collections.abc import Callable
 
-from bot import textnorm
+from bot.chat import textnorm
+from bot.chat.policy import SpeechPolicy
 from bot.config import PolicyConfig
-from bot.policy import SpeechPolicy
 
 #: The pattern as it was, kept here only to measure against.
 BEFORE = re.compile(

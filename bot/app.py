@@ -17,15 +17,15 @@ from adapters.bilibili.client import BilibiliClient
 from adapters.events import ChatEvent, ChatMessage, Disconnected, Platform
 from adapters.reconnect import Backoff, describe
 from adapters.twitch.client import TwitchClient
-from bot import outcomes
+from bot.chat import outcomes
+from bot.chat.policy import SpeechPolicy
+from bot.chat.queue import SpeechQueue
+from bot.chat.router import Router
 from bot.config import Config, WebConfig
 from bot.control import Control, Reply
 from bot.instance import AlreadyRunning, ChannelLocks, bind_panel
 from bot.lag import LagProbe
 from bot.logs import progress, tell_user
-from bot.policy import SpeechPolicy
-from bot.queue import SpeechQueue
-from bot.router import Router
 from bot.signals import StopOnSignal
 from engine.voices import VoiceLibrary
 
@@ -104,7 +104,7 @@ async def _start_web(
     """The panel is a convenience: if it cannot start, the bot still speaks."""
     if sock is None:
         return None
-    from bot.web import create_app, serve
+    from bot.panel.web import create_app, serve
 
     try:
         return await serve(config.web, create_app(config.web, bot, speaker, engine), sock)
@@ -223,7 +223,7 @@ def default_voice(config: Config, voices: VoiceLibrary) -> tuple[str, str | None
 def start_up_problems(config: Config, voices: VoiceLibrary) -> list[str]:
     """What `ishowtts run` refuses to start with that can be seen before the model
     is fetched: the voice and the output device."""
-    from bot.player import AudioDeviceError, find_output_device
+    from bot.audio.player import AudioDeviceError, find_output_device
     from engine.voices import VoiceError
 
     problems: list[str] = []
@@ -262,8 +262,8 @@ async def run_bot(config: Config) -> int:
 
 
 async def _run(config: Config, stop: asyncio.Event, locks: ChannelLocks) -> int:
-    from bot.player import Player
-    from bot.speaker import Speaker
+    from bot.audio.player import Player
+    from bot.audio.speaker import Speaker
     from engine.checkpoints import CheckpointError, resolve_files
     from engine.synth import Engine
 

@@ -3,7 +3,7 @@
 Chat commands and the web panel both call these methods, so an action behaves
 the same whoever asks. Methods never raise on bad input: they return a `Reply`
 saying what happened or why not. Users are named as typed and resolved to an
-account seen in chat (`bot.users`); mutes, nicknames and voices follow the
+account seen in chat (`bot.chat.users`); mutes, nicknames and voices follow the
 account, not the name.
 """
 
@@ -12,25 +12,37 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import structlog
 
 from adapters.events import Platform
-from bot import outcomes
+from bot.chat import outcomes
+from bot.chat.mod_changes import ByName, SavedState, StateWriter, cap_entries, load_state
+from bot.chat.policy import PolicyState, SpeakableItem
+from bot.chat.queue import SpeechQueue
+from bot.chat.users import Resolved, UserKey, resolve_known, split_platform, user_handle
 from bot.config import Config, ReadMode
-from bot.policy import PolicyState, SpeakableItem
-from bot.queue import SpeechQueue
-from bot.state import ByName, SavedState, StateWriter, cap_entries, load_state
-from bot.users import Resolved, UserKey, resolve_known, split_platform, user_handle
 from engine.config import VOICE_NAME
 
 log = structlog.get_logger()
 
 READ_MODES: tuple[ReadMode, ...] = ("all", "command", "paid")
 
+
 #: Cuts items in flight (None: whatever is playing) ending them with the given
 #: outcome; returns whether anything was cut. Registered by the speaker.
-CutHandler = Callable[[Sequence[SpeakableItem] | None, str], bool]
+class SpeakerSide(Protocol):
+    """What control asks of the speaker, which is made later (once the engine is
+    warm) and attached then."""
+
+    def cut(self, items: Sequence[SpeakableItem] | None, outcome: str) -> bool:
+        """Stop these items (None: whatever plays) if in flight; False if none was."""
+        ...
+
+    def follow_controls(self) -> None:
+        """Take up the current pause and volume."""
+        ...
 
 
 #: How a refusal for a name never seen in chat starts (commands say it without the name).
@@ -72,8 +84,7 @@ class Control:
         self.connections: dict[Platform, bool] = {}
         self.disconnects: dict[Platform, int] = {}
         self.crashes: dict[Platform, int] = {}
-        self._cut_handlers: list[CutHandler] = []
-        self._listeners: list[Callable[[], None]] = []
+        self._speaker: SpeakerSide | None = None
         self._resumed = asyncio.Event()
         self._resumed.set()
         if saved.rewrite:
@@ -86,16 +97,14 @@ class Control:
     async def wait_resumed(self) -> None:
         await self._resumed.wait()
 
-    def on_cut(self, handler: CutHandler) -> None:
-        self._cut_handlers.append(handler)
-
-    def on_change(self, listener: Callable[[], None]) -> None:
-        """Called after pause, resume and volume changes (the player follows them)."""
-        self._listeners.append(listener)
+    def attach(self, speaker: SpeakerSide) -> None:
+        """The speaker, once there is one: cuts and pause/volume changes reach it."""
+        self._speaker = speaker
+        speaker.follow_controls()
 
     def _changed(self) -> None:
-        for listener in self._listeners:
-            listener()
+        if self._speaker is not None:
+            self._speaker.follow_controls()
 
     def _save(self) -> None:
         self._writer.save()
@@ -153,7 +162,7 @@ class Control:
 
     def cut(self, items: Sequence[SpeakableItem] | None, outcome: str) -> bool:
         """Ask the speaker to stop items in flight; False when none was playing."""
-        return any([handler(items, outcome) for handler in self._cut_handlers])
+        return self._speaker is not None and self._speaker.cut(items, outcome)
 
     def set_voice(self, name: str) -> Reply:
         known = list(self._voice_names())

@@ -21,7 +21,7 @@ from adapters.twitch.codec import TwitchCodec
 from bot.app import Bot, _guarded
 from bot.config import Config, WebConfig
 from bot.logs import configure_logging, flush_logs
-from bot.web import create_app
+from bot.panel.web import create_app
 from tests.bilibili import fixtures as fx
 from tests.bilibili.fake_server import FakeBilibili
 from tests.twitch.fake_server import FakeTwitch

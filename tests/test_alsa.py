@@ -9,7 +9,7 @@ import tempfile
 import pytest
 from structlog.testing import capture_logs
 
-from bot.alsa import route_alsa_errors
+from bot.audio.alsa import route_alsa_errors
 
 
 def test_alsa_errors_become_log_events_not_stderr_text() -> None:

@@ -212,7 +212,7 @@ async def test_text_from_chat_stays_text_in_the_panel(tmp_path: Path) -> None:
     from playwright.async_api import async_playwright
 
     from bot.config import WebConfig
-    from bot.web import create_app, serve
+    from bot.panel.web import create_app, serve
     from tests.factories import chat
     from tests.test_web import make_bot
 

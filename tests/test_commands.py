@@ -1,19 +1,18 @@
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
 
 from adapters.events import Platform, Role
-from bot import outcomes
-from bot.commands import Command, CommandError, is_command, may_run, parse_command, run_command
+from bot.chat import outcomes
+from bot.chat.commands import Command, CommandError, is_command, may_run, parse_command, run_command
+from bot.chat.policy import SpeakableItem
+from bot.chat.queue import SpeechQueue
 from bot.config import CommandsConfig, Config
 from bot.control import Control, Reply
-from bot.policy import SpeakableItem
-from bot.queue import SpeechQueue
-from tests.factories import chat
+from tests.factories import RecordingSpeaker, chat
 
 MOD = frozenset({Role.MODERATOR})
 VIEWER: frozenset[Role] = frozenset()
@@ -188,15 +187,10 @@ def test_skip_asks_the_speaker() -> None:
     control, _ = make_control()
     # No speaker registered: nothing can be playing.
     assert control.skip().text == "nothing is playing"
-    cuts: list[tuple[Sequence[SpeakableItem] | None, str]] = []
-
-    def handler(items: Sequence[SpeakableItem] | None, outcome: str) -> bool:
-        cuts.append((items, outcome))
-        return True
-
-    control.on_cut(handler)
+    speaker = RecordingSpeaker()
+    control.attach(speaker)
     assert control.skip().ok
-    assert cuts == [(None, outcomes.SKIPPED)]
+    assert speaker.cuts == [(None, outcomes.SKIPPED)]
 
 
 def test_initial_state_from_config() -> None:

@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from adapters.events import ChatMessage, Platform
-from bot import outcomes
+from bot.chat import outcomes
+from bot.chat.policy import SpeechPolicy
+from bot.chat.queue import SpeechQueue
+from bot.chat.router import Router
 from bot.config import Config
 from bot.control import Control
-from bot.policy import SpeechPolicy
-from bot.queue import SpeechQueue
-from bot.router import Router
 
 SPEAK_EVERY_S = 4.0
 DURATION_S = 600.0

@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bot import audio
+from bot.audio import loudness
+from bot.audio.player import Player
 from bot.config import AudioConfig
-from bot.player import Player
 from tests.sink import RATE, SinkCapture, active_span, ensure_null_sink, remove_null_sink, tone
 
 #: A 440 Hz tone at these levels moves < 0.05 per sample at 48 kHz; a click is far more.
@@ -45,7 +45,7 @@ async def test_tone_comes_back_at_right_length_and_level(player: Player) -> None
     got = capture.stop()
     start, end = active_span(got)
     assert (end - start) / RATE == pytest.approx(1.0, abs=0.03)
-    level = audio.loudness_lufs(got[start:end], RATE)
+    level = loudness.loudness_lufs(got[start:end], RATE)
     assert level == pytest.approx(player.config.target_lufs, abs=1.0)
     spectrum = np.abs(np.fft.rfft(got[start:end]))
     assert np.fft.rfftfreq(end - start, 1 / RATE)[spectrum.argmax()] == pytest.approx(440, abs=2)
@@ -79,7 +79,7 @@ async def test_hot_clip_is_limited_to_minus_1_dbfs(player: Player) -> None:
     utt = await play(player, [hot])
     await asyncio.wait_for(player.wait_done(utt), 5)
     got = capture.stop()
-    assert np.abs(got).max() <= audio.db_to_gain(-1.0) + 1e-4
+    assert np.abs(got).max() <= loudness.db_to_gain(-1.0) + 1e-4
     assert np.abs(got).max() > 0.8  # limited, not silenced
 
 
@@ -140,7 +140,7 @@ async def test_vanished_device_is_reopened_and_nothing_queued_is_lost(player: Pl
 
 
 async def test_unknown_output_device_is_a_clear_error(pulse_server: None) -> None:
-    from bot.player import AudioDeviceError, find_output_device
+    from bot.audio.player import AudioDeviceError, find_output_device
 
     with pytest.raises(
         AudioDeviceError, match=r"output device 'Nonexistent' not found \(have: .*pulse"

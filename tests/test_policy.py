@@ -7,8 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from adapters.events import EventKind, Paid, PaidKind, Platform, Role
+from bot.chat.policy import Drop, PolicyState, SpeakableItem, SpeechPolicy
 from bot.config import PolicyConfig, ReadMode
-from bot.policy import Drop, PolicyState, SpeakableItem, SpeechPolicy
 from tests.factories import chat
 
 

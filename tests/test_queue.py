@@ -10,10 +10,10 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from structlog.testing import capture_logs
 
 from adapters.events import ChatMessage, Platform, Role
-from bot import outcomes
+from bot.chat import outcomes
+from bot.chat.policy import SpeakableItem
+from bot.chat.queue import SpeechQueue
 from bot.config import QueueConfig
-from bot.policy import SpeakableItem
-from bot.queue import SpeechQueue
 from tests.factories import chat
 
 

@@ -1,17 +1,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 
 from structlog.testing import capture_logs
 
 from adapters.events import ChatEvent, Connected, Disconnected, Platform, Retraction, Role
-from bot import outcomes
 from bot.app import Bot
+from bot.chat import outcomes
 from bot.config import Config
 from bot.control import Reply
-from bot.policy import SpeakableItem
-from tests.factories import chat
+from tests.factories import RecordingSpeaker, chat
 
 
 def make_bot(**cfg: object) -> Bot:
@@ -101,8 +99,9 @@ def test_retraction_of_user_and_whole_channel() -> None:
 
 def test_retraction_of_item_in_flight_is_cut() -> None:
     bot = make_bot()
-    cuts: list[tuple[Sequence[SpeakableItem] | None, str]] = []
-    bot.control.on_cut(lambda items, outcome: cuts.append((items, outcome)) is None)
+    speaker = RecordingSpeaker()
+    bot.control.attach(speaker)
+    cuts = speaker.cuts
     msg = chat("now playing")
     bot.router.handle(msg)
     playing = bot.queue.pop_nowait()

@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from bot import outcomes
 from bot.app import Bot
+from bot.audio.player import Player
+from bot.audio.speaker import Speaker
+from bot.chat import outcomes
 from bot.config import Config
-from bot.player import Player
-from bot.speaker import Speaker
 from engine.checkpoints import ModelFiles
 from engine.synth import Engine
 from tests.engine.tiny import TINY_ARCH, write_voice
@@ -121,7 +121,7 @@ async def test_retraction_between_pop_and_preparation_is_honoured(rig: Any) -> N
     bot, speaker = rig
     item = bot.policy.evaluate(chat("retracted in the gap"), bot.control.policy_state)
     # The queue reports it in flight, the speaker does not hold it yet.
-    assert speaker._cut([item], outcomes.RETRACTED)
+    assert speaker.cut([item], outcomes.RETRACTED)
     prepared = speaker._prepare(item)
     assert prepared.ended == (outcomes.RETRACTED, "retracted")
     with capture_logs() as logs:

@@ -8,10 +8,10 @@ from pathlib import Path
 
 from structlog.testing import capture_logs
 
-from bot import state
+from bot.chat import mod_changes as state
+from bot.chat.queue import SpeechQueue
 from bot.config import Config
 from bot.control import Control
-from bot.queue import SpeechQueue
 from tests.factories import chat
 
 

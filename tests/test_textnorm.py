@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bot import textnorm
+from bot.chat import textnorm
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,6 @@ import itertools
 import json
 import time
 import zlib
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +14,14 @@ from structlog.testing import capture_logs
 
 from adapters.bilibili.codec import BilibiliCodec
 from adapters.events import ChatMessage, Retraction, Role
-from bot import outcomes
+from bot.chat import outcomes
+from bot.chat.policy import SpeakableItem, SpeechPolicy
+from bot.chat.queue import SpeechQueue
+from bot.chat.router import Router
 from bot.config import Config
 from bot.control import Control
-from bot.policy import SpeakableItem, SpeechPolicy
-from bot.queue import SpeechQueue
-from bot.router import Router
 from tests.bilibili import fixtures as fx
-from tests.factories import chat
+from tests.factories import RecordingSpeaker, chat
 
 MOD = frozenset({Role.MODERATOR})
 
@@ -183,17 +182,12 @@ def test_a_ban_seen_by_an_anonymous_session_retracts_the_masked_danmaku(tmp_path
     for message in (playing, banned, other):
         bot.say(message)
     assert bot.queue.pop_nowait() is not None  # `playing` is with the speaker now
-    cut: list[tuple[str, ...]] = []
-
-    def speaker_cut(items: Sequence[SpeakableItem] | None, outcome: str) -> bool:
-        cut.append(tuple(i.text for i in items or ()))
-        return True
-
-    bot.control.on_cut(speaker_cut)
+    speaker = RecordingSpeaker()
+    bot.control.attach(speaker)
     ban = bot.codec.command_event(fx.room_block(12345), received=0.0)
     assert isinstance(ban, Retraction) and ban.user_id == "12345"
     with capture_logs() as logs:
         bot.router.handle(ban)
     assert [(e["event"], e["msg_id"]) for e in logs] == [(outcomes.RETRACTED, banned.message_id)]
     assert [i.message.message_id for i in bot.queue.snapshot()] == [other.message_id]
-    assert cut == [("more spam",)]
+    assert [tuple(i.text for i in items or ()) for items, _ in speaker.cuts] == [("more spam",)]

@@ -13,10 +13,10 @@ from aiohttp.test_utils import TestClient, TestServer
 from structlog.testing import capture_logs
 
 from adapters.events import Connected, Disconnected, Platform
-from bot import outcomes
 from bot.app import Bot
+from bot.chat import outcomes
 from bot.config import Config, WebConfig
-from bot.web import MAX_BODY, THROTTLE_KEY, create_app
+from bot.panel.web import MAX_BODY, THROTTLE_KEY, create_app
 from engine.checkpoints import ModelFiles
 from engine.synth import Engine
 from tests.engine.tiny import TINY_ARCH, write_voice

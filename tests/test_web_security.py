@@ -22,7 +22,7 @@ from structlog.testing import capture_logs
 
 from bot.app import Bot
 from bot.config import WebConfig
-from bot.web import MAX_SAY_CHARS, THROTTLE_KEY, create_app, overlay_token, serve
+from bot.panel.web import MAX_SAY_CHARS, THROTTLE_KEY, create_app, overlay_token, serve
 from engine.checkpoints import ModelFiles
 from engine.synth import Engine
 from tests.factories import chat

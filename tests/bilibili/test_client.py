@@ -15,8 +15,8 @@ from adapters.bilibili.client import BilibiliClient
 from adapters.bilibili.config import BilibiliConfig
 from adapters.events import ChatEvent, ChatMessage, Connected, Disconnected, Platform
 from adapters.reconnect import Backoff
-from bot import outcomes
 from bot.app import Bot
+from bot.chat import outcomes
 from bot.config import Config
 from tests.bilibili import fixtures as fx
 from tests.bilibili.fake_server import BUVID, TOKEN, FakeBilibili

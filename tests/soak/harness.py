@@ -25,7 +25,7 @@ from typing import Any
 
 import aiohttp
 
-from bot.outcomes import TERMINAL_EVENTS
+from bot.chat.outcomes import TERMINAL_EVENTS
 from engine.checkpoints import ModelFiles
 from tests.bilibili import fixtures as fx
 from tests.bilibili.fake_server import FakeBilibili

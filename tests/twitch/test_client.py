@@ -14,8 +14,8 @@ from adapters.reconnect import Backoff
 from adapters.twitch import codec as codec_module
 from adapters.twitch.client import TwitchClient
 from adapters.twitch.config import TwitchConfig
-from bot import outcomes
 from bot.app import Bot
+from bot.chat import outcomes
 from bot.config import Config
 from tests.running import Running
 from tests.twitch.fake_server import FakeTwitch

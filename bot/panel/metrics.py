@@ -10,10 +10,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from adapters.events import ChatMessage
-from bot import outcomes
+from bot.chat import outcomes
+from bot.chat.queue import SpeechQueue
 from bot.control import Control
 from bot.lag import LagProbe
-from bot.queue import SpeechQueue
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

@@ -17,10 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from adapters.events import Platform
-from bot import outcomes
+from bot.chat import outcomes
+from bot.chat.policy import PRIVILEGED_ROLES, SpeakableItem
+from bot.chat.users import same_account
 from bot.config import QueueConfig
-from bot.policy import PRIVILEGED_ROLES, SpeakableItem
-from bot.users import same_account
 
 Key = tuple[Platform, str]
 

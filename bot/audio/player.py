@@ -22,8 +22,8 @@ import numpy as np
 import structlog
 
 from adapters.reconnect import Backoff, describe
-from bot import audio
-from bot.alsa import route_alsa_errors
+from bot.audio import loudness
+from bot.audio.alsa import route_alsa_errors
 from bot.config import AudioConfig
 from engine.audio import SAMPLE_RATE, resample
 
@@ -44,7 +44,7 @@ class AudioDeviceError(Exception):
 
 
 def _sounddevice() -> Any:
-    """PortAudio, with ALSA's chatter routed into the log before it starts (bot/alsa.py)."""
+    """PortAudio, with ALSA's chatter routed into the log before it starts (bot/audio/alsa.py)."""
     route_alsa_errors()
     import sounddevice
 
@@ -216,9 +216,9 @@ class Player:
     # shaping (worker thread) --------------------------------------------------------
     def _shape(self, state: _Utterance, chunk: np.ndarray) -> np.ndarray:
         if state.gain is None:
-            level = audio.loudness_lufs(chunk, SAMPLE_RATE)
+            level = loudness.loudness_lufs(chunk, SAMPLE_RATE)
             state.gain = (
-                audio.db_to_gain(min(self.config.target_lufs - level, 24.0))
+                loudness.db_to_gain(min(self.config.target_lufs - level, 24.0))
                 if np.isfinite(level)
                 else 1.0
             )
@@ -226,9 +226,9 @@ class Player:
         if self.rate != SAMPLE_RATE:
             out = resample(out, SAMPLE_RATE, self.rate)
         if not state.started:
-            out = audio.fade_in(out, int(self.config.fade_in_ms / 1000 * self.rate))
+            out = loudness.fade_in(out, int(self.config.fade_in_ms / 1000 * self.rate))
             state.started = True
-        return audio.limit(out, self.rate, self.config.peak_ceiling_db)
+        return loudness.limit(out, self.rate, self.config.peak_ceiling_db)
 
     # device -----------------------------------------------------------------------
     def _open(self, device: int | None) -> None:

@@ -1,5 +1,5 @@
 """What moderators change from chat that must survive a restart: per-user voices,
-nicknames, mutes, keyed by account (see `bot.users`). A small JSON file.
+nicknames, mutes, keyed by account (see `bot.chat.users`). A small JSON file.
 
 A damaged file is moved aside, never overwritten; writes are atomic and synced
 to disk, and `StateWriter` coalesces them off the event loop, since a command
@@ -22,7 +22,7 @@ from typing import Any
 
 import structlog
 
-from bot.users import UserKey, key_text, parse_key, user_handle
+from bot.chat.users import UserKey, key_text, parse_key, user_handle
 
 log = structlog.get_logger()
 

@@ -4,22 +4,35 @@ queue, retractions to the queue (and the speaker, for what is in flight)."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Callable
 
 import structlog
 
-from adapters.events import ChatEvent, ChatMessage, Connected, Disconnected, Retraction
-from bot import outcomes
-from bot.commands import is_command, run_command
+from adapters.events import (
+    ChatEvent,
+    ChatMessage,
+    Connected,
+    Disconnected,
+    Platform,
+    Retraction,
+    Role,
+)
+from bot.chat import outcomes
+from bot.chat.commands import is_command, run_command
+from bot.chat.policy import Drop, SpeakableItem, SpeechPolicy
+from bot.chat.queue import RetractResult, SpeechQueue
 from bot.config import CommandsConfig
 from bot.control import Control, Reply
-from bot.policy import Drop, SpeechPolicy
-from bot.queue import RetractResult, SpeechQueue
 
 log = structlog.get_logger()
 
 #: Sends a command's reply back to the chat it came from, where the adapter can.
 ReplySink = Callable[[ChatMessage, Reply], None]
+
+
+#: Why the streamer's own line was not queued when the queue had no room.
+QUEUE_FULL = "the queue is full"
 
 
 class Router:
@@ -57,6 +70,36 @@ class Router:
                 outcomes.log_outcome(outcomes.SKIPPED, event, reason="shutdown")
                 ended += 1
         return ended
+
+    def say(self, text: str, voice: str) -> Reply:
+        """The streamer's own line (the panel's "say"): read at broadcaster priority,
+        as typed, no announcement, through the same clean-up as chat. The reply's
+        text is the queued item's id, or why nothing was queued."""
+        message = ChatMessage(
+            platform=Platform.LOCAL,
+            channel="panel",
+            message_id=uuid.uuid4().hex,
+            user_id="streamer",
+            user_name="streamer",
+            text=text,
+            roles=frozenset({Role.BROADCASTER}),
+        )
+        cleaned = self._policy.clean_text(text)
+        if isinstance(cleaned, Drop) or not cleaned:
+            reason = cleaned.reason if isinstance(cleaned, Drop) else "empty"
+            outcomes.log_outcome(outcomes.FILTERED, message, reason=reason)
+            return Reply(False, f"nothing to say after filtering ({reason})")
+        item = SpeakableItem(
+            message=message,
+            text=cleaned,
+            spoken=cleaned,
+            spoken_plain=cleaned,
+            priority=float(self._policy.config.priorities.privileged),
+            voice=voice,
+        )
+        if not self._queue.push(item):
+            return Reply(False, QUEUE_FULL)
+        return Reply(True, f"local:{message.message_id}")
 
     def handle(self, event: ChatEvent) -> None:
         match event:

@@ -30,24 +30,28 @@ import json
 import re
 import socket
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import structlog
 from aiohttp import hdrs, web
 
-from adapters.events import ChatMessage, Platform, Role
-from bot import outcomes
+from adapters.events import ChatMessage
+from bot.chat import outcomes
+from bot.chat.router import QUEUE_FULL
 from bot.config import WebConfig
 from bot.control import Reply
-from bot.metrics import CONTENT_TYPE, Metrics
-from bot.policy import Drop, SpeakableItem
+from bot.panel.metrics import CONTENT_TYPE, Metrics
 from engine.audio import SAMPLE_RATE
 from engine.config import VOICE_NAME
+
+if TYPE_CHECKING:  # the app assembles these; the panel only uses them
+    from bot.app import Bot
+    from bot.audio.speaker import Speaker
+    from engine.synth import Engine
 
 log = structlog.get_logger()
 
@@ -58,11 +62,11 @@ COOKIE = "ishowtts_token"
 #: How often pages get a fresh snapshot over server-sent events.
 PUSH_INTERVAL_S = 0.25
 
-BOT_KEY: web.AppKey[Any] = web.AppKey("bot", object)
-SPEAKER_KEY: web.AppKey[Any] = web.AppKey("speaker", object)
-ENGINE_KEY: web.AppKey[Any] = web.AppKey("engine", object)
+BOT_KEY: web.AppKey[Bot] = web.AppKey("bot")
+SPEAKER_KEY: web.AppKey[Speaker | None] = web.AppKey("speaker")
+ENGINE_KEY: web.AppKey[Engine | None] = web.AppKey("engine")
 METRICS_KEY: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
-FEED_KEY: web.AppKey[Any] = web.AppKey("feed", object)
+FEED_KEY: web.AppKey[Feed] = web.AppKey("feed")
 #: Set when the server shuts down: long-lived responses (the event stream) end then.
 STOPPING_KEY: web.AppKey[asyncio.Event] = web.AppKey("stopping", asyncio.Event)
 #: Seconds other requests get to finish at shutdown before they are cancelled.
@@ -159,7 +163,7 @@ class Feed:
 
 
 def create_app(
-    config: WebConfig, bot: Any, speaker: Any = None, engine: Any = None
+    config: WebConfig, bot: Bot, speaker: Speaker | None = None, engine: Engine | None = None
 ) -> web.Application:
     token = config.token.get_secret_value()
     throttle = LoginThrottle()
@@ -425,7 +429,7 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
 # pages -------------------------------------------------------------------------------
 @functools.cache
 def _page(name: str) -> Any:
-    html = resources.files("bot").joinpath("static", name).read_text(encoding="utf-8")
+    html = resources.files("bot.panel").joinpath("static", name).read_text(encoding="utf-8")
     policy = page_policy(html)
 
     async def page(_: web.Request) -> web.Response:
@@ -660,37 +664,14 @@ def _say_args(request: web.Request, body: dict[str, Any]) -> tuple[str, str] | w
 
 
 async def _say(request: web.Request) -> web.Response:
-    """The streamer's own line: read at broadcaster priority, as typed, no announcement."""
+    """The streamer's own line, through the router like chat (`Router.say`)."""
     args = _say_args(request, await _json_body(request))
     if isinstance(args, web.Response):
         return args
-    text, voice = args
-    bot = request.app[BOT_KEY]
-    message = ChatMessage(
-        platform=Platform.LOCAL,
-        channel="panel",
-        message_id=uuid.uuid4().hex,
-        user_id="streamer",
-        user_name="streamer",
-        text=text,
-        roles=frozenset({Role.BROADCASTER}),
-    )
-    cleaned = bot.policy.clean_text(text)
-    if isinstance(cleaned, Drop) or not cleaned:
-        reason = cleaned.reason if isinstance(cleaned, Drop) else "empty"
-        outcomes.log_outcome(outcomes.FILTERED, message, reason=reason)
-        return _bad(f"nothing to say after filtering ({reason})")
-    item = SpeakableItem(
-        message=message,
-        text=cleaned,
-        spoken=cleaned,
-        spoken_plain=cleaned,
-        priority=float(bot.config.policy.priorities.privileged),
-        voice=voice,
-    )
-    if not bot.queue.push(item):
-        return _bad("the queue is full", status=503)
-    return web.json_response({"ok": True, "id": f"local:{message.message_id}"})
+    said = request.app[BOT_KEY].router.say(*args)
+    if not said.ok:
+        return _bad(said.text, status=503 if said.text == QUEUE_FULL else 400)
+    return web.json_response({"ok": True, "id": said.text})
 
 
 async def _synthesize(request: web.Request) -> web.StreamResponse:

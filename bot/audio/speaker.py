@@ -18,11 +18,11 @@ import numpy as np
 import structlog
 
 from adapters.events import Platform
-from bot import outcomes
+from bot.audio.player import Player
+from bot.chat import outcomes
+from bot.chat.policy import SpeakableItem
+from bot.chat.queue import SpeechQueue
 from bot.control import Control
-from bot.player import Player
-from bot.policy import SpeakableItem
-from bot.queue import SpeechQueue
 from engine.audio import SAMPLE_RATE
 from engine.synth import Engine, SynthesisStalled
 
@@ -60,9 +60,7 @@ class Speaker:
         #: Cuts for items taken from the queue but not yet prepared (the look-ahead
         #: pop is a task: a retraction can land between its pop and its preparation).
         self._early_cuts: dict[tuple[Platform, str], tuple[str, str]] = {}
-        control.on_cut(self._cut)
-        control.on_change(self._follow_controls)
-        self._follow_controls()
+        control.attach(self)
 
     async def run(self) -> None:
         try:
@@ -95,7 +93,7 @@ class Speaker:
             "audio_s": round(p.audio_s, 2),
         }
 
-    def _follow_controls(self) -> None:
+    def follow_controls(self) -> None:
         self._player.set_paused(self._control.paused)
         self._player.set_volume(self._control.volume / 100)
 
@@ -203,7 +201,7 @@ class Speaker:
         outcomes.log_outcome(event, prepared.item.message, voice=prepared.voice, reason=reason)
         self._queue.done(prepared.item)
 
-    def _cut(self, items: Sequence[SpeakableItem] | None, event: str) -> bool:
+    def cut(self, items: Sequence[SpeakableItem] | None, event: str) -> bool:
         """Control's cut: None is a skip of what plays; else these items, wherever they are."""
         reason = (
             "skip" if items is None else ("retracted" if event == outcomes.RETRACTED else "cut")

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 import structlog
 
 from adapters.events import ChatMessage, EventKind, Platform, Role
-from bot import textnorm
+from bot.chat import textnorm
+from bot.chat.mod_changes import ByName
+from bot.chat.users import SeenUsers, UserKey, name_keys, user_handle
 from bot.config import BlockedMatch, PolicyConfig, ReadMode
-from bot.state import ByName
-from bot.users import SeenUsers, UserKey, name_keys, user_handle
 
 log = structlog.get_logger()
 
