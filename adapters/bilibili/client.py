@@ -19,7 +19,7 @@ from websockets.exceptions import WebSocketException
 from adapters.bilibili import codec, wbi
 from adapters.bilibili.config import BilibiliConfig
 from adapters.events import ChatEvent, ChatMessage, Connected, Disconnected, Platform, Retraction
-from adapters.reconnect import Backoff, describe
+from adapters.reconnect import Attempt, Backoff, Ended, StaleConnectionError, describe, reconnecting
 
 log = structlog.get_logger()
 
@@ -41,10 +41,6 @@ class BootstrapError(Exception):
 
 
 class AuthRejectedError(Exception):
-    pass
-
-
-class StaleConnectionError(Exception):
     pass
 
 
@@ -92,16 +88,18 @@ class BilibiliClient:
         async with aiohttp.ClientSession(
             headers={"User-Agent": USER_AGENT}, timeout=timeout, trust_env=False
         ) as http:
-            attempt = 0
-            failures = 0
+            tries = 0  # connections tried with this room's token and servers
             room: Room | None = None
-            while True:
-                if room is None or failures >= max(3, len(room.hosts)):
+
+            async def connect_once(attempt: Attempt) -> Ended:
+                nonlocal tries, room
+                if room is None or tries >= max(3, len(room.hosts)):
                     room = await self._bootstrap(http)
-                    failures = 0
-                host, port = room.hosts[failures % len(room.hosts)]
+                    tries = 0
+                host, port = room.hosts[tries % len(room.hosts)]
+                tries += 1
                 url = f"{self.config.ws_scheme}://{host}:{port}/sub"
-                session_start: float | None = None
+                attempt.fields["url"] = url
                 try:
                     async with connect(
                         url,
@@ -111,20 +109,14 @@ class BilibiliClient:
                         compression=None,
                         user_agent_header=USER_AGENT,
                     ) as ws:
-                        session_start = time.monotonic()
+                        attempt.up()
                         await self._session(ws, room)
-                    reason = "closed"
                 except AuthRejectedError as exc:
-                    reason = f"auth rejected ({exc}); fetching a new token"
                     room = None
-                except (OSError, WebSocketException, TimeoutError, StaleConnectionError) as exc:
-                    reason = describe(exc)
-                failures += 1
-                lasted = None if session_start is None else time.monotonic() - session_start
-                attempt = self._backoff.next_attempt(attempt, lasted)
-                delay = self._backoff.delay(attempt - 1, self._rand())
-                await self._lost(reason, url=url, retry_in_s=round(delay, 3))
-                await asyncio.sleep(delay)
+                    return Ended(f"auth rejected ({exc}); fetching a new token")
+                return Ended("closed")
+
+            await reconnecting(connect_once, self._lost, self._backoff, self._rand)
 
     async def _lost(self, reason: str, **fields: object) -> None:
         log.warning("bilibili.disconnected", reason=reason, **fields)

@@ -19,7 +19,7 @@ from websockets.exceptions import WebSocketException
 
 from adapters.events import ChatEvent, ChatMessage, Connected, Disconnected, Platform, Retraction
 from adapters.ratelimit import SlidingWindow
-from adapters.reconnect import Backoff, describe
+from adapters.reconnect import Attempt, Backoff, Ended, StaleConnectionError, describe, reconnecting
 from adapters.twitch import codec
 from adapters.twitch.config import TwitchConfig
 
@@ -36,10 +36,6 @@ DEFAULT_BACKOFF = Backoff()
 
 class LoginFailedError(Exception):
     """Bad credentials: retrying would only get the account locked out."""
-
-
-class StaleConnectionError(Exception):
-    pass
 
 
 class TwitchClient:
@@ -86,32 +82,23 @@ class TwitchClient:
 
     async def run(self) -> None:
         """Stay connected until cancelled, or until the login is refused."""
-        attempt = 0
-        while True:
-            session_start: float | None = None
-            reconnect_now = False
-            try:
-                async with connect(
-                    self.url, proxy=None, open_timeout=10, max_size=2**20, compression=None
-                ) as ws:
-                    session_start = time.monotonic()
-                    reconnect_now = await self._session(ws)
-                    reason = "server asked to reconnect"
-            except LoginFailedError as exc:
-                log.error(
-                    "twitch.login_failed",
-                    reason=str(exc),
-                    hint="check platforms.twitch.nick and the token (ISHOWTTS_TWITCH_TOKEN)",
-                )
-                await self._lost(f"login failed: {exc}")
-                return
-            except (OSError, WebSocketException, TimeoutError, StaleConnectionError) as exc:
-                reason = describe(exc)
-            lasted = None if session_start is None else time.monotonic() - session_start
-            attempt = 0 if reconnect_now else self._backoff.next_attempt(attempt, lasted)
-            delay = 0.0 if reconnect_now else self._backoff.delay(attempt - 1, self._rand())
-            await self._lost(reason, retry_in_s=round(delay, 3))
-            await asyncio.sleep(delay)
+        try:
+            await reconnecting(self._connect_once, self._lost, self._backoff, self._rand)
+        except LoginFailedError as exc:
+            log.error(
+                "twitch.login_failed",
+                reason=str(exc),
+                hint="check platforms.twitch.nick and the token (ISHOWTTS_TWITCH_TOKEN)",
+            )
+            await self._lost(f"login failed: {exc}")
+
+    async def _connect_once(self, attempt: Attempt) -> Ended:
+        async with connect(
+            self.url, proxy=None, open_timeout=10, max_size=2**20, compression=None
+        ) as ws:
+            attempt.up()
+            await self._session(ws)
+        return Ended("server asked to reconnect", at_once=True)
 
     async def _lost(self, reason: str, **fields: object) -> None:
         log.warning("twitch.disconnected", reason=reason, **fields)
@@ -126,8 +113,8 @@ class TwitchClient:
         self.connected = False
         return [Disconnected(Platform.TWITCH, c, reason) for c in self.channels or [""]]
 
-    async def _session(self, ws: ClientConnection) -> bool:
-        """Run one connection; True when the server asked us to reconnect."""
+    async def _session(self, ws: ClientConnection) -> None:
+        """Run one connection until the server asks us to reconnect (or it fails)."""
         decoder = codec.TwitchCodec(self.nick)
         for line in codec.handshake(self.nick, self.token, self.channels):
             await ws.send(line)
@@ -151,7 +138,7 @@ class TwitchClient:
                 ping_token = ""  # any traffic proves the link is alive
                 for event in decoder.feed(frame, time.monotonic()):
                     if await self._handle(ws, event):
-                        return True
+                        return
         finally:
             sender.cancel()
 
