@@ -4,6 +4,7 @@ the bot (each owns its config; the bot assembles them)."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -37,3 +38,16 @@ def test_the_engine_and_the_adapters_do_not_import_each_other() -> None:
         for path in (ROOT / package).rglob("*.py"):
             modules = imported_modules(path)
             assert not {m for m in modules if m == other or m.startswith(other + ".")}, path
+
+
+def test_architecture_names_every_module_and_only_modules_that_exist() -> None:
+    text = (ROOT / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    named = set(re.findall(r"`((?:bot|engine|adapters)/[\w/]+\.py)`", text))
+    modules = {
+        str(path.relative_to(ROOT))
+        for package in ("bot", "engine", "adapters")
+        for path in (ROOT / package).rglob("*.py")
+        if path.name != "__init__.py"
+    }
+    assert sorted(modules - named) == [], "modules ARCHITECTURE.md does not describe"
+    assert sorted(named - modules) == [], "ARCHITECTURE.md names modules that do not exist"
