@@ -325,42 +325,46 @@ async def _run(config: Config, stop: asyncio.Event, locks: ChannelLocks) -> int:
     speaker = Speaker(bot.queue, engine, player, bot.control)
     enabled = list(bot.adapters())
     panel = await _start_web(config, bot, speaker, engine, panel_socket)
-    async with asyncio.TaskGroup() as tasks:
-        player_task = tasks.create_task(player.run())
-        # Going live needs a device; a stop meanwhile must still be honoured.
-        await _unless_stopped(stop, player.opened.wait())
-        running = [
-            tasks.create_task(bot.lag.run()),
-            tasks.create_task(bot.router.run(bot.events)),
-            tasks.create_task(_restarting("speaker", speaker.run)),
-            *(
-                tasks.create_task(
-                    _guarded(Platform(n), c, bot.events, on_crash=bot.control.adapter_crashed)
+    try:
+        async with asyncio.TaskGroup() as tasks:
+            player_task = tasks.create_task(player.run())
+            # Going live needs a device; a stop meanwhile must still be honoured.
+            await _unless_stopped(stop, player.opened.wait())
+            running = [
+                tasks.create_task(bot.lag.run()),
+                tasks.create_task(bot.router.run(bot.events)),
+                tasks.create_task(_restarting("speaker", speaker.run)),
+                *(
+                    tasks.create_task(
+                        _guarded(Platform(n), c, bot.events, on_crash=bot.control.adapter_crashed)
+                    )
+                    for n, c in bot.adapters().items()
+                ),
+            ]
+            log.info(
+                "bot.started",
+                platforms=enabled,
+                voices=bot.voices.names(),
+                voice=bot.control.voice,
+                device=player.device_name,
+            )
+            where = f" — panel at {panel_url(config.web)}" if panel is not None else ""
+            progress(f"ready in {time.perf_counter() - started:.1f} s{where} (Ctrl-C stops)")
+            if not enabled:
+                log.warning(
+                    "bot.no_platforms", hint="enable platforms.twitch or platforms.bilibili"
                 )
-                for n, c in bot.adapters().items()
-            ),
-        ]
-        log.info(
-            "bot.started",
-            platforms=enabled,
-            voices=bot.voices.names(),
-            voice=bot.control.voice,
-            device=player.device_name,
-        )
-        where = f" — panel at {panel_url(config.web)}" if panel is not None else ""
-        progress(f"ready in {time.perf_counter() - started:.1f} s{where} (Ctrl-C stops)")
-        if not enabled:
-            log.warning("bot.no_platforms", hint="enable platforms.twitch or platforms.bilibili")
-        await stop.wait()
-        for task in running:
-            task.cancel()
-        await asyncio.gather(*running, return_exceptions=True)
-        if panel is not None:
-            await panel.cleanup()
-        await player.close()
-        player_task.cancel()
-    await asyncio.to_thread(engine.close, ENGINE_STOP_WAIT_S)
-    await bot.control.close()  # mod changes of the last second are written too
+            await stop.wait()
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+            if panel is not None:
+                await panel.cleanup()
+            await player.close()
+            player_task.cancel()
+    finally:  # also when a task failed: mod changes of the last second are written
+        await asyncio.to_thread(engine.close, ENGINE_STOP_WAIT_S)
+        await bot.control.close()
     # Whatever was still waiting gets its end logged: nothing vanishes silently.
     unrouted = bot.router.drain(bot.events)
     dropped = bot.queue.remove_where(lambda _: True, outcomes.SKIPPED, "shutdown")

@@ -136,9 +136,14 @@ def tell_user(text: str) -> None:
 
 def progress(text: str) -> None:
     """One readable line per start-up phase for a person at a terminal; JSON logs
-    carry the same moments as events."""
-    if _for_person:
-        tell_user(text)
+    carry the same moments as events. Written through the log writer, in order
+    with the log lines, so a slow terminal never holds up the caller (the loop)."""
+    if not _for_person:
+        return
+    if _writer is not None:
+        _writer.write(text + "\n")
+    else:
+        print(text, file=sys.stderr)
 
 
 # Tracebacks never show the frames' local variables: they hold secrets (the

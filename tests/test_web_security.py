@@ -328,3 +328,24 @@ async def test_a_preview_stops_when_its_client_leaves_and_only_one_runs(
     finally:
         await runner.cleanup()
         engine.close()
+
+
+async def test_another_sites_page_cannot_lock_the_streamer_out(locked_panel: Any) -> None:
+    # Hidden frames or links from a hostile page, each with a wrong ?token=: never
+    # read, never counted, so the overlay and the panel keep working.
+    c, _ = locked_panel
+    link = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate"}
+    with capture_logs() as logs:
+        for site in ("cross-site", "same-site") * 10:
+            r = await c.get(
+                "/",
+                params={"token": "guess"},
+                headers={**link, "Sec-Fetch-Site": site},
+                allow_redirects=False,
+            )
+            assert r.status == 302 and r.headers["Location"] == "/login"
+    assert not [e for e in logs if e["event"] == "web.login_failed"]
+    overlay = await c.get("/overlay", params={"token": overlay_token(TOKEN)})
+    assert overlay.status == 200
+    status = await c.get("/api/status", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert status.status == 200

@@ -310,6 +310,11 @@ async def _check_token(
     if request.path == "/login":
         return "none", False
     page = request.method == "GET" and not request.path.startswith(("/api/", "/metrics"))
+    if request.headers.get("Sec-Fetch-Site") in ("cross-site", "same-site"):
+        # A link followed here from another site's page (all else from there is
+        # refused already): its tokens are never read, so such a page can neither
+        # guess nor lock this address (the streamer's browser, OBS) out.
+        raise web.HTTPFound("/login")
     header = request.headers.get(hdrs.AUTHORIZATION, "")
     given, via = "", ""
     for value, source in (
@@ -547,7 +552,7 @@ def _snapshot(request: web.Request) -> dict[str, Any]:
         "voices": bot.voices.names(),
         "mode": control.policy_state.read_mode,
         "queue": len(bot.queue),
-        "muted": control.muted_list(),
+        "muted": [bot.policy.clean_name(name).shown for name in control.muted_list()],
         "connections": {p.value: up for p, up in control.connections.items()},
     }
 
