@@ -3,6 +3,8 @@ fallback where it cannot run, the dispatch, and (on a GPU) its result against SD
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 from structlog.testing import capture_logs
@@ -10,7 +12,11 @@ from structlog.testing import capture_logs
 from engine import attention, kernels
 from engine.config import EngineConfig
 
-gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="cuDNN runs on a GPU")
+
+def gpu(test: Any) -> Any:
+    """A test of cuDNN itself: in the GPU suite (`-m gpu`), skipped without CUDA."""
+    skip = pytest.mark.skipif(not torch.cuda.is_available(), reason="cuDNN runs on a GPU")
+    return pytest.mark.gpu(skip(test))
 
 
 @pytest.fixture(autouse=True)
