@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import json
 import statistics
@@ -35,11 +36,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine import chunking, conv_pos, dit, sampler
+from engine import chunking, dit, kernels, sampler
 from engine.audio import SAMPLE_RATE
 from engine.checkpoints import HOP_LENGTH, ModelFiles, load_f5, load_vocos
 from engine.config import ArchConfig, EngineConfig
-from engine.conv_pos import triton_available
 from engine.graphs import GraphSteps
 from engine.synth import Engine
 from engine.vocoder import GraphVocoder
@@ -230,7 +230,9 @@ def one_step(engine: Engine, frames: int, text_len: int) -> Iterator[Callable[[]
         mods = dit.modulations(model.transformer, t.reshape(1))
         dts = torch.zeros(1, device=device, dtype=dtype)
         runner.start(
-            sampler.StepInputs(model.transformer, xp, xp.clone(), ids, mask, 2.0, mods, dts)
+            sampler.StepInputs(
+                model.transformer, xp, xp.clone(), ids, mask, 2.0, mods, dts, engine.kernels
+            )
         )
         try:
             yield lambda: runner.step(0)
@@ -483,13 +485,16 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             continue
         if args.paths and label not in args.paths:
             continue
-        # The paths without compile stand for a machine without Triton (Windows,
-        # mostly): there the position convolutions are the package's (cuDNN) too.
-        conv_pos.triton_available = triton_available if compile_ else lambda: False  # type: ignore[assignment]
         config = EngineConfig(
             device=device, nfe_steps=NFE, compile=compile_, cuda_graphs=graphs_, arch=arch
         )
-        engine = Engine(config, VoiceLibrary(root / "voices"), files)
+        dtype = torch.float16 if device == "cuda" else torch.float32
+        chosen = kernels.choose(config, device, dtype)
+        if not compile_:
+            # The paths without compile stand for a machine without Triton (Windows,
+            # mostly): there the position convolutions are the package's (cuDNN) too.
+            chosen = dataclasses.replace(chosen, conv="package")
+        engine = Engine(config, VoiceLibrary(root / "voices"), files, kernels=chosen)
         # Peak memory counts what this engine adds, not what an earlier one left.
         before = torch.cuda.memory_allocated() if device == "cuda" else 0
         started = time.perf_counter()
@@ -505,7 +510,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 "ready_peak_gb": round(torch.cuda.max_memory_allocated() / gb, 3),
             }
         emit({"event": "engine", "path": label, "engine_path": engine.path,
-              "conv": conv_pos.path(device), "startup_s": round(startup, 1),
+              "conv": engine.kernels.conv, "kernels": str(engine.kernels),
+              "startup_s": round(startup, 1),
               "dynamo_graphs": graphs(), **memory},
              records)  # fmt: skip
         for name, text in lines.items():
@@ -551,7 +557,6 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             summary[f"{label}.startup"] = {"cold_s": round(startup, 1), "warm_s": warm}
             emit({"event": "startup", "path": label, **summary[f"{label}.startup"]}, records)
 
-    conv_pos.triton_available = triton_available
     # Same weights, same noise: ours equals stock's sampler (checked on this device).
     model = load_f5(files, arch, device, torch.float16 if device == "cuda" else torch.float32)
     cond = model.mel_spec(ref[0].to(device)).permute(0, 2, 1).to(next(model.parameters()).dtype)

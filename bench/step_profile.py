@@ -25,7 +25,6 @@ import torch
 from torch.profiler import DeviceType, ProfilerActivity, profile
 
 from bench.engine import NFE, one_step, write_model
-from engine import conv_pos
 from engine.config import EngineConfig
 from engine.synth import Engine
 from engine.voices import VoiceLibrary
@@ -98,7 +97,8 @@ async def main(args: argparse.Namespace) -> None:
     engine.start()
     await engine.wait_ready()
     emit({"event": "setup", "gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
-          "path": engine.path, "conv": conv_pos.path(engine.device)})  # fmt: skip
+          "path": engine.path, "conv": engine.kernels.conv,
+          "kernels": str(engine.kernels)})  # fmt: skip
     with one_step(engine, args.frames, TEXT_LEN) as step:
         length = engine._runner.length(args.frames)
         step_ms = cuda_ms(step)

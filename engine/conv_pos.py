@@ -9,21 +9,20 @@ computes every group's taps as small matrix products, and applies the bias,
 the mask and Mish (and the embedding's residual) before writing once.
 
 Triton is there with torch.compile on Linux and often missing on Windows; where
-it is missing, or its first kernel fails to build, the package's convolutions
-run instead (`engine.conv_unavailable`, logged once) with the same result
-within fp16 rounding.
+it is missing the engine's `Kernels.conv` is "package" and the package's
+convolutions run, with the same result within fp16 rounding. Where the kernel
+fails to build, the call that failed runs the package's and reports it
+(`engine.kernels`); the engine then steps down (`engine.conv_unavailable`).
 """
 
 from __future__ import annotations
 
-import functools
-import importlib.util
 from typing import Any
 
-import structlog
 import torch
 
-log = structlog.get_logger()
+from engine import kernels
+from engine.kernels import Conv
 
 #: Frames per program and the launch settings: the fastest of those tried
 #: (bench/FINDINGS.md).
@@ -31,42 +30,16 @@ BLOCK_FRAMES = 128
 NUM_WARPS = 4
 NUM_STAGES = 3
 
-_failed: list[str] = []  # the first failure's message, once one has happened
 
-
-@functools.cache
-def triton_available() -> bool:
-    return importlib.util.find_spec("triton") is not None
-
-
-def _usable(on_gpu: bool) -> bool:
-    return on_gpu and not _failed and triton_available()
-
-
-def path(device: str) -> str:
-    """Which position convolutions run on `device`: "triton" or "package"
-    (`engine.ready` reports it)."""
-    return "triton" if _usable(device.startswith("cuda")) else "package"
-
-
-def supported(conv_pos: Any, h: torch.Tensor) -> bool:
-    """Whether the kernel takes this module at this input: a GPU tensor, Triton, and
-    a group width that its matrix products take (a power of two, at least 16)."""
-    if not _usable(h.is_cuda):
-        return False
-    conv = conv_pos.conv1d[0]
-    width: int = conv.in_channels // conv.groups
-    return width >= 16 and width & (width - 1) == 0
-
-
-def position_embedding(conv_pos: Any, h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """`conv_pos(h, mask) + h` for h (batch, frames, dim), row-major."""
-    if supported(conv_pos, h):
+def position_embedding(
+    conv_pos: Any, h: torch.Tensor, mask: torch.Tensor | None, conv: Conv
+) -> torch.Tensor:
+    """`conv_pos(h, mask) + h` for h (batch, frames, dim), row-major, by the `conv` kernels."""
+    if conv == "triton":
         try:
             return fused_position_embedding(conv_pos, h, mask)
         except Exception as exc:  # Triton present but unable to build the kernel
-            _failed.append(str(exc))
-            log.warning("engine.conv_unavailable", error=str(exc)[:300], fallback="cudnn")
+            kernels.report("conv", exc)
     out: torch.Tensor = conv_pos(h, mask) + h
     return out.contiguous()
 

@@ -17,12 +17,14 @@ a captured graph.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from engine import conv_pos, cudnn_attention
+from engine import conv_pos
+from engine.attention import PaddedAttention, Padding, Rotary, rotary
+from engine.kernels import EAGER, Attention, Kernels
 
 #: Below this, guidance is off and one unguided forward is run (as f5-tts does).
 NO_GUIDANCE = 1e-5
@@ -45,55 +47,6 @@ class TextEmbeds:
     @property
     def uncond(self) -> torch.Tensor:
         return self.both[self.both.shape[0] // 2 :]
-
-
-class Padding(NamedTuple):
-    """Which frames of a padded batch are real: `mask` (batch, length), and `counts`
-    (batch,) int32, each row's real frames (the padding is each row's tail).
-    Made once per forward, as cuDNN's padding mask reads the counts."""
-
-    mask: torch.Tensor
-    counts: torch.Tensor
-
-    @classmethod
-    def of(cls, mask: torch.Tensor) -> Padding:
-        return cls(mask, cudnn_attention.lengths(mask))
-
-
-class Rotary(NamedTuple):
-    """The rotary embedding's tables, (1, length, 1, rotated dims) to rotate queries
-    and keys laid out (batch, length, heads, dim), and its xpos scales for
-    queries and keys (1.0 without xpos).
-
-    Made by `rotary_tables`, outside the attention: compiled, the package's
-    `apply_rotary_pos_emb` takes the cosine and sine inside the rotation's own
-    kernel, for every element of every head's queries and keys, 64 times what
-    the tables hold."""
-
-    cos: torch.Tensor
-    sin: torch.Tensor
-    q_scale: torch.Tensor | float
-    k_scale: torch.Tensor | float
-
-
-def rotary(freqs: torch.Tensor, xpos_scale: torch.Tensor | float | None) -> Rotary:
-    """`Rotary` from what x_transformers' `RotaryEmbedding` returns: angles (1, length,
-    dims) and the xpos scale (None or 1.0 without xpos)."""
-    cos, sin = freqs.cos()[:, :, None], freqs.sin()[:, :, None]
-    if isinstance(xpos_scale, torch.Tensor):
-        scale = xpos_scale[:, :, None]
-        return Rotary(cos, sin, scale, scale**-1.0)
-    return Rotary(cos, sin, 1.0, 1.0)
-
-
-def rotate(t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, scale: Any) -> torch.Tensor:
-    """x_transformers' `apply_rotary_pos_emb` on (batch, length, heads, dim), from tables."""
-    from x_transformers.x_transformers import rotate_half
-
-    dims = cos.shape[-1]
-    rotated, rest = t[..., :dims], t[..., dims:]
-    rotated = rotated * cos * scale + rotate_half(rotated) * sin * scale
-    return torch.cat((rotated, rest), dim=-1).type(t.dtype)
 
 
 def pad_ids(texts: list[torch.Tensor], length: int) -> torch.Tensor:
@@ -148,13 +101,8 @@ def prepare(dit: Any) -> None:
         # A plain list: the wrappers stay out of the model's modules and state dict.
         object.__setattr__(dit, _BLOCKS, [ModulatedBlock(b) for b in dit.transformer_blocks])
     for block in dit.transformer_blocks:
-        processor = block.attn.processor
-        if isinstance(processor, PaddedAttention):
-            continue
-        if getattr(processor, "attn_backend", "torch") == "torch":
-            block.attn.processor = PaddedAttention(block.attn, processor.pe_attn_head)
-        else:
-            processor.attn_mask_enabled = True
+        if not isinstance(block.attn.processor, PaddedAttention):
+            block.attn.processor = PaddedAttention(block.attn)
 
 
 _BLOCKS = "_ishowtts_blocks"
@@ -189,18 +137,18 @@ class ModulatedBlock(torch.nn.Module):
         self.block = block
 
     def forward(
-        self, x: torch.Tensor, mod: torch.Tensor, padding: Padding | None, rope: Any
+        self,
+        x: torch.Tensor,
+        mod: torch.Tensor,
+        padding: Padding | None,
+        rope: Rotary,
+        attention: Attention,
     ) -> torch.Tensor:
+        """`attention` is the engine's `Kernels.attention`: a constant to torch.compile."""
         b = self.block
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = torch.chunk(mod, 6, dim=1)
         norm = b.attn_norm.norm(x) * (1 + scale_msa[:, None]) + shift_msa[:, None]
-        # The package's own processors (its flash-attn backend) take the mask alone.
-        mask = (
-            padding
-            if isinstance(b.attn.processor, PaddedAttention) or padding is None
-            else padding.mask
-        )
-        x = x + gate_msa.unsqueeze(1) * b.attn(x=norm, mask=mask, rope=rope)
+        x = x + gate_msa.unsqueeze(1) * b.attn.processor(b.attn, norm, padding, rope, attention)
         norm = b.ff_norm(x) * (1 + scale_mlp[:, None]) + shift_mlp[:, None]
         out: torch.Tensor = x + gate_mlp.unsqueeze(1) * feed_forward(b.ff, norm)
         return out
@@ -225,154 +173,6 @@ def fused_feed_forward(ff: Any, x: torch.Tensor) -> torch.Tensor:
     )
     out: torch.Tensor = proj_out(inner)
     return out.reshape(*x.shape[:-1], out.shape[-1])
-
-
-class PaddedAttention:
-    """f5-tts's `AttnProcessor` (torch backend), inference only, with three changes.
-
-    The padding mask never goes to SDPA as a boolean mask expanded to (b, heads,
-    n, n), which costs SDPA its fused kernel (see `masked_attention`). The
-    rotation reads `Rotary` tables, on queries and keys left in the
-    projection's (batch, length, heads, dim) order, with SDPA given transposed
-    views: compiled, the kernel that rotates them and adds the penalty column
-    then reads and writes along the same axes instead of transposing on the
-    way. And Q, K and V come from one matmul: the three projections' weights
-    are joined into one tensor, which the package's `to_q`/`to_k`/`to_v` then
-    view (no copy kept); one wide matmul fills the GPU better than three.
-    """
-
-    def __init__(self, attn: Any, pe_attn_head: int | None = None) -> None:
-        self.pe_attn_head = pe_attn_head
-        projections = (attn.to_q, attn.to_k, attn.to_v)
-        with torch.inference_mode(False), torch.no_grad():
-            weight = torch.cat([p.weight for p in projections])
-            bias = torch.cat([p.bias for p in projections])
-            # An nn.Linear (not bare tensors): torch.compile(dynamic=True) keeps a
-            # module parameter's shape static; a symbolic model width would make
-            # the block's layer norms slower looped reductions.
-            self.qkv = torch.nn.Linear(weight.shape[1], weight.shape[0], device="meta")
-            self.qkv.weight = torch.nn.Parameter(weight, requires_grad=False)
-            self.qkv.bias = torch.nn.Parameter(bias, requires_grad=False)
-            start = 0
-            for p in projections:
-                rows = p.weight.shape[0]
-                p.weight = torch.nn.Parameter(weight[start : start + rows], requires_grad=False)
-                p.bias = torch.nn.Parameter(bias[start : start + rows], requires_grad=False)
-                start += rows
-        self.split = [p.weight.shape[0] for p in projections]
-
-    def __call__(
-        self,
-        attn: Any,
-        x: torch.Tensor,
-        mask: torch.Tensor | Padding | None = None,
-        rope: Any = None,
-    ) -> torch.Tensor:
-        batch, heads = x.shape[0], attn.heads
-        # The package's own forward passes a mask; ours, the padding with its counts.
-        padding = Padding.of(mask) if isinstance(mask, torch.Tensor) else mask
-        q, k, v = torch.split(self.qkv(x), self.split, dim=-1)
-        # Kept in the projection's (batch, length, heads, dim) order: the rotation
-        # (and, compiled, the penalty column) then reads and writes along the
-        # same axes, and SDPA takes transposed views.
-        query, key, value = (t.reshape(batch, -1, heads, t.shape[-1] // heads) for t in (q, k, v))
-        if attn.q_norm is not None:
-            query = attn.q_norm(query)
-        if attn.k_norm is not None:
-            key = attn.k_norm(key)
-        if rope is not None:
-            # The package's own forward passes what its RotaryEmbedding returns.
-            cos, sin, q_scale, k_scale = rope if isinstance(rope, Rotary) else rotary(*rope)
-            pn = self.pe_attn_head
-            if pn is not None:
-                query[:, :, :pn] = rotate(query[:, :, :pn], cos, sin, q_scale)
-                key[:, :, :pn] = rotate(key[:, :, :pn], cos, sin, k_scale)
-            else:
-                query = rotate(query, cos, sin, q_scale)
-                key = rotate(key, cos, sin, k_scale)
-        if padding is None:
-            out = attention(query, key, value)
-        else:
-            out = masked_attention(query, key, value, padding)
-        out = out.reshape(batch, -1, heads * out.shape[-1])
-        projected: torch.Tensor = attn.to_out[1](attn.to_out[0](out.to(query.dtype)))
-        out = projected
-        if padding is not None:  # padded rows hold whatever attention left there
-            out = out.masked_fill(~padding.mask[..., None], 0.0)
-        return out
-
-
-def attention(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    bias: torch.Tensor | None = None,
-    scale: float | None = None,
-) -> torch.Tensor:
-    """SDPA on (batch, length, heads, dim), the projection's order, in and out."""
-    out = F.scaled_dot_product_attention(
-        query.transpose(1, 2),
-        key.transpose(1, 2),
-        value.transpose(1, 2),
-        attn_mask=bias,
-        scale=scale,
-    )
-    return out.transpose(1, 2)
-
-
-def masked_attention(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, padding: Padding
-) -> torch.Tensor:
-    """`attention` with the padded keys left out (and, on cuDNN's path, the padded
-    queries too: those rows are the caller's to zero). On a GPU with cuDNN's
-    padding mask (`engine.cudnn_attention`), by it; otherwise compiled (the
-    blocks' compiled region), by `penalty_column_attention`; launched op by op
-    (CUDA graphs without a compiler, the CPU), by `additive_mask_attention`,
-    which launches fewer kernels there (the column was measured compiled only)."""
-    if cudnn_attention.usable(query):
-        out: torch.Tensor = cudnn_attention.attention(
-            query, key, value, padding.mask, padding.counts
-        )
-        return out
-    if torch.compiler.is_compiling():
-        return penalty_column_attention(query, key, value, padding.mask)
-    return additive_mask_attention(query, key, value, padding.mask)
-
-
-def additive_mask_attention(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor
-) -> torch.Tensor:
-    """The padded keys left out by an additive (batch, 1, 1, length) mask: SDPA keeps
-    a fused kernel for it, where the package's expanded boolean mask does not."""
-    bias = torch.zeros(mask.shape, dtype=query.dtype, device=query.device)
-    bias = bias.masked_fill(~mask, float("-inf"))[:, None, None, :]
-    return attention(query, key, value, bias)
-
-
-#: Added to a padded key's score by `penalty_column_attention`: exp() of it is
-#: exactly 0 beside any real score, and it is well inside float16's range.
-PADDING_PENALTY = -30000.0
-#: Width of the column block carrying it (cuDNN: head size 80 ran faster than 72;
-#: bench/FINDINGS.md).
-PENALTY_DIMS = 16
-
-
-def penalty_column_attention(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor
-) -> torch.Tensor:
-    """The padded keys left out with no attention mask at all: queries get an extra
-    column of ones, keys the padding penalty in it (0 on real frames), which
-    adds exactly the mask to every score. cuDNN's attention runs unmasked, on
-    its fast kernel, and inductor writes the wider queries and keys in the
-    rotation's own kernel."""
-    scale = query.shape[-1] ** -0.5
-    ones = F.pad(torch.ones_like(query[..., :1]), (0, PENALTY_DIMS - 1))
-    penalty = torch.zeros(mask.shape, dtype=key.dtype, device=key.device)
-    penalty = penalty.masked_fill(~mask, PADDING_PENALTY)[:, :, None, None]
-    penalty = F.pad(penalty.expand(*key.shape[:-1], 1), (0, PENALTY_DIMS - 1))
-    query = torch.cat((query, ones), dim=-1)
-    key = torch.cat((key, penalty), dim=-1)
-    return attention(query, key, value, scale=scale)
 
 
 #: Positions the rotary tables are first made for (43.7 s of audio; lines are
@@ -404,10 +204,12 @@ def velocity(
     mask: torch.Tensor | None,
     mod: torch.Tensor,
     cfg_strength: float,
+    kernels: Kernels = EAGER,
 ) -> torch.Tensor:
     """The guided flow velocity at `x` (batch, length, n_mels); `mask` (batch, length)
     marks real frames, None when nothing is padded; `mod` (1, width) is this
-    step's row of `modulations`. Guidance doubles the batch in one forward
+    step's row of `modulations`; `kernels` says which convolutions and attention
+    run (compiling and graphs are the caller's). Guidance doubles the batch in one forward
     rather than running two."""
     guided = cfg_strength >= NO_GUIDANCE
     text = embeds.cond
@@ -423,13 +225,13 @@ def velocity(
     # blocks read it across the grain otherwise.
     embed = dit.input_embed
     h = embed.proj(torch.cat((x, cond, text), dim=-1))
-    h = conv_pos.position_embedding(embed.conv_pos_embed, h, mask)
+    h = conv_pos.position_embedding(embed.conv_pos_embed, h, mask, kernels.conv)
     rope = rotary_tables(dit, x.shape[1])
     padding = Padding.of(mask) if mask is not None else None
     residual = h
     width = 6 * h.shape[-1]
     for i, block in enumerate(blocks(dit)):
-        h = block(h, mod[:, i * width : (i + 1) * width], padding, rope)
+        h = block(h, mod[:, i * width : (i + 1) * width], padding, rope, kernels.attention)
     if dit.long_skip_connection is not None:
         h = dit.long_skip_connection(torch.cat((h, residual), dim=-1))
     scale, shift = torch.chunk(mod[:, len(dit.transformer_blocks) * width :], 2, dim=1)

@@ -172,6 +172,7 @@ class GraphSteps:
     def _capture(self, inputs: StepInputs) -> _Graph:
         started = time.perf_counter()
         transformer, x, cfg_strength = inputs.transformer, inputs.x, inputs.cfg_strength
+        kernels = inputs.kernels
         dit.prepare(transformer)
         scalar = torch.zeros((), device=x.device, dtype=x.dtype)
         ids = inputs.text.clone()
@@ -185,7 +186,7 @@ class GraphSteps:
         )
 
         def step() -> None:
-            v = dit.velocity(transformer, x_in, cond, text, mask, mod, cfg_strength)
+            v = dit.velocity(transformer, x_in, cond, text, mask, mod, cfg_strength, kernels)
             x_in.copy_((x_in + dt * v) * mask[..., None])
 
         step_graph, _ = self._recorder.record(step)

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from engine import dit
+from engine.kernels import EAGER, Kernels
 
 
 class Cancelled(Exception):
@@ -53,8 +54,9 @@ def padded_length(frames: int, bucket: int) -> int:
 class StepInputs:
     """One request's inputs, padded to the runner's length: noise x (batch, length,
     n_mels), the audio condition (zero past the reference), text ids padded with
-    `dit.PAD_ID`, the mask of real frames (None when nothing is padded), and per
-    step its `dit.modulations` row and its time step dt."""
+    `dit.PAD_ID`, the mask of real frames (None when nothing is padded), per
+    step its `dit.modulations` row and its time step dt, and the kernels that
+    run the DiT's convolutions and attention."""
 
     transformer: Any
     x: torch.Tensor
@@ -64,6 +66,7 @@ class StepInputs:
     cfg_strength: float
     mods: torch.Tensor  # (steps, width)
     dts: torch.Tensor  # (steps,)
+    kernels: Kernels = EAGER
 
 
 def schedule(
@@ -143,7 +146,9 @@ class EagerSteps:
         r: _Request = self._local.request
         a = r.inputs
         mod = a.mods[i : i + 1]
-        v = dit.velocity(a.transformer, a.x, a.cond, r.embeds, a.mask, mod, a.cfg_strength)
+        v = dit.velocity(
+            a.transformer, a.x, a.cond, r.embeds, a.mask, mod, a.cfg_strength, a.kernels
+        )
         x = a.x + a.dts[i] * v
         a.x = x if a.mask is None else x * a.mask[..., None]
 
@@ -176,6 +181,7 @@ def sample(
     sway: float,
     should_stop: Callable[[], bool] = lambda: False,
     runner: Steps | None = None,
+    kernels: Kernels = EAGER,
 ) -> torch.Tensor:
     """Mel frames (1, duration, n_mels) with the reference `cond` (1, n_ref, n_mels) kept."""
     (mel,) = sample_batch(
@@ -186,6 +192,7 @@ def sample(
         sway=sway,
         should_stop=should_stop,
         runner=runner,
+        kernels=kernels,
     )
     return mel
 
@@ -200,6 +207,7 @@ def sample_batch(
     sway: float,
     should_stop: Callable[[], bool] = lambda: False,
     runner: Steps | None = None,
+    kernels: Kernels = EAGER,
 ) -> list[torch.Tensor]:
     """Several lines in one batch, padded to a common length (the padding masked
     out): each result equals that line sampled alone."""
@@ -232,7 +240,7 @@ def sample_batch(
         mask = torch.stack([positions < d for d in durations])
     dts, mods = schedule(transformer, steps, sway, xs[0].device, xs[0].dtype)
     x, cond = (xs[0], step_conds[0]) if len(lines) == 1 else (torch.cat(xs), torch.cat(step_conds))
-    runner.start(StepInputs(transformer, x, cond, text, mask, cfg_strength, mods, dts))
+    runner.start(StepInputs(transformer, x, cond, text, mask, cfg_strength, mods, dts, kernels))
     try:
         for i in range(steps):
             if should_stop():

@@ -13,7 +13,8 @@ import torch
 from f5_tts.model.modules import ConvPositionEmbedding
 from structlog.testing import capture_logs
 
-from engine import conv_pos
+from engine import conv_pos, kernels
+from engine.config import ArchConfig, EngineConfig
 
 # Runs the real kernel in Triton's interpreter (on the CPU, in numpy): the same
 # source that is compiled for a GPU. The interpreter is switched on by an
@@ -54,20 +55,22 @@ def test_the_triton_kernel_computes_the_package_convolutions() -> None:
     assert diff < 1e-4
 
 
-def test_the_kernel_takes_gpu_tensors_and_widths_its_matrix_products_take(
+def test_the_kernel_is_chosen_on_a_gpu_for_widths_its_matrix_products_take(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(conv_pos, "_failed", [])
-    monkeypatch.setattr(conv_pos, "triton_available", lambda: True)
-    h = torch.zeros(1, 4, 1024)
-    assert not conv_pos.supported(ConvPositionEmbedding(1024), h)  # a CPU tensor
-    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
-    assert conv_pos.supported(ConvPositionEmbedding(1024), h)  # 16 groups of 64
-    assert conv_pos.supported(ConvPositionEmbedding(256), h[..., :256])  # of 16
-    assert not conv_pos.supported(ConvPositionEmbedding(384), h[..., :384])  # of 24
-    assert not conv_pos.supported(ConvPositionEmbedding(128), h[..., :128])  # of 8
-    monkeypatch.setattr(conv_pos, "triton_available", lambda: False)
-    assert not conv_pos.supported(ConvPositionEmbedding(1024), h)
+    monkeypatch.setattr(kernels, "triton_installed", lambda: True)
+
+    def conv(dim: int, device: str = "cuda") -> str:
+        config = EngineConfig(arch=ArchConfig(dim=dim, heads=dim // 64))
+        return kernels.choose(config, device, torch.float16).conv
+
+    assert conv(1024, "cpu") == "package"
+    assert conv(1024) == "triton"  # 16 groups of 64
+    assert conv(256) == "triton"  # of 16
+    assert conv(384) == "package"  # of 24
+    assert conv(128) == "package"  # of 8
+    monkeypatch.setattr(kernels, "triton_installed", lambda: False)
+    assert conv(1024) == "package"
 
 
 def test_elsewhere_the_package_module_runs() -> None:
@@ -75,7 +78,7 @@ def test_elsewhere_the_package_module_runs() -> None:
     h = torch.randn(2, 30, 64)
     mask = torch.arange(30)[None] < torch.tensor([[30], [12]])
     with torch.inference_mode():
-        got = conv_pos.position_embedding(module, h, mask)
+        got = conv_pos.position_embedding(module, h, mask, "package")
         want = module(h, mask) + h
     assert torch.equal(got, want)
     assert got.is_contiguous()
@@ -90,19 +93,21 @@ def test_a_kernel_that_fails_to_build_costs_one_warning_and_falls_back(
         calls.append(args)
         raise RuntimeError("no C compiler to build the launcher")
 
-    monkeypatch.setattr(conv_pos, "_failed", [])
-    monkeypatch.setattr(conv_pos, "triton_available", lambda: True)
-    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
     monkeypatch.setattr(conv_pos, "fused_position_embedding", broken)
     module = ConvPositionEmbedding(256).eval()
     h = torch.randn(1, 20, 256)
-    with capture_logs() as logs, torch.inference_mode():
-        first = conv_pos.position_embedding(module, h, None)
-        second = conv_pos.position_embedding(module, h, None)
+    kernels.failures()
+    with torch.inference_mode():
+        got = conv_pos.position_embedding(module, h, None, "triton")
         want = module(h, None) + h
-    assert torch.equal(first, want) and torch.equal(second, want)
-    assert len(calls) == 1  # not retried on every step
+    assert torch.equal(got, want)  # the failing call still gives the right result
+    assert len(calls) == 1
+    ((piece, error),) = kernels.failures()
+    on_triton = kernels.Kernels(True, True, "triton", "cudnn")
+    with capture_logs() as logs:
+        lower = kernels.step_down(on_triton, piece, error)
+        assert lower == kernels.Kernels(True, True, "package", "cudnn")
+        assert kernels.step_down(lower, piece, error) is None  # logged once
     warnings = [e for e in logs if e["event"] == "engine.conv_unavailable"]
     assert len(warnings) == 1
     assert warnings[0]["fallback"] == "cudnn" and "C compiler" in warnings[0]["error"]
-    assert conv_pos.path("cuda") == "package"

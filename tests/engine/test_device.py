@@ -16,10 +16,11 @@ import pytest
 import torch
 from structlog.testing import capture_logs
 
-from engine import conv_pos, cudnn_attention, synth
+from engine import kernels, startup
 from engine.checkpoints import ModelFiles
 from engine.config import EngineConfig
-from engine.synth import Engine, SynthesisError, resolve_device
+from engine.startup import resolve_device
+from engine.synth import Engine, SynthesisError
 from engine.voices import VoiceLibrary
 from tests.engine.tiny import TINY_ARCH
 
@@ -36,8 +37,8 @@ def machine(monkeypatch: pytest.MonkeyPatch) -> dict[str, bool]:
     facts = {"cuda": False, "mps": False, "driver": False}
     monkeypatch.setattr(torch.cuda, "is_available", lambda: facts["cuda"])
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: facts["mps"])
-    monkeypatch.setattr(synth, "nvidia_driver_present", lambda: facts["driver"])
-    monkeypatch.setattr(synth, "_warned", set())
+    monkeypatch.setattr(startup, "nvidia_driver_present", lambda: facts["driver"])
+    monkeypatch.setattr(startup, "_warned", set())
     monkeypatch.setattr(torch.version, "cuda", "12.8")
     return facts
 
@@ -87,10 +88,9 @@ def test_a_configured_device_and_dtype_are_taken_as_they_are(
 def test_mps_runs_the_portable_convolutions_and_attention(monkeypatch: pytest.MonkeyPatch) -> None:
     # Triton and cuDNN's frontend may be installed on a Mac (or look so): on MPS
     # the paths are still the package's own, decided without a CUDA call.
-    monkeypatch.setattr(conv_pos, "triton_available", lambda: True)
-    monkeypatch.setattr(cudnn_attention, "INSTALLED", True)
-    assert conv_pos.path("mps") == "package"
-    assert cudnn_attention.path("mps", torch.float16) == "sdpa"
+    monkeypatch.setattr(kernels, "triton_installed", lambda: True)
+    monkeypatch.setattr(kernels, "cudnn_frontend_installed", lambda: True)
+    assert kernels.choose(EngineConfig(), "mps", torch.float16) == kernels.EAGER
 
 
 # A CPU-only torch on an NVIDIA machine ------------------------------------------
@@ -133,17 +133,17 @@ def test_the_driver_is_found_in_windows_system32(
     monkeypatch.setattr(shutil, "which", lambda name: None)
     monkeypatch.setenv("SYSTEMROOT", str(tmp_path))
     (tmp_path / "System32").mkdir()
-    assert not synth.nvidia_driver_present()
+    assert not startup.nvidia_driver_present()
     (tmp_path / "System32" / "nvml.dll").write_bytes(b"")
-    assert synth.nvidia_driver_present()
+    assert startup.nvidia_driver_present()
 
 
 def test_the_driver_is_found_by_nvidia_smi_on_the_path(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "platform", "darwin")
     monkeypatch.setattr(shutil, "which", lambda name: None)
-    assert not synth.nvidia_driver_present()
+    assert not startup.nvidia_driver_present()
     monkeypatch.setattr(shutil, "which", lambda name: f"/opt/bin/{name}")
-    assert synth.nvidia_driver_present()
+    assert startup.nvidia_driver_present()
 
 
 # Off Apple's GPU -----------------------------------------------------------------

@@ -13,8 +13,10 @@ from structlog.testing import capture_logs
 from engine import chunking
 from engine.checkpoints import HOP_LENGTH
 from engine.faults import apply_fault
-from engine.synth import MAX_STUCK_THREADS, Engine, SynthesisError, SynthesisStalled, _Job
+from engine.kernels import Kernels
+from engine.synth import Engine, SynthesisError, SynthesisStalled
 from engine.voices import TARGET_RMS
+from engine.worker import MAX_STUCK_THREADS, _Job
 
 LONG = " ".join(f"This is sentence number {i} of a long message." for i in range(8))
 
@@ -289,25 +291,17 @@ def test_unknown_fault_is_logged_and_ignored(tmp_path: Path) -> None:
 def test_without_triton_the_engine_warns_once_and_uses_cuda_graphs(
     tiny_files: Path, voices_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import importlib.util
 
-    from engine import graphs
+    from engine import kernels
     from engine.config import EngineConfig
-    from engine.voices import VoiceLibrary
     from tests.engine.tiny import TINY_ARCH
 
-    real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(
-        importlib.util,
-        "find_spec",
-        lambda name, *a: None if name == "triton" else real_find_spec(name, *a),
-    )
+    monkeypatch.setattr(kernels, "triton_installed", lambda: False)
     config = EngineConfig(arch=TINY_ARCH, device="cuda", compile=True, cuda_graphs=True)
-    eng = Engine(config, VoiceLibrary(voices_dir), tiny_files)  # type: ignore[arg-type]
     with capture_logs() as logs:
-        eng._runner = eng._choose_runner()
-    assert isinstance(eng._runner, graphs.GraphSteps)
-    assert eng.path == "graphs"
+        chosen = kernels.choose(config, "cuda", torch.float16)
+    assert chosen.graphs and not chosen.compiled
+    assert chosen.path == "graphs"
     warnings = [e for e in logs if e["event"] == "engine.compile_unavailable"]
     assert len(warnings) == 1 and warnings[0]["fallback"] == "cuda graphs"
 
@@ -315,15 +309,15 @@ def test_without_triton_the_engine_warns_once_and_uses_cuda_graphs(
 async def test_a_failed_graph_capture_falls_back_to_eager_and_still_starts(
     tiny_files: Path, voices_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from engine import graphs
     from engine.config import EngineConfig
     from engine.voices import VoiceLibrary
     from tests.engine.tiny import TINY_ARCH
 
     # On this CPU-only machine a CUDA graph cannot be captured: the first capture
     # fails at warm-up, as it would on a GPU whose driver refuses graphs.
-    monkeypatch.setattr(Engine, "_choose_runner", lambda self: graphs.GraphSteps())
-    eng = Engine(EngineConfig(arch=TINY_ARCH, nfe_steps=4), VoiceLibrary(voices_dir), tiny_files)  # type: ignore[arg-type]
+    graphed = Kernels(compiled=False, graphs=True, conv="package", attention="mask")
+    config = EngineConfig(arch=TINY_ARCH, nfe_steps=4)
+    eng = Engine(config, VoiceLibrary(voices_dir), tiny_files, kernels=graphed)  # type: ignore[arg-type]
     with capture_logs() as logs:
         eng.start()
         await eng.wait_ready()
@@ -353,6 +347,7 @@ async def test_ready_says_where_the_start_up_time_went(tiny_files: Path, voices_
     assert ready["path"] == "eager"
     assert ready["conv"] == "package"  # the Triton convolutions are for GPUs
     assert ready["attention"] == "sdpa"  # so is cuDNN's padding mask
+    assert ready["kernels"] == "eager/package/mask"
     assert "graphs_s" not in ready  # no graphs on this path
     phases = [ready[k] for k in ("load_s", "first_line_s", "second_line_s")]
     assert all(isinstance(p, float) and p > 0 for p in phases)
@@ -366,12 +361,12 @@ def test_engine_threads_take_the_configured_gpu_as_their_current_device(
 ) -> None:
     # Graph capture streams and Triton launches follow the thread's current
     # device, so an engine on cuda:1 must make it current on its own threads.
-    from engine import synth
+    from engine import startup
 
     chosen: list[int] = []
     monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
     for device in ("cuda:1", "cuda", "cpu", "cuda:0"):
-        synth.bind_device(device)
+        startup.bind_device(device)
     assert chosen == [1, 0]
 
 
@@ -382,7 +377,7 @@ async def test_a_compiler_that_cannot_build_costs_a_warning_not_the_start(
     # first compile. The engine drops what fails and keeps going down: on this
     # CPU-only machine the graphs fail first (no CUDA stream to record on), then
     # the compile in the eager steps.
-    from engine import dit, graphs
+    from engine import dit
     from engine.config import EngineConfig
     from engine.voices import VoiceLibrary
     from tests.engine.tiny import TINY_ARCH
@@ -390,14 +385,14 @@ async def test_a_compiler_that_cannot_build_costs_a_warning_not_the_start(
     def no_compiler(gm: object, example_inputs: object) -> object:
         raise RuntimeError("Failed to find C compiler. Please specify via CC environment variable.")
 
-    def compiled_graphs(self: Engine) -> graphs.GraphSteps:
-        for block in dit.blocks(self._model.transformer):
+    def compile_regions(transformer: object) -> None:
+        for block in dit.blocks(transformer):
             block.compile(backend=no_compiler, dynamic=True)
-        self._compiled = True
-        return graphs.GraphSteps()
 
-    monkeypatch.setattr(Engine, "_choose_runner", compiled_graphs)
-    eng = Engine(EngineConfig(arch=TINY_ARCH, nfe_steps=4), VoiceLibrary(voices_dir), tiny_files)  # type: ignore[arg-type]
+    monkeypatch.setattr(dit, "compile_regions", compile_regions)
+    everything = Kernels(compiled=True, graphs=True, conv="package", attention="column")
+    config = EngineConfig(arch=TINY_ARCH, nfe_steps=4)
+    eng = Engine(config, VoiceLibrary(voices_dir), tiny_files, kernels=everything)  # type: ignore[arg-type]
     with capture_logs() as logs:
         eng.start()
         await eng.wait_ready()
@@ -423,7 +418,7 @@ def test_fall_back_order_on_a_gpu_compile_then_graphs_then_nothing(
     # are kept (recorded afresh, uncompiled); only a later failure drops them.
     from torch._dynamo.exc import TorchDynamoException
 
-    from engine import dit, graphs, sampler
+    from engine import dit, graphs, kernels, sampler
     from engine.checkpoints import load_f5
     from engine.config import EngineConfig
     from engine.voices import VoiceLibrary
@@ -431,16 +426,18 @@ def test_fall_back_order_on_a_gpu_compile_then_graphs_then_nothing(
 
     eng = Engine(EngineConfig(arch=TINY_ARCH, nfe_steps=4), VoiceLibrary(voices_dir), tiny_files)  # type: ignore[arg-type]
     eng._model = load_f5(tiny_files, TINY_ARCH, "cpu", torch.float32)  # type: ignore[arg-type]
+    eng._vocoder = eng._decoder = object()
     dit.compile_regions(eng._model.transformer)
-    eng._compiled = True
-    first = eng._runner = graphs.GraphSteps()
+    eng._use(Kernels(compiled=True, graphs=True, conv="package", attention="column"))
+    first = eng._runner
     with capture_logs() as logs:
         assert eng._fall_back(TorchDynamoException("Failed to find C compiler"))
         assert isinstance(eng._runner, graphs.GraphSteps) and eng._runner is not first
-        assert not eng._compiled
+        assert eng.kernels == Kernels(compiled=False, graphs=True, conv="package", attention="mask")
         assert all(b._compiled_call_impl is None for b in dit.blocks(eng._model.transformer))
         assert eng._fall_back(RuntimeError("CUDA graphs unsupported"))
         assert isinstance(eng._runner, sampler.EagerSteps)
+        assert eng.kernels == kernels.EAGER
         assert not eng._fall_back(RuntimeError("the model itself is broken"))
     assert [(e["event"], e["fallback"]) for e in logs] == [
         ("engine.compile_failed", "cuda graphs"),

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine import sampler
+from engine import attention, sampler
 from engine.checkpoints import ModelFiles, load_f5, read_vocab
 from tests.engine.tiny import TINY_ARCH
 
@@ -189,8 +189,6 @@ def test_padded_attention_equals_the_packages_masked_attention(
 ) -> None:
     from f5_tts.model.modules import AttnProcessor
 
-    from engine import dit
-
     transformer = model.transformer  # type: ignore[attr-defined]
     attn = transformer.transformer_blocks[0].attn
     stock_attn = stock.transformer.transformer_blocks[0].attn  # type: ignore[attr-defined]
@@ -202,8 +200,8 @@ def test_padded_attention_equals_the_packages_masked_attention(
     with torch.inference_mode(), pytest.warns(UserWarning):
         theirs = AttnProcessor(attn_mask_enabled=True)(stock_attn, x, mask=mask, rope=rope)
     with torch.inference_mode():
-        ours = dit.PaddedAttention(attn)(attn, x, mask=mask, rope=rope)
-        unmasked = dit.PaddedAttention(attn)(attn, x, mask=None, rope=rope)
+        ours = attention.PaddedAttention(attn)(attn, x, mask=mask, rope=rope)
+        unmasked = attention.PaddedAttention(attn)(attn, x, mask=None, rope=rope)
     assert torch.allclose(ours, theirs, atol=1e-5, rtol=1e-4)
     assert ours[:, 55:].abs().max() == 0
     # The mask does change the real frames' attention: this compares something.
@@ -216,16 +214,18 @@ def test_rotary_tables_rotate_as_the_package_does(xpos: bool) -> None:
     # x_transformers' own, xpos scales and partly rotated heads included.
     from x_transformers.x_transformers import RotaryEmbedding, apply_rotary_pos_emb
 
-    from engine import dit
-
     torch.manual_seed(9)
     freqs, scale = RotaryEmbedding(16, use_xpos=xpos).forward_from_seq_len(30)
     t = torch.randn(2, 3, 30, 24)  # (batch, heads, length, dim), 16 of 24 dims rotated
-    tables = dit.rotary(freqs, scale)
+    tables = attention.rotary(freqs, scale)
     k_scale = scale**-1.0 if xpos else 1.0
     # Ours rotates the projection's (batch, length, heads, dim) order.
-    query = dit.rotate(t.transpose(1, 2), tables.cos, tables.sin, tables.q_scale).transpose(1, 2)
-    key = dit.rotate(t.transpose(1, 2), tables.cos, tables.sin, tables.k_scale).transpose(1, 2)
+    query = attention.rotate(t.transpose(1, 2), tables.cos, tables.sin, tables.q_scale).transpose(
+        1, 2
+    )
+    key = attention.rotate(t.transpose(1, 2), tables.cos, tables.sin, tables.k_scale).transpose(
+        1, 2
+    )
     assert torch.allclose(query, apply_rotary_pos_emb(t, freqs, scale), atol=1e-6)
     assert torch.allclose(key, apply_rotary_pos_emb(t, freqs, k_scale), atol=1e-6)
     assert torch.equal(query[..., 16:], t[..., 16:])
@@ -246,11 +246,11 @@ def test_rotary_tables_are_made_once_and_sliced(monkeypatch: pytest.MonkeyPatch)
     holder.rotary_embed = RotaryEmbedding(16)
     first = dit.rotary_tables(holder, 70)
     again = dit.rotary_tables(holder, 50)
-    want = dit.rotary(*holder.rotary_embed.forward_from_seq_len(50))
+    want = attention.rotary(*holder.rotary_embed.forward_from_seq_len(50))
     assert torch.equal(again.cos, want.cos) and torch.equal(again.sin, want.sin)
     assert first.cos.shape[1] == 70 and again.cos.data_ptr() == first.cos.data_ptr()
     longer = dit.rotary_tables(holder, 130)
-    want = dit.rotary(*holder.rotary_embed.forward_from_seq_len(130))
+    want = attention.rotary(*holder.rotary_embed.forward_from_seq_len(130))
     assert torch.equal(longer.cos, want.cos) and longer.cos.data_ptr() != first.cos.data_ptr()
     assert len(holder.rotary_embed.__dict__["_ishowtts_tables"]) == 2  # the first kept
     assert dit.rotary_tables(holder, 90).cos.data_ptr() == longer.cos.data_ptr()
@@ -259,15 +259,14 @@ def test_rotary_tables_are_made_once_and_sliced(monkeypatch: pytest.MonkeyPatch)
 def test_the_penalty_column_leaves_padding_out_as_the_additive_mask_does() -> None:
     # The compiled blocks' way (no mask tensor: an extra column carries it) and
     # the eager way must leave the padded keys out alike.
-    from engine import dit
 
     torch.manual_seed(8)
     q, k, v = (torch.randn(2, 70, 4, 16) * 3 for _ in range(3))  # (batch, length, heads, dim)
     mask = torch.arange(70)[None] < torch.tensor([[55], [70]])
     with torch.inference_mode():
-        additive = dit.additive_mask_attention(q, k, v, mask)
-        ours = dit.penalty_column_attention(q, k, v, mask)
-        unmasked = dit.attention(q, k, v)
+        additive = attention.additive_mask_attention(q, k, v, mask)
+        ours = attention.penalty_column_attention(q, k, v, mask)
+        unmasked = attention.attention(q, k, v)
         # Only the real keys, by SDPA itself in its own (batch, heads, length, dim).
         first = torch.nn.functional.scaled_dot_product_attention(
             *(t[:1, :55].transpose(1, 2) for t in (q, k)), v[:1, :55].transpose(1, 2)
@@ -277,25 +276,6 @@ def test_the_penalty_column_leaves_padding_out_as_the_additive_mask_does() -> No
     assert torch.allclose(ours[:1, :55], first.transpose(1, 2), atol=1e-5, rtol=1e-4)
     assert torch.allclose(ours[1], unmasked[1], atol=1e-5, rtol=1e-4)  # nothing padded
     assert not torch.allclose(ours[0], unmasked[0], atol=1e-3)
-
-
-def test_masked_attention_takes_the_penalty_column_only_when_compiling(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    from engine import dit
-
-    taken: list[str] = []
-    for name in ("additive_mask_attention", "penalty_column_attention"):
-        real = getattr(dit, name)
-        monkeypatch.setattr(
-            dit, name, lambda *a, real=real, name=name: taken.append(name) or real(*a)
-        )
-    q, k, v = (torch.randn(1, 10, 2, 8) for _ in range(3))
-    padding = dit.Padding.of(torch.arange(10)[None] < 7)
-    dit.masked_attention(q, k, v, padding)
-    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
-    dit.masked_attention(q, k, v, padding)
-    assert taken == ["additive_mask_attention", "penalty_column_attention"]
 
 
 def test_prepare_joins_qkv_without_copying_the_weights(tiny_files: ModelFiles) -> None:
@@ -308,7 +288,7 @@ def test_prepare_joins_qkv_without_copying_the_weights(tiny_files: ModelFiles) -
     processors = [b.attn.processor for b in fresh.transformer.transformer_blocks]
     dit.prepare(fresh.transformer)  # idempotent: the same processors stay
     assert [b.attn.processor for b in fresh.transformer.transformer_blocks] == processors
-    assert all(isinstance(p, dit.PaddedAttention) for p in processors)
+    assert all(isinstance(p, attention.PaddedAttention) for p in processors)
     # The package's projections now view the joined tensor: same values, no second copy.
     attn = fresh.transformer.transformer_blocks[0].attn
     joined = processors[0].qkv.weight

@@ -1,0 +1,262 @@
+"""The engine's worker thread, its job queue and its watchdog.
+
+All torch work happens on one dedicated thread. The asyncio side calls
+`engine.stream(text, voice)` and iterates; leaving the iteration early (a
+skip) stops the work at the next sampling step. A failed request logs
+`engine.error` and raises `SynthesisError` to its caller; the engine stays up.
+
+Speech for the air comes first: a preview (`stream(..., preview=True)`, the
+panel's preview button) waits behind every on-air request, and on-air requests
+that arrive while a preview runs are served between its sentences.
+
+A watchdog thread guards against a synthesis that never returns (a wedged
+driver, a pathological input): after `engine.stall_timeout_s` without a
+sampling step it logs `engine.stalled`, fails that request with
+`SynthesisStalled`, and hands the job queue to a fresh inference thread. The
+stuck thread is left to finish on its own (Python cannot kill a thread); its
+output is discarded.
+
+`Worker` is the engine's base: the engine (engine/synth.py) says how it starts
+(`_start_up`) and how it serves one job (`_run`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import queue
+import threading
+import time
+from collections.abc import AsyncGenerator
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import structlog
+
+from engine.config import EngineConfig
+
+log = structlog.get_logger()
+
+
+#: Ranks in the job queue: on-air speech, then previews (FIFO within each), then
+#: the stop marker.
+ON_AIR, PREVIEW, _STOP = 0, 1, 2
+
+#: Stuck inference threads tolerated before requests fail at once instead of
+#: each waiting out its own stall (the engine needs a restart by then).
+MAX_STUCK_THREADS = 3
+
+
+class SynthesisError(Exception):
+    """One request failed (bad voice, bad text, out of memory…); the engine is fine."""
+
+
+class SynthesisStalled(SynthesisError):
+    """The request made no progress within `engine.stall_timeout_s` and was abandoned."""
+
+
+@dataclass
+class _Job:
+    text: str
+    voice: str
+    loop: asyncio.AbstractEventLoop | None  # None: an internal job nobody awaits
+    out: asyncio.Queue[np.ndarray | BaseException | None] | None
+    cancel: threading.Event = field(default_factory=threading.Event)
+    seed: int | None = None
+    #: Monotonic time of the last sampling step; None until a thread takes the job.
+    progress_at: float | None = None
+    #: Set by the watchdog: whatever the stuck thread still produces is dropped.
+    abandoned: bool = False
+    chunks: int = 0  # audio chunks handed over so far
+    preview: bool = False  # nobody hears it on air: it yields to those who will
+
+
+class Worker:
+    """The inference thread that serves the job queue, and the watchdog over it."""
+
+    config: EngineConfig
+
+    def __init__(self) -> None:
+        self.ready: Future[None] = Future()
+        self.steps_run = 0  # sampling steps since start (tests watch cancellation with it)
+        self.errors = 0  # failed requests since start (a metric)
+        self.stalls = 0  # requests abandoned by the watchdog (a metric)
+        self._jobs: queue.PriorityQueue[tuple[int, int, _Job | None]] = queue.PriorityQueue()
+        self._order = itertools.count()  # FIFO among jobs of one rank
+        self._thread = threading.Thread(target=self._main, name="ishowtts-engine", daemon=True)
+        #: The thread serving jobs now; the watchdog replaces it when it sticks.
+        self._worker = self._thread
+        self._job: _Job | None = None  # the current worker's job
+        self._stuck: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
+
+    def _start_up(self) -> dict[str, Any]:
+        """Load and warm up (on the inference thread); returns `engine.ready`'s fields."""
+        raise NotImplementedError
+
+    def _run(self, job: _Job) -> None:
+        """Serve one job: its audio, then None, or its error, through `_emit`."""
+        raise NotImplementedError
+
+    def _bind(self) -> None:
+        """Ready the calling thread for torch work (the engine's current GPU)."""
+
+    def start(self) -> None:
+        self._thread.start()
+
+    async def wait_ready(self) -> None:
+        """Until the model is loaded (and warmed up); raises if loading failed."""
+        await asyncio.wrap_future(self.ready)
+
+    async def stream(
+        self, text: str, voice: str, seed: int | None = None, *, preview: bool = False
+    ) -> AsyncGenerator[np.ndarray, None]:
+        """Audio for `text` in `voice`, one chunk per sentence as each is ready.
+        A `preview` never delays speech on air: it waits behind it."""
+        out: asyncio.Queue[np.ndarray | BaseException | None] = asyncio.Queue()
+        job = _Job(text, voice, asyncio.get_running_loop(), out, seed=seed, preview=preview)
+        self._put(job)
+        try:
+            while True:
+                item = await out.get()
+                if item is None:
+                    return
+                if isinstance(item, SynthesisError):
+                    raise item
+                if isinstance(item, BaseException):
+                    raise SynthesisError(str(item)) from item
+                yield item
+        finally:
+            job.cancel.set()
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop after the current sampling step; waits at most `timeout` seconds for
+        it (the thread is a daemon: a step that takes longer ends with the process)."""
+        self._closing.set()
+        self._put(None)
+        worker = self._worker
+        if worker.is_alive() and worker is not threading.current_thread():
+            worker.join(timeout=timeout)
+
+    def _put(self, job: _Job | None) -> None:
+        rank = _STOP if job is None else PREVIEW if job.preview else ON_AIR
+        self._jobs.put((rank, next(self._order), job))
+
+    # inference thread ---------------------------------------------------------
+    def _main(self) -> None:
+        try:
+            log.info("engine.ready", **self._start_up())
+            self.ready.set_result(None)
+        except BaseException as exc:
+            self.ready.set_exception(exc)
+            return
+        threading.Thread(target=self._watch, name="ishowtts-engine-watchdog", daemon=True).start()
+        self._serve()
+
+    def _serve(self) -> None:
+        """Take jobs until closed, or until the watchdog hands the queue to another thread."""
+        self._bind()
+        me = threading.current_thread()
+        while True:
+            with self._lock:
+                if self._worker is not me:
+                    return
+            _, _, job = self._jobs.get()
+            if job is None:
+                return
+            self._serve_one(job)
+
+    def _serve_one(self, job: _Job) -> None:
+        with self._lock:
+            job.progress_at = time.monotonic()
+            self._job = job
+            stuck = sum(t.is_alive() for t in self._stuck)
+        if stuck >= MAX_STUCK_THREADS:
+            self.errors += 1
+            log.error("engine.error", voice=job.voice, text_len=len(job.text), error="stuck")
+            self._emit(job, SynthesisError(f"the engine is stuck ({stuck} syntheses hung)"))
+        else:
+            self._run(job)
+        with self._lock:
+            if self._job is job:
+                self._job = None
+
+    def _serve_on_air_first(self, preview: _Job) -> None:
+        """Between a preview's sentences: serve the on-air requests waiting behind it,
+        so a long preview delays speech on air by one sentence at most."""
+        me = threading.current_thread()
+        while True:
+            with self._lock:
+                if self._worker is not me or preview.abandoned:
+                    return
+            try:
+                entry = self._jobs.get_nowait()
+            except queue.Empty:
+                return
+            rank, _, job = entry
+            if rank != ON_AIR or job is None:
+                self._jobs.put(entry)  # same rank and number: it keeps its place
+                return
+            self._serve_one(job)
+            with self._lock:
+                if self._worker is not me:
+                    # That request stuck and a fresh thread took the queue: the
+                    # preview ends here, its caller told why.
+                    preview.abandoned = True
+                    preview.cancel.set()
+                    _deliver(preview, SynthesisStalled("the engine stalled during a preview"))
+                    return
+                preview.progress_at = time.monotonic()
+                self._job = preview
+
+    def _watch(self) -> None:
+        limit = self.config.stall_timeout_s
+        while not self._closing.wait(min(1.0, limit / 4)):
+            with self._lock:
+                job = self._job
+                if job is None or job.progress_at is None:
+                    continue
+                idle = time.monotonic() - job.progress_at
+                if idle >= limit:
+                    self._abandon(job, idle)
+
+    def _abandon(self, job: _Job, idle: float) -> None:
+        """Fail the stuck request and start a fresh thread on the queue (lock held)."""
+        job.abandoned = True
+        job.cancel.set()
+        self.errors += 1
+        self.stalls += 1
+        self._stuck = [t for t in self._stuck if t.is_alive()]
+        self._stuck.append(self._worker)
+        log.error(
+            "engine.stalled",
+            voice=job.voice,
+            text_len=len(job.text),
+            stalled_s=round(idle, 1),
+            stuck_threads=len(self._stuck),
+        )
+        _deliver(job, SynthesisStalled(f"no progress for {idle:.0f} s; request abandoned"))
+        self._job = None
+        self._worker = threading.Thread(
+            target=self._serve, name=f"ishowtts-engine-{self.stalls}", daemon=True
+        )
+        self._worker.start()
+
+    def _emit(self, job: _Job, item: np.ndarray | BaseException | None) -> None:
+        with self._lock:
+            if job.abandoned:
+                return
+            job.progress_at = time.monotonic()
+            _deliver(job, item)
+
+
+def _deliver(job: _Job, item: np.ndarray | BaseException | None) -> None:
+    """Hand an item to the request's event loop (gone if the bot is shutting down)."""
+    if job.loop is None or job.out is None:
+        return
+    with contextlib.suppress(RuntimeError):
+        job.loop.call_soon_threadsafe(job.out.put_nowait, item)
