@@ -181,6 +181,9 @@ class PolicyConfig(_Section):
     replacements: list[Replacement] = Field(default_factory=list)
     #: Seconds between one viewer's read messages: one account cannot take over the queue.
     cooldown_s: float = Field(5.0, ge=0)
+    #: Seconds within which one viewer's identical Bilibili gifts become one line
+    #: (the window restarts on each gift, held 10 s at most); 0 reads each gift.
+    gift_merge_s: float = Field(3.0, ge=0, le=10)
     muted_users: list[str] = Field(default_factory=list)
     ignored_users: list[str] = Field(
         default_factory=lambda: ["nightbot", "streamelements", "streamlabs", "moobot", "fossabot"]

@@ -19,8 +19,12 @@ RETRACTED: Final = "tts.retracted"
 EXPIRED: Final = "tts.expired"
 FILTERED: Final = "tts.filtered"
 OVERFLOW: Final = "tts.overflow"
+#: A gift folded into another of the same combo (`into`: the id read for both).
+MERGED: Final = "tts.merged"
 
-TERMINAL_EVENTS: Final = frozenset({SPOKEN, SKIPPED, RETRACTED, EXPIRED, FILTERED, OVERFLOW})
+TERMINAL_EVENTS: Final = frozenset(
+    {SPOKEN, SKIPPED, RETRACTED, EXPIRED, FILTERED, OVERFLOW, MERGED}
+)
 
 _log = structlog.get_logger()
 

@@ -105,25 +105,57 @@ def superchat_delete(*ids: int) -> dict[str, Any]:
     return {"cmd": "SUPER_CHAT_MESSAGE_DELETE", "data": {"ids": list(ids)}, "roomid": ROOM}
 
 
-def gift(coin_type: str = "gold", total: int = 1000, num: int = 1) -> dict[str, Any]:
+def gift(
+    coin_type: str = "gold",
+    total: int = 1000,
+    num: int = 1,
+    *,
+    uid: int = 5555,
+    uname: str = "送礼人",
+    name: str | None = None,
+    tid: str = "1732500200111100001",
+) -> dict[str, Any]:
     return {
         "cmd": "SEND_GIFT",
         "data": {
-            "giftName": "小心心" if coin_type == "silver" else "牛哇牛哇",
+            "giftName": name or ("小心心" if coin_type == "silver" else "牛哇牛哇"),
             "giftId": 31039,
             "num": num,
-            "uid": 5555,
-            "uname": "送礼人",
+            "uid": uid,
+            "uname": uname,
             "price": total // max(num, 1),
             "coin_type": coin_type,
             "total_coin": total,
             "action": "投喂",
             "timestamp": 1732500200,
             "guard_level": 0,
-            "tid": "1732500200111100001",
+            "tid": tid,
             "rnd": "1732500200",
             "blind_gift": None,
         },
+    }
+
+
+def combo_send(
+    combo_num: int, *, uid: int = 5555, name: str = "牛哇牛哇", price: int = 100
+) -> dict[str, Any]:
+    """The running total Bilibili sends beside a combo's SEND_GIFTs (blivedm's fields)."""
+    return {
+        "cmd": "COMBO_SEND",
+        "data": {
+            "uid": uid,
+            "uname": "送礼人",
+            "gift_name": name,
+            "gift_id": 31039,
+            "action": "投喂",
+            "combo_num": combo_num,
+            "batch_combo_num": combo_num,
+            "total_num": combo_num,
+            "combo_total_coin": combo_num * price,
+            "coin_type": "gold",
+            "batch_combo_id": "batch:gift:combo_id:5555:1000:31039:1732500200.1",
+        },
+        "roomid": ROOM,
     }
 
 
