@@ -81,7 +81,7 @@ IGNORED_COMMANDS = frozenset(
         "WATCHED_CHANGE",
         "LIKE_INFO_V3_UPDATE",
         "ENTRY_EFFECT",
-        "COMBO_SEND",
+        "COMBO_SEND",  # a combo's running total: its gifts each come as SEND_GIFT too
         "NOTICE_MSG",
         "STOP_LIVE_ROOM_LIST",
         "LIVE",
