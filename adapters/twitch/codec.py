@@ -62,6 +62,7 @@ class IrcMessage:
 # What the codec asks of its caller, besides the chat events themselves.
 @dataclass(frozen=True, slots=True)
 class SendLine:
+    #: Sent as is: CRLF included.
     line: str
 
 
@@ -460,7 +461,11 @@ def _usernotice(msg: IrcMessage, received: float) -> ChatMessage | None:
     )
 
 
-# Lines the client sends.
+# Lines the client sends, each ready for the wire: IRC ends every line with CRLF.
+def _wire(line: str) -> str:
+    return f"{line}\r\n"
+
+
 def handshake(nick: str, token: str, channels: Iterable[str]) -> list[str]:
     lines = [f"CAP REQ :{CAPABILITIES}"]
     if token:
@@ -469,19 +474,19 @@ def handshake(nick: str, token: str, channels: Iterable[str]) -> list[str]:
     joined = ",".join(f"#{c.lower()}" for c in channels)
     if joined:
         lines.append(f"JOIN {joined}")
-    return lines
+    return [_wire(line) for line in lines]
 
 
 def pong(token: str) -> str:
-    return f"PONG :{token}"
+    return _wire(f"PONG :{token}")
 
 
 def ping(token: str) -> str:
-    return f"PING :{token}"
+    return _wire(f"PING :{token}")
 
 
 def privmsg(channel: str, text: str, reply_to: str = "") -> str:
     """A chat line, made safe: no line breaks, at most Twitch's 500 characters."""
     clean = " ".join(text.replace("\x01", "").split())[:MAX_CHAT_CHARS]
     tag = f"@reply-parent-msg-id={escape_tag_value(reply_to)} " if reply_to else ""
-    return f"{tag}PRIVMSG #{channel.lower()} :{clean}"
+    return _wire(f"{tag}PRIVMSG #{channel.lower()} :{clean}")

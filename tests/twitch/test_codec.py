@@ -217,7 +217,7 @@ def test_clearmsg_and_clearchat() -> None:
 
 
 def test_ping_reconnect_login_failure() -> None:
-    assert one(LINES[10]) == codec.SendLine("PONG :tmi.twitch.tv")
+    assert one(LINES[10]) == codec.SendLine("PONG :tmi.twitch.tv\r\n")
     assert one(LINES[11]) == codec.ReconnectRequested()
     assert one(LINES[12]) == codec.LoginFailed("Login authentication failed")
     assert one("NOTICE * :Improperly formatted auth") == codec.LoginFailed(
@@ -302,8 +302,8 @@ def test_every_line_split_at_every_byte_boundary() -> None:
 
 def test_frame_without_final_crlf_is_a_whole_line() -> None:
     assert TwitchCodec("x").feed("PING :a\r\nPING :b", NOW) == [
-        codec.SendLine("PONG :a"),
-        codec.SendLine("PONG :b"),
+        codec.SendLine("PONG :a\r\n"),
+        codec.SendLine("PONG :b\r\n"),
     ]
 
 
@@ -323,7 +323,7 @@ def test_bad_lines_are_reported_and_next_line_still_parses() -> None:
     assert isinstance(first, DecodeFailed) and "no command" in first.error
     assert isinstance(second, DecodeFailed) and "invalid UTF-8" in second.error
     assert isinstance(third, DecodeFailed) and "too long" in third.error
-    assert last == codec.SendLine("PONG :still-alive")
+    assert last == codec.SendLine("PONG :still-alive\r\n")
 
 
 def test_huge_line_across_frames_is_dropped_with_bounded_memory() -> None:
@@ -339,16 +339,33 @@ def test_huge_line_across_frames_is_dropped_with_bounded_memory() -> None:
 
 def test_handshake_anonymous_and_authenticated() -> None:
     assert codec.handshake("justinfan4242", "", ["Chan", "other"]) == [
-        "CAP REQ :twitch.tv/tags twitch.tv/commands",
-        "NICK justinfan4242",
-        "JOIN #chan,#other",
+        "CAP REQ :twitch.tv/tags twitch.tv/commands\r\n",
+        "NICK justinfan4242\r\n",
+        "JOIN #chan,#other\r\n",
     ]
-    assert codec.handshake("MyBot", "abc", ["c"])[1:3] == ["PASS oauth:abc", "NICK mybot"]
-    assert codec.handshake("mybot", "oauth:abc", ["c"])[1] == "PASS oauth:abc"
+    assert codec.handshake("MyBot", "abc", ["c"])[1:3] == ["PASS oauth:abc\r\n", "NICK mybot\r\n"]
+    assert codec.handshake("mybot", "oauth:abc", ["c"])[1] == "PASS oauth:abc\r\n"
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        *codec.handshake("mybot", "oauth:x", ["a", "b"]),
+        codec.pong("tmi.twitch.tv"),
+        codec.ping("abc"),
+        codec.privmsg("c", "hi\r\nthere", reply_to="id"),
+    ],
+)
+def test_every_outgoing_line_ends_with_crlf(line: str) -> None:
+    body, sep, rest = line.partition("\r\n")
+    assert (sep, rest) == ("\r\n", "")
+    assert "\r" not in body and "\n" not in body
 
 
 def test_privmsg_is_one_safe_line() -> None:
     line = codec.privmsg("Chan", "status:\r\nPRIVMSG #x :injected " + "z" * 600, reply_to="id;1")
+    assert line.endswith("\r\n")
+    line = line.removesuffix("\r\n")
     assert "\r" not in line and "\n" not in line
     assert line.startswith("@reply-parent-msg-id=id\\:1 PRIVMSG #chan :status: PRIVMSG #x")
     assert len(parse_line(line).trailing) == codec.MAX_CHAT_CHARS
