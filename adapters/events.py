@@ -87,6 +87,8 @@ class Retraction:
     message_ids: frozenset[str] = frozenset()
     user_id: str | None = None
     reason: str = ""
+    #: A timeout's length in seconds; None for a permanent ban and everything else.
+    duration_s: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -298,7 +298,16 @@ def to_events(msg: IrcMessage, own_nick: str, received: float) -> list[TwitchEve
             if len(msg.params) >= 2:
                 user_id = msg.tags.get("target-user-id") or msg.trailing.lower()
                 reason = "timeout" if "ban-duration" in msg.tags else "ban"
-                return [Retraction(Platform.TWITCH, channel, user_id=user_id, reason=reason)]
+                duration = msg.tags.get("ban-duration", "")
+                return [
+                    Retraction(
+                        Platform.TWITCH,
+                        channel,
+                        user_id=user_id,
+                        reason=reason,
+                        duration_s=int(duration) if is_number(duration) else None,
+                    )
+                ]
             return [Retraction(Platform.TWITCH, channel, reason="chat_cleared")]
         case "PING":
             return [SendLine(pong(msg.trailing or "tmi.twitch.tv"))]

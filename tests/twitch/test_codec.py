@@ -208,12 +208,31 @@ def test_clearmsg_and_clearchat() -> None:
         message_ids=frozenset({"3f2a9c1e-7b44-4d0e-9a51-0c6e2d8b7f10"}),
     )
     assert one(LINES[7]) == Retraction(
-        Platform.TWITCH, "somestreamer", user_id="987654321", reason="timeout"
+        Platform.TWITCH, "somestreamer", user_id="987654321", reason="timeout", duration_s=600
     )
     assert one(LINES[8]) == Retraction(
         Platform.TWITCH, "somestreamer", user_id="987654321", reason="ban"
     )
     assert one(LINES[9]) == Retraction(Platform.TWITCH, "somestreamer", reason="chat_cleared")
+
+
+@pytest.mark.parametrize(
+    ("tags", "reason", "duration_s"),
+    [
+        ("ban-duration=600;", "timeout", 600),
+        ("ban-duration=1;", "timeout", 1),
+        ("ban-duration=1209600;", "timeout", 1_209_600),  # Twitch's longest: two weeks
+        ("", "ban", None),
+        ("ban-duration=²;", "timeout", None),  # not a number: still a timeout
+        ("ban-duration=;", "timeout", None),
+    ],
+)
+def test_clearchat_keeps_the_timeout_duration(
+    tags: str, reason: str, duration_s: int | None
+) -> None:
+    event = one(f"@{tags}room-id=1;target-user-id=42 :tmi.twitch.tv CLEARCHAT #c :viewer")
+    assert isinstance(event, Retraction)
+    assert (event.user_id, event.reason, event.duration_s) == ("42", reason, duration_s)
 
 
 def test_ping_reconnect_login_failure() -> None:
