@@ -22,6 +22,7 @@ from adapters.events import (
     Platform,
     Retraction,
     Role,
+    SubTier,
 )
 
 #: Longest line accepted, in bytes. Real lines are a few KB (tags included);
@@ -438,6 +439,22 @@ _NOTICE_KINDS = {
 }
 
 
+_SUB_PLANS = {
+    "prime": SubTier.PRIME,
+    "1000": SubTier.TIER1,
+    "2000": SubTier.TIER2,
+    "3000": SubTier.TIER3,
+}
+#: The `policy.currencies` code a sub of each tier is counted in, so the
+#: streamer sets what each is worth.
+SUB_CURRENCIES = {
+    SubTier.PRIME: "SUB_PRIME",
+    SubTier.TIER1: "SUB_T1",
+    SubTier.TIER2: "SUB_T2",
+    SubTier.TIER3: "SUB_T3",
+}
+
+
 def _usernotice(msg: IrcMessage, received: float) -> ChatMessage | None:
     kind_tag = msg.tags.get("msg-id", "")
     kind = _NOTICE_KINDS.get(kind_tag)
@@ -448,9 +465,14 @@ def _usernotice(msg: IrcMessage, received: float) -> ChatMessage | None:
         return None
     user_id, name = _user(msg)
     paid = None
+    tier = _SUB_PLANS.get(msg.tags.get("msg-param-sub-plan", "").lower())
     if kind is EventKind.GIFT:
         count = msg.tags.get("msg-param-mass-gift-count", "1")
-        paid = Paid(float(count) if is_number(count) else 1.0, "SUBS", PaidKind.GIFT)
+        # Twitch always names the plan of a gift; a gift without one is at least tier 1.
+        currency = SUB_CURRENCIES[tier or SubTier.TIER1]
+        paid = Paid(float(count) if is_number(count) else 1.0, currency, PaidKind.GIFT)
+    elif kind is EventKind.SUB and tier is not None:
+        paid = Paid(1.0, SUB_CURRENCIES[tier], PaidKind.SUB)
     if kind is EventKind.RAID:
         name = msg.tags.get("msg-param-displayName") or name
     text = msg.trailing if len(msg.params) >= 2 else ""
@@ -467,6 +489,7 @@ def _usernotice(msg: IrcMessage, received: float) -> ChatMessage | None:
         platform_time=_timestamp(msg),
         received=received,
         emotes=_emotes(msg.tags.get("emotes", "")),
+        sub_tier=tier if kind in (EventKind.SUB, EventKind.GIFT) else None,
     )
 
 

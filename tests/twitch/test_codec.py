@@ -7,7 +7,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from adapters.events import ChatMessage, EventKind, Paid, PaidKind, Platform, Retraction, Role
+from adapters.events import (
+    ChatMessage,
+    EventKind,
+    Paid,
+    PaidKind,
+    Platform,
+    Retraction,
+    Role,
+    SubTier,
+)
 from adapters.twitch import codec
 from adapters.twitch.codec import (
     DecodeError,
@@ -189,11 +198,72 @@ def test_gifts_mass_gift_announced_once() -> None:
     event = one(mass)
     assert isinstance(event, ChatMessage)
     assert event.event is EventKind.GIFT
-    assert event.paid == Paid(5.0, "SUBS", PaidKind.GIFT)
+    assert event.paid == Paid(5.0, "SUB_T1", PaidKind.GIFT)
     assert events_of(part) == []
     gift = one(single)
     assert isinstance(gift, ChatMessage)
-    assert gift.paid == Paid(1.0, "SUBS", PaidKind.GIFT)
+    assert gift.paid == Paid(1.0, "SUB_T1", PaidKind.GIFT)
+
+
+_PLANS = [
+    ("Prime", SubTier.PRIME, "SUB_PRIME"),
+    ("1000", SubTier.TIER1, "SUB_T1"),
+    ("2000", SubTier.TIER2, "SUB_T2"),
+    ("3000", SubTier.TIER3, "SUB_T3"),
+]
+
+
+def _sub_notice(kind: str, tags: str) -> str:
+    return (
+        f"@display-name=Subber;id=s-1;login=subber;msg-id={kind};{tags}"
+        "room-id=1;user-id=5 :tmi.twitch.tv USERNOTICE #c :hype"
+    )
+
+
+@pytest.mark.parametrize(("plan", "tier", "currency"), _PLANS)
+@pytest.mark.parametrize(
+    ("kind", "extra", "event", "paid_kind", "amount"),
+    [
+        ("sub", "", EventKind.SUB, PaidKind.SUB, 1.0),
+        ("resub", "msg-param-cumulative-months=15;", EventKind.SUB, PaidKind.SUB, 1.0),
+        ("primepaidupgrade", "", EventKind.SUB, PaidKind.SUB, 1.0),
+        ("subgift", "msg-param-recipient-id=6;", EventKind.GIFT, PaidKind.GIFT, 1.0),
+        ("anonsubgift", "msg-param-recipient-id=6;", EventKind.GIFT, PaidKind.GIFT, 1.0),
+        ("submysterygift", "msg-param-mass-gift-count=20;", EventKind.GIFT, PaidKind.GIFT, 20.0),
+    ],
+)
+def test_sub_kinds_carry_their_tier_and_are_paid_per_tier(
+    kind: str,
+    extra: str,
+    event: EventKind,
+    paid_kind: PaidKind,
+    amount: float,
+    plan: str,
+    tier: SubTier,
+    currency: str,
+) -> None:
+    message = one(_sub_notice(kind, f"{extra}msg-param-sub-plan={plan};"))
+    assert isinstance(message, ChatMessage)
+    assert (message.event, message.sub_tier) == (event, tier)
+    assert message.paid == Paid(amount, currency, paid_kind)
+    assert message.text == "hype"
+
+
+@pytest.mark.parametrize("plan_tag", ["", "msg-param-sub-plan=;", "msg-param-sub-plan=4000;"])
+def test_sub_without_a_known_plan(plan_tag: str) -> None:
+    sub = one(_sub_notice("sub", plan_tag))
+    assert isinstance(sub, ChatMessage)
+    assert (sub.event, sub.sub_tier, sub.paid) == (EventKind.SUB, None, None)
+    # A gift is at least tier 1, whatever the tag says.
+    gift = one(_sub_notice("subgift", plan_tag))
+    assert isinstance(gift, ChatMessage)
+    assert (gift.sub_tier, gift.paid) == (None, Paid(1.0, "SUB_T1", PaidKind.GIFT))
+
+
+def test_sub_tier_only_on_sub_events() -> None:
+    raid = one("@id=r;msg-id=raid;msg-param-sub-plan=3000;user-id=1 :tmi.twitch.tv USERNOTICE #c")
+    assert isinstance(raid, ChatMessage)
+    assert (raid.event, raid.sub_tier, raid.paid) == (EventKind.RAID, None, None)
 
 
 def test_unknown_usernotice_ignored() -> None:
@@ -460,7 +530,7 @@ def test_odd_digits_in_counts() -> None:
         "@id=g;msg-id=submysterygift;msg-param-mass-gift-count=³;user-id=1 "
         ":tmi.twitch.tv USERNOTICE #c"
     )
-    assert isinstance(gift, ChatMessage) and gift.paid == Paid(1.0, "SUBS", PaidKind.GIFT)
+    assert isinstance(gift, ChatMessage) and gift.paid == Paid(1.0, "SUB_T1", PaidKind.GIFT)
 
 
 def test_any_exception_a_line_provokes_costs_that_line_only(
