@@ -41,6 +41,15 @@ class PaidKind(enum.StrEnum):
     SUB = "sub"
 
 
+class SubTier(enum.StrEnum):
+    """A Twitch subscription's tier (`msg-param-sub-plan`)."""
+
+    PRIME = "prime"
+    TIER1 = "tier1"
+    TIER2 = "tier2"
+    TIER3 = "tier3"
+
+
 @dataclass(frozen=True, slots=True)
 class Paid:
     """Money attached to a message, in the platform's own unit (bits, CNY…)."""
@@ -71,6 +80,8 @@ class ChatMessage:
     emotes: tuple[tuple[int, int], ...] = ()
     #: The whole message is a platform emoticon (Bilibili sticker danmaku).
     emote_only: bool = False
+    #: The tier of a Twitch sub, resub or gifted sub, when the platform named it.
+    sub_tier: SubTier | None = None
 
     @property
     def user_key(self) -> tuple[Platform, str]:
@@ -87,6 +98,8 @@ class Retraction:
     message_ids: frozenset[str] = frozenset()
     user_id: str | None = None
     reason: str = ""
+    #: A timeout's length in seconds; None for a permanent ban and everything else.
+    duration_s: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -153,7 +153,10 @@ class Priorities(_Section):
 def _default_currencies() -> dict[str, Currency]:
     return {
         "BITS": Currency(word="bits", value=0.01),
-        "SUBS": Currency(word="subs", value=5.0),
+        "SUB_PRIME": Currency(word="Prime subs", value=5.0),
+        "SUB_T1": Currency(word="subs", value=5.0),
+        "SUB_T2": Currency(word="tier 2 subs", value=10.0),
+        "SUB_T3": Currency(word="tier 3 subs", value=25.0),
         "USD": Currency(word="dollars", value=1.0),
         "EUR": Currency(word="euros", value=1.08),
         "GBP": Currency(word="pounds", value=1.27),

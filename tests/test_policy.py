@@ -6,9 +6,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from adapters.events import EventKind, Paid, PaidKind, Platform, Role
+from adapters.events import ChatMessage, EventKind, Paid, PaidKind, Platform, Role
+from adapters.twitch import codec
 from bot.chat.policy import Drop, PolicyState, SpeakableItem, SpeechPolicy
-from bot.config import PolicyConfig, ReadMode
+from bot.chat.queue import SpeechQueue
+from bot.config import PolicyConfig, QueueConfig, ReadMode
 from tests.factories import chat
 
 
@@ -413,3 +415,62 @@ def test_blocked_words_see_through_disguises(text: str, word: bool, stem: bool) 
 def test_masking_replaces_the_disguised_word_in_place(text: str, expected: str) -> None:
     pol = policy(blocked_words=["bad", "scam", "傻瓜"], blocked_action="mask")
     assert accept(pol, text).text == expected
+
+
+def _twitch_sub(kind: str, plan: str, msg_id: str, extra: str = "") -> ChatMessage:
+    line = (
+        f"@display-name=Fan;id={msg_id};login=fan;msg-id={kind};msg-param-sub-plan={plan};"
+        f"{extra}room-id=1;user-id={msg_id} :tmi.twitch.tv USERNOTICE #c :hype"
+    )
+    (event,) = codec.to_events(codec.parse_line(line), "justinfan1", 0.0)
+    assert isinstance(event, ChatMessage)
+    return event
+
+
+def test_sub_tiers_rank_as_paid_above_chat() -> None:
+    pol = policy()
+
+    def prio(message: ChatMessage) -> float:
+        item = pol.evaluate(message, PolicyState())
+        assert isinstance(item, SpeakableItem), item
+        return item.priority
+
+    t1, t3 = prio(_twitch_sub("sub", "1000", "s1")), prio(_twitch_sub("resub", "3000", "s3"))
+    prime = prio(_twitch_sub("sub", "Prime", "sp"))
+    gift_t2 = prio(_twitch_sub("subgift", "2000", "g2"))
+    mass_t1 = prio(_twitch_sub("submysterygift", "1000", "m1", "msg-param-mass-gift-count=20;"))
+    chat_levels = [accept(pol, "hi", **f).priority for f in ({}, {"first_time": True})]
+    assert max(chat_levels) < t1 < gift_t2 < t3 < mass_t1 < 4
+    assert prime == t1
+
+
+def test_a_chat_flood_cannot_push_a_sub_past_its_ttl() -> None:
+    # First-time chatters (level 2) arrive faster than they are read; a sub that
+    # ranked as plain chat would only age up to them as its TTL ran out.
+    pol, clock = policy(cooldown_s=0), [0.0]
+    queue = SpeechQueue(QueueConfig(max_size=50, ttl_s=120, aging_s=60), lambda: clock[0])
+    sub = pol.evaluate(_twitch_sub("sub", "1000", "s1"), PolicyState())
+    assert isinstance(sub, SpeakableItem) and queue.push(sub)
+    spoken = []
+    for t in range(150):
+        clock[0] = float(t)
+        for n in range(2):
+            fields = {"message_id": f"c{t}.{n}", "user_id": f"u{t}.{n}", "received": float(t)}
+            queue.push(accept(pol, "hello", first_time=True, **fields))
+        if t % 3 == 0 and (item := queue.pop_nowait()) is not None:
+            spoken.append(item.message.message_id)
+    assert spoken[0] == "s1"
+
+
+def test_old_config_with_one_subs_currency_still_prices_every_tier() -> None:
+    old = {"BITS": {"word": "bits", "value": 0.01}, "SUBS": {"word": "subs", "value": 5.0}}
+    pol = policy(currencies=old)
+    t1 = pol.evaluate(_twitch_sub("sub", "1000", "s1"), PolicyState())
+    t3 = pol.evaluate(_twitch_sub("sub", "3000", "s3"), PolicyState())
+    gift = pol.evaluate(
+        _twitch_sub("submysterygift", "3000", "m", "msg-param-mass-gift-count=5;"), PolicyState()
+    )
+    assert isinstance(t1, SpeakableItem) and isinstance(t3, SpeakableItem)
+    assert isinstance(gift, SpeakableItem)
+    assert 3 < t1.priority == t3.priority < gift.priority < 4
+    assert gift.spoken == "Fan gifted 5 subs. hype"

@@ -22,6 +22,7 @@ from adapters.events import (
     Platform,
     Retraction,
     Role,
+    SubTier,
 )
 
 #: Longest line accepted, in bytes. Real lines are a few KB (tags included);
@@ -62,6 +63,7 @@ class IrcMessage:
 # What the codec asks of its caller, besides the chat events themselves.
 @dataclass(frozen=True, slots=True)
 class SendLine:
+    #: Sent as is: CRLF included.
     line: str
 
 
@@ -297,7 +299,16 @@ def to_events(msg: IrcMessage, own_nick: str, received: float) -> list[TwitchEve
             if len(msg.params) >= 2:
                 user_id = msg.tags.get("target-user-id") or msg.trailing.lower()
                 reason = "timeout" if "ban-duration" in msg.tags else "ban"
-                return [Retraction(Platform.TWITCH, channel, user_id=user_id, reason=reason)]
+                duration = msg.tags.get("ban-duration", "")
+                return [
+                    Retraction(
+                        Platform.TWITCH,
+                        channel,
+                        user_id=user_id,
+                        reason=reason,
+                        duration_s=int(duration) if is_number(duration) else None,
+                    )
+                ]
             return [Retraction(Platform.TWITCH, channel, reason="chat_cleared")]
         case "PING":
             return [SendLine(pong(msg.trailing or "tmi.twitch.tv"))]
@@ -428,6 +439,22 @@ _NOTICE_KINDS = {
 }
 
 
+_SUB_PLANS = {
+    "prime": SubTier.PRIME,
+    "1000": SubTier.TIER1,
+    "2000": SubTier.TIER2,
+    "3000": SubTier.TIER3,
+}
+#: The `policy.currencies` code a sub of each tier is counted in, so the
+#: streamer sets what each is worth.
+SUB_CURRENCIES = {
+    SubTier.PRIME: "SUB_PRIME",
+    SubTier.TIER1: "SUB_T1",
+    SubTier.TIER2: "SUB_T2",
+    SubTier.TIER3: "SUB_T3",
+}
+
+
 def _usernotice(msg: IrcMessage, received: float) -> ChatMessage | None:
     kind_tag = msg.tags.get("msg-id", "")
     kind = _NOTICE_KINDS.get(kind_tag)
@@ -438,9 +465,14 @@ def _usernotice(msg: IrcMessage, received: float) -> ChatMessage | None:
         return None
     user_id, name = _user(msg)
     paid = None
+    tier = _SUB_PLANS.get(msg.tags.get("msg-param-sub-plan", "").lower())
     if kind is EventKind.GIFT:
         count = msg.tags.get("msg-param-mass-gift-count", "1")
-        paid = Paid(float(count) if is_number(count) else 1.0, "SUBS", PaidKind.GIFT)
+        # Twitch always names the plan of a gift; a gift without one is at least tier 1.
+        currency = SUB_CURRENCIES[tier or SubTier.TIER1]
+        paid = Paid(float(count) if is_number(count) else 1.0, currency, PaidKind.GIFT)
+    elif kind is EventKind.SUB and tier is not None:
+        paid = Paid(1.0, SUB_CURRENCIES[tier], PaidKind.SUB)
     if kind is EventKind.RAID:
         name = msg.tags.get("msg-param-displayName") or name
     text = msg.trailing if len(msg.params) >= 2 else ""
@@ -457,10 +489,15 @@ def _usernotice(msg: IrcMessage, received: float) -> ChatMessage | None:
         platform_time=_timestamp(msg),
         received=received,
         emotes=_emotes(msg.tags.get("emotes", "")),
+        sub_tier=tier if kind in (EventKind.SUB, EventKind.GIFT) else None,
     )
 
 
-# Lines the client sends.
+# Lines the client sends, each ready for the wire: IRC ends every line with CRLF.
+def _wire(line: str) -> str:
+    return f"{line}\r\n"
+
+
 def handshake(nick: str, token: str, channels: Iterable[str]) -> list[str]:
     lines = [f"CAP REQ :{CAPABILITIES}"]
     if token:
@@ -469,19 +506,19 @@ def handshake(nick: str, token: str, channels: Iterable[str]) -> list[str]:
     joined = ",".join(f"#{c.lower()}" for c in channels)
     if joined:
         lines.append(f"JOIN {joined}")
-    return lines
+    return [_wire(line) for line in lines]
 
 
 def pong(token: str) -> str:
-    return f"PONG :{token}"
+    return _wire(f"PONG :{token}")
 
 
 def ping(token: str) -> str:
-    return f"PING :{token}"
+    return _wire(f"PING :{token}")
 
 
 def privmsg(channel: str, text: str, reply_to: str = "") -> str:
     """A chat line, made safe: no line breaks, at most Twitch's 500 characters."""
     clean = " ".join(text.replace("\x01", "").split())[:MAX_CHAT_CHARS]
     tag = f"@reply-parent-msg-id={escape_tag_value(reply_to)} " if reply_to else ""
-    return f"{tag}PRIVMSG #{channel.lower()} :{clean}"
+    return _wire(f"{tag}PRIVMSG #{channel.lower()} :{clean}")

@@ -19,7 +19,7 @@ from adapters.events import ChatMessage, EventKind, Platform, Role
 from bot.chat import textnorm
 from bot.chat.mod_changes import ByName
 from bot.chat.users import SeenUsers, UserKey, name_keys, user_handle
-from bot.config import BlockedMatch, PolicyConfig, ReadMode
+from bot.config import BlockedMatch, Currency, PolicyConfig, ReadMode
 
 log = structlog.get_logger()
 
@@ -41,6 +41,10 @@ _PAID_HALF_POINT = 10.0
 
 PRIVILEGED_ROLES = frozenset({Role.BROADCASTER, Role.MODERATOR})
 MEMBER_ROLES = frozenset({Role.SUBSCRIBER, Role.GUARD})
+#: Twitch subs are counted in one currency per tier (SUB_PRIME, SUB_T1…);
+#: configs from before the tiers have one currency for them all.
+_SUB_CURRENCY_PREFIX = "SUB_"
+_LEGACY_SUB_CURRENCY = "SUBS"
 #: Events read in `paid` mode even without an amount attached.
 _PAID_MODE_EVENTS = frozenset({EventKind.SUB, EventKind.GIFT, EventKind.GUARD})
 
@@ -288,8 +292,17 @@ class SpeechPolicy:
             self._blocked.search(textnorm.match_form(text)[0])
         )
 
+    def _currency(self, code: str) -> Currency | None:
+        """The configured unit; a sub tier left out of an older config falls back
+        to its single `SUBS` entry, so such configs still rank subs as paid."""
+        currencies = self.config.currencies
+        code = code.upper()
+        if code not in currencies and code.startswith(_SUB_CURRENCY_PREFIX):
+            return currencies.get(_LEGACY_SUB_CURRENCY)
+        return currencies.get(code)
+
     def _amount_words(self, amount: float, currency: str) -> str:
-        cur = self.config.currencies.get(currency.upper())
+        cur = self._currency(currency)
         return f"{amount:g} {cur.word if cur else currency}"
 
     def _priority(self, message: ChatMessage, privileged: bool, paid: bool) -> float:
@@ -298,7 +311,7 @@ class SpeechPolicy:
         if privileged:
             candidates.append(levels.privileged)
         if paid and message.paid is not None:
-            cur = self.config.currencies.get(message.paid.currency.upper())
+            cur = self._currency(message.paid.currency)
             value = message.paid.amount * cur.value if cur else 0.0
             candidates.append(levels.paid + value / (value + _PAID_HALF_POINT))
         if message.first_time:

@@ -35,6 +35,9 @@ class FakeTwitch:
         self.answer_pings = True
         #: Reject logins with Twitch's NOTICE, then close.
         self.reject_login = False
+        #: What the client sent that does not end with CRLF as IRC asks (frame
+        #: tails without it, lines with a bare CR or LF): every test must see none.
+        self.bad_line_endings: list[str] = []
         self._server: Server | None = None
 
     async def __aenter__(self) -> FakeTwitch:
@@ -43,10 +46,12 @@ class FakeTwitch:
         )
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
+    async def __aexit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
         assert self._server is not None
         self._server.close()
         await self._server.wait_closed()
+        if exc_type is None:
+            assert not self.bad_line_endings, f"lines not ended by CRLF: {self.bad_line_endings}"
 
     @property
     def url(self) -> str:
@@ -70,7 +75,15 @@ class FakeTwitch:
         with contextlib.suppress(Exception):
             async for frame in ws:
                 text = frame if isinstance(frame, str) else frame.decode()
-                for line in text.split("\r\n"):
+                *lines, tail = text.split("\r\n")
+                self.bad_line_endings += [
+                    line for line in (*lines, tail) if "\r" in line or "\n" in line
+                ]
+                if tail:
+                    # Read it anyway, as Twitch does, so the test runs on and reports it.
+                    self.bad_line_endings.append(tail)
+                    lines.append(tail)
+                for line in lines:
                     if line:
                         session.lines.append(line)
                         await self.received.put((index, line))

@@ -77,6 +77,19 @@ async def test_answers_ping(server: FakeTwitch, start: Any) -> None:
     assert await server.wait_line("PONG", timeout=1) == "PONG :tmi.twitch.tv"
 
 
+async def test_every_line_the_client_sends_ends_with_crlf(server: FakeTwitch, start: Any) -> None:
+    run = start(config={"nick": "mybot", "token": "oauth:x"}, idle_ping_s=0.2)
+    await run.next(Connected)
+    await server.send("PING :tmi.twitch.tv")
+    await server.wait_line("PONG :tmi.twitch.tv")
+    await server.wait_line("PING :")
+    run.client.reply(ChatMessage(Platform.TWITCH, "chan", "q1", "7", "Mod", "hi"), "hello")
+    await server.wait_line("@reply-parent-msg-id")
+    sent = {line.split(" ")[0] for line in server.sessions[0].lines}
+    assert {"CAP", "PASS", "NICK", "JOIN", "PONG", "PING", "@reply-parent-msg-id=q1"} <= sent
+    assert server.bad_line_endings == []
+
+
 async def test_silent_server_gets_pinged_then_dropped(server: FakeTwitch, start: Any) -> None:
     server.answer_pings = False
     with capture_logs() as logs:

@@ -7,7 +7,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from adapters.events import ChatMessage, EventKind, Paid, PaidKind, Platform, Retraction, Role
+from adapters.events import (
+    ChatMessage,
+    EventKind,
+    Paid,
+    PaidKind,
+    Platform,
+    Retraction,
+    Role,
+    SubTier,
+)
 from adapters.twitch import codec
 from adapters.twitch.codec import (
     DecodeError,
@@ -189,11 +198,72 @@ def test_gifts_mass_gift_announced_once() -> None:
     event = one(mass)
     assert isinstance(event, ChatMessage)
     assert event.event is EventKind.GIFT
-    assert event.paid == Paid(5.0, "SUBS", PaidKind.GIFT)
+    assert event.paid == Paid(5.0, "SUB_T1", PaidKind.GIFT)
     assert events_of(part) == []
     gift = one(single)
     assert isinstance(gift, ChatMessage)
-    assert gift.paid == Paid(1.0, "SUBS", PaidKind.GIFT)
+    assert gift.paid == Paid(1.0, "SUB_T1", PaidKind.GIFT)
+
+
+_PLANS = [
+    ("Prime", SubTier.PRIME, "SUB_PRIME"),
+    ("1000", SubTier.TIER1, "SUB_T1"),
+    ("2000", SubTier.TIER2, "SUB_T2"),
+    ("3000", SubTier.TIER3, "SUB_T3"),
+]
+
+
+def _sub_notice(kind: str, tags: str) -> str:
+    return (
+        f"@display-name=Subber;id=s-1;login=subber;msg-id={kind};{tags}"
+        "room-id=1;user-id=5 :tmi.twitch.tv USERNOTICE #c :hype"
+    )
+
+
+@pytest.mark.parametrize(("plan", "tier", "currency"), _PLANS)
+@pytest.mark.parametrize(
+    ("kind", "extra", "event", "paid_kind", "amount"),
+    [
+        ("sub", "", EventKind.SUB, PaidKind.SUB, 1.0),
+        ("resub", "msg-param-cumulative-months=15;", EventKind.SUB, PaidKind.SUB, 1.0),
+        ("primepaidupgrade", "", EventKind.SUB, PaidKind.SUB, 1.0),
+        ("subgift", "msg-param-recipient-id=6;", EventKind.GIFT, PaidKind.GIFT, 1.0),
+        ("anonsubgift", "msg-param-recipient-id=6;", EventKind.GIFT, PaidKind.GIFT, 1.0),
+        ("submysterygift", "msg-param-mass-gift-count=20;", EventKind.GIFT, PaidKind.GIFT, 20.0),
+    ],
+)
+def test_sub_kinds_carry_their_tier_and_are_paid_per_tier(
+    kind: str,
+    extra: str,
+    event: EventKind,
+    paid_kind: PaidKind,
+    amount: float,
+    plan: str,
+    tier: SubTier,
+    currency: str,
+) -> None:
+    message = one(_sub_notice(kind, f"{extra}msg-param-sub-plan={plan};"))
+    assert isinstance(message, ChatMessage)
+    assert (message.event, message.sub_tier) == (event, tier)
+    assert message.paid == Paid(amount, currency, paid_kind)
+    assert message.text == "hype"
+
+
+@pytest.mark.parametrize("plan_tag", ["", "msg-param-sub-plan=;", "msg-param-sub-plan=4000;"])
+def test_sub_without_a_known_plan(plan_tag: str) -> None:
+    sub = one(_sub_notice("sub", plan_tag))
+    assert isinstance(sub, ChatMessage)
+    assert (sub.event, sub.sub_tier, sub.paid) == (EventKind.SUB, None, None)
+    # A gift is at least tier 1, whatever the tag says.
+    gift = one(_sub_notice("subgift", plan_tag))
+    assert isinstance(gift, ChatMessage)
+    assert (gift.sub_tier, gift.paid) == (None, Paid(1.0, "SUB_T1", PaidKind.GIFT))
+
+
+def test_sub_tier_only_on_sub_events() -> None:
+    raid = one("@id=r;msg-id=raid;msg-param-sub-plan=3000;user-id=1 :tmi.twitch.tv USERNOTICE #c")
+    assert isinstance(raid, ChatMessage)
+    assert (raid.event, raid.sub_tier, raid.paid) == (EventKind.RAID, None, None)
 
 
 def test_unknown_usernotice_ignored() -> None:
@@ -208,7 +278,7 @@ def test_clearmsg_and_clearchat() -> None:
         message_ids=frozenset({"3f2a9c1e-7b44-4d0e-9a51-0c6e2d8b7f10"}),
     )
     assert one(LINES[7]) == Retraction(
-        Platform.TWITCH, "somestreamer", user_id="987654321", reason="timeout"
+        Platform.TWITCH, "somestreamer", user_id="987654321", reason="timeout", duration_s=600
     )
     assert one(LINES[8]) == Retraction(
         Platform.TWITCH, "somestreamer", user_id="987654321", reason="ban"
@@ -216,8 +286,27 @@ def test_clearmsg_and_clearchat() -> None:
     assert one(LINES[9]) == Retraction(Platform.TWITCH, "somestreamer", reason="chat_cleared")
 
 
+@pytest.mark.parametrize(
+    ("tags", "reason", "duration_s"),
+    [
+        ("ban-duration=600;", "timeout", 600),
+        ("ban-duration=1;", "timeout", 1),
+        ("ban-duration=1209600;", "timeout", 1_209_600),  # Twitch's longest: two weeks
+        ("", "ban", None),
+        ("ban-duration=²;", "timeout", None),  # not a number: still a timeout
+        ("ban-duration=;", "timeout", None),
+    ],
+)
+def test_clearchat_keeps_the_timeout_duration(
+    tags: str, reason: str, duration_s: int | None
+) -> None:
+    event = one(f"@{tags}room-id=1;target-user-id=42 :tmi.twitch.tv CLEARCHAT #c :viewer")
+    assert isinstance(event, Retraction)
+    assert (event.user_id, event.reason, event.duration_s) == ("42", reason, duration_s)
+
+
 def test_ping_reconnect_login_failure() -> None:
-    assert one(LINES[10]) == codec.SendLine("PONG :tmi.twitch.tv")
+    assert one(LINES[10]) == codec.SendLine("PONG :tmi.twitch.tv\r\n")
     assert one(LINES[11]) == codec.ReconnectRequested()
     assert one(LINES[12]) == codec.LoginFailed("Login authentication failed")
     assert one("NOTICE * :Improperly formatted auth") == codec.LoginFailed(
@@ -302,8 +391,8 @@ def test_every_line_split_at_every_byte_boundary() -> None:
 
 def test_frame_without_final_crlf_is_a_whole_line() -> None:
     assert TwitchCodec("x").feed("PING :a\r\nPING :b", NOW) == [
-        codec.SendLine("PONG :a"),
-        codec.SendLine("PONG :b"),
+        codec.SendLine("PONG :a\r\n"),
+        codec.SendLine("PONG :b\r\n"),
     ]
 
 
@@ -323,7 +412,7 @@ def test_bad_lines_are_reported_and_next_line_still_parses() -> None:
     assert isinstance(first, DecodeFailed) and "no command" in first.error
     assert isinstance(second, DecodeFailed) and "invalid UTF-8" in second.error
     assert isinstance(third, DecodeFailed) and "too long" in third.error
-    assert last == codec.SendLine("PONG :still-alive")
+    assert last == codec.SendLine("PONG :still-alive\r\n")
 
 
 def test_huge_line_across_frames_is_dropped_with_bounded_memory() -> None:
@@ -339,16 +428,33 @@ def test_huge_line_across_frames_is_dropped_with_bounded_memory() -> None:
 
 def test_handshake_anonymous_and_authenticated() -> None:
     assert codec.handshake("justinfan4242", "", ["Chan", "other"]) == [
-        "CAP REQ :twitch.tv/tags twitch.tv/commands",
-        "NICK justinfan4242",
-        "JOIN #chan,#other",
+        "CAP REQ :twitch.tv/tags twitch.tv/commands\r\n",
+        "NICK justinfan4242\r\n",
+        "JOIN #chan,#other\r\n",
     ]
-    assert codec.handshake("MyBot", "abc", ["c"])[1:3] == ["PASS oauth:abc", "NICK mybot"]
-    assert codec.handshake("mybot", "oauth:abc", ["c"])[1] == "PASS oauth:abc"
+    assert codec.handshake("MyBot", "abc", ["c"])[1:3] == ["PASS oauth:abc\r\n", "NICK mybot\r\n"]
+    assert codec.handshake("mybot", "oauth:abc", ["c"])[1] == "PASS oauth:abc\r\n"
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        *codec.handshake("mybot", "oauth:x", ["a", "b"]),
+        codec.pong("tmi.twitch.tv"),
+        codec.ping("abc"),
+        codec.privmsg("c", "hi\r\nthere", reply_to="id"),
+    ],
+)
+def test_every_outgoing_line_ends_with_crlf(line: str) -> None:
+    body, sep, rest = line.partition("\r\n")
+    assert (sep, rest) == ("\r\n", "")
+    assert "\r" not in body and "\n" not in body
 
 
 def test_privmsg_is_one_safe_line() -> None:
     line = codec.privmsg("Chan", "status:\r\nPRIVMSG #x :injected " + "z" * 600, reply_to="id;1")
+    assert line.endswith("\r\n")
+    line = line.removesuffix("\r\n")
     assert "\r" not in line and "\n" not in line
     assert line.startswith("@reply-parent-msg-id=id\\:1 PRIVMSG #chan :status: PRIVMSG #x")
     assert len(parse_line(line).trailing) == codec.MAX_CHAT_CHARS
@@ -424,7 +530,7 @@ def test_odd_digits_in_counts() -> None:
         "@id=g;msg-id=submysterygift;msg-param-mass-gift-count=³;user-id=1 "
         ":tmi.twitch.tv USERNOTICE #c"
     )
-    assert isinstance(gift, ChatMessage) and gift.paid == Paid(1.0, "SUBS", PaidKind.GIFT)
+    assert isinstance(gift, ChatMessage) and gift.paid == Paid(1.0, "SUB_T1", PaidKind.GIFT)
 
 
 def test_any_exception_a_line_provokes_costs_that_line_only(
