@@ -95,8 +95,9 @@ def lengths(mask: torch.Tensor) -> torch.Tensor:
     return mask.sum(dim=-1, dtype=torch.int32)
 
 
-class PaddedAttention:
-    """f5-tts's `AttnProcessor` (torch backend), inference only, with three changes.
+class PaddedAttention(torch.nn.Module):
+    """f5-tts's `AttnProcessor` (torch backend) over its `Attention`, inference only,
+    with three changes.
 
     The padding mask never goes to SDPA as a boolean mask expanded to (b, heads,
     n, n), which costs SDPA its fused kernel (see `masked_attention`). The
@@ -105,11 +106,13 @@ class PaddedAttention:
     views: compiled, the kernel that rotates them and adds the penalty column
     then reads and writes along the same axes instead of transposing on the
     way. And Q, K and V come from one matmul: the three projections' weights
-    are joined into one tensor, which the package's `to_q`/`to_k`/`to_v` then
-    view (no copy kept); one wide matmul fills the GPU better than three.
+    are joined, once, into a parameter of this module (the package's
+    `to_q`/`to_k`/`to_v` are left as they are, and not held here); one wide
+    matmul fills the GPU better than three.
     """
 
     def __init__(self, attn: Any) -> None:
+        super().__init__()
         projections = (attn.to_q, attn.to_k, attn.to_v)
         with torch.inference_mode(False), torch.no_grad():
             weight = torch.cat([p.weight for p in projections])
@@ -120,43 +123,33 @@ class PaddedAttention:
             self.qkv = torch.nn.Linear(weight.shape[1], weight.shape[0], device="meta")
             self.qkv.weight = torch.nn.Parameter(weight, requires_grad=False)
             self.qkv.bias = torch.nn.Parameter(bias, requires_grad=False)
-            start = 0
-            for p in projections:
-                rows = p.weight.shape[0]
-                p.weight = torch.nn.Parameter(weight[start : start + rows], requires_grad=False)
-                p.bias = torch.nn.Parameter(bias[start : start + rows], requires_grad=False)
-                start += rows
         self.split = [p.weight.shape[0] for p in projections]
+        self.heads: int = attn.heads
+        self.to_out = attn.to_out
 
-    def __call__(
+    def forward(
         self,
-        attn: Any,
         x: torch.Tensor,
-        mask: torch.Tensor | Padding | None = None,
-        rope: Any = None,
+        padding: Padding | None,
+        rope: Rotary,
         kernel: Attention = "mask",
     ) -> torch.Tensor:
-        """As the package's processor is called, plus the engine's `kernel` (the
-        package's own forward leaves it at "mask")."""
-        batch, heads = x.shape[0], attn.heads
-        # The package's own forward passes a mask; ours, the padding with its counts.
-        padding = Padding.of(mask) if isinstance(mask, torch.Tensor) else mask
+        """Attention over x (batch, length, dim), the padded keys left out `kernel`'s way."""
+        batch, heads = x.shape[0], self.heads
         q, k, v = torch.split(self.qkv(x), self.split, dim=-1)
         # Kept in the projection's (batch, length, heads, dim) order: the rotation
         # (and, compiled, the penalty column) then reads and writes along the
         # same axes, and SDPA takes transposed views.
         query, key, value = (t.reshape(batch, -1, heads, t.shape[-1] // heads) for t in (q, k, v))
-        if rope is not None:
-            # The package's own forward passes what its RotaryEmbedding returns.
-            cos, sin, q_scale, k_scale = rope if isinstance(rope, Rotary) else rotary(*rope)
-            query = rotate(query, cos, sin, q_scale)
-            key = rotate(key, cos, sin, k_scale)
+        cos, sin, q_scale, k_scale = rope
+        query = rotate(query, cos, sin, q_scale)
+        key = rotate(key, cos, sin, k_scale)
         if padding is None:
             out = attention(query, key, value)
         else:
             out = masked_attention(query, key, value, padding, kernel)
         out = out.reshape(batch, -1, heads * out.shape[-1])
-        projected: torch.Tensor = attn.to_out[1](attn.to_out[0](out.to(query.dtype)))
+        projected: torch.Tensor = self.to_out[1](self.to_out[0](out.to(query.dtype)))
         out = projected
         if padding is not None:  # padded rows hold whatever attention left there
             out = out.masked_fill(~padding.mask[..., None], 0.0)

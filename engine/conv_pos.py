@@ -31,8 +31,36 @@ NUM_WARPS = 4
 NUM_STAGES = 3
 
 
+class PositionConv(torch.nn.Module):
+    """f5-tts's `ConvPositionEmbedding`, with the Triton kernel's taps of its two
+    convolutions made on first use and kept here."""
+
+    def __init__(self, package: Any) -> None:
+        super().__init__()
+        self.package = package
+        #: (groups, taps, in, out) per convolution, by its index in `conv1d`.
+        self.taps: dict[int, torch.Tensor] = {}
+
+    def taps_of(self, index: int) -> torch.Tensor:
+        """The weight of convolution `index` as (groups, taps, in, out)."""
+        conv = self.package.conv1d[index]
+        cached = self.taps.get(index)
+        w = conv.weight
+        if cached is None or cached.dtype != w.dtype or cached.device != w.device:
+            groups, (c_out, c_in, taps) = conv.groups, w.shape
+            with torch.inference_mode(False), torch.no_grad():
+                cached = (
+                    w.detach()
+                    .reshape(groups, c_out // groups, c_in, taps)
+                    .permute(0, 3, 2, 1)
+                    .contiguous()
+                )
+            self.taps[index] = cached
+        return cached
+
+
 def position_embedding(
-    conv_pos: Any, h: torch.Tensor, mask: torch.Tensor | None, conv: Conv
+    conv_pos: PositionConv, h: torch.Tensor, mask: torch.Tensor | None, conv: Conv
 ) -> torch.Tensor:
     """`conv_pos(h, mask) + h` for h (batch, frames, dim), row-major, by the `conv` kernels."""
     if conv == "triton":
@@ -40,51 +68,35 @@ def position_embedding(
             return fused_position_embedding(conv_pos, h, mask)
         except Exception as exc:  # Triton present but unable to build the kernel
             kernels.report("conv", exc)
-    out: torch.Tensor = conv_pos(h, mask) + h
+    out: torch.Tensor = conv_pos.package(h, mask) + h
     return out.contiguous()
 
 
 def fused_position_embedding(
-    conv_pos: Any, h: torch.Tensor, mask: torch.Tensor | None
+    conv_pos: PositionConv, h: torch.Tensor, mask: torch.Tensor | None
 ) -> torch.Tensor:
     """The Triton path of `position_embedding` (no fallback: tests call it directly)."""
-    first, second = conv_pos.conv1d[0], conv_pos.conv1d[2]
+    first, second = conv_pos.package.conv1d[0], conv_pos.package.conv1d[2]
     h = h.contiguous()
     if mask is None:
         mask = torch.ones(h.shape[:2], dtype=torch.bool, device=h.device)
     mask = mask.contiguous()  # the kernel reads it row by row
-    inner = grouped_conv_mish(h, first, mask)
-    return grouped_conv_mish(inner, second, mask, residual=h)
-
-
-def _taps(conv: torch.nn.Conv1d) -> torch.Tensor:
-    """The weight as (groups, taps, in, out), made once per convolution and kept on it."""
-    cached: torch.Tensor | None = conv.__dict__.get("_ishowtts_taps")
-    w = conv.weight
-    if cached is None or cached.dtype != w.dtype or cached.device != w.device:
-        groups, (c_out, c_in, taps) = conv.groups, w.shape
-        with torch.inference_mode(False), torch.no_grad():
-            cached = (
-                w.detach()
-                .reshape(groups, c_out // groups, c_in, taps)
-                .permute(0, 3, 2, 1)
-                .contiguous()
-            )
-        conv.__dict__["_ishowtts_taps"] = cached
-    return cached
+    inner = grouped_conv_mish(h, first, conv_pos.taps_of(0), mask)
+    return grouped_conv_mish(inner, second, conv_pos.taps_of(2), mask, residual=h)
 
 
 def grouped_conv_mish(
     x: torch.Tensor,
     conv: torch.nn.Conv1d,
+    taps: torch.Tensor,
     mask: torch.Tensor,
     residual: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """mish(conv(x · mask) · mask) (+ residual), x (batch, frames, channels) row-major."""
+    """mish(conv(x · mask) · mask) (+ residual), x (batch, frames, channels) row-major;
+    `taps` is the convolution's weight as `PositionConv.taps_of` lays it out."""
     from engine import _conv_kernel
 
     batch, frames, channels = x.shape
-    taps = _taps(conv)
     groups, n_taps, width, _ = taps.shape
     out = torch.empty_like(x)
     grid = (-(-frames // BLOCK_FRAMES), groups, batch)

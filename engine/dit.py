@@ -16,6 +16,7 @@ a captured graph.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,8 +24,9 @@ import torch
 import torch.nn.functional as F
 
 from engine import conv_pos
-from engine.attention import PaddedAttention, Padding, Rotary, rotary
-from engine.kernels import EAGER, Attention, Kernels
+from engine.attention import Padding, Rotary, rotary
+from engine.kernels import EAGER, Kernels
+from engine.model import Inference, ModulatedBlock
 
 #: Below this, guidance is off and one unguided forward is run (as f5-tts does).
 NO_GUIDANCE = 1e-5
@@ -64,11 +66,7 @@ def text_embeds(dit: Any, ids: torch.Tensor) -> TextEmbeds:
     the dropped text at once, in one batch: the dropped text is all filler
     tokens under the text's own padding mask. One pass of the ConvNeXt blocks
     at batch 2 costs about what one at batch 1 does (small kernels)."""
-    embed = dit.text_embed
-    if not embed.mask_padding:
-        raise ValueError("the DiT must mask text padding (text_mask_padding=True)")
-    if getattr(embed, "average_upsampling", False):
-        raise ValueError("text_embedding_average_upsampling is not supported")
+    embed = prepare(dit).text_embed
     tokens = ids + 1  # 0 is the filler token
     filler = (tokens == 0).repeat(2, 1)[..., None]
     h = embed.text_embed(torch.cat((tokens, torch.zeros_like(tokens))))
@@ -92,26 +90,26 @@ def uncompile_regions(dit: Any) -> None:
         block._compiled_call_impl = None
 
 
-def prepare(dit: Any) -> None:
-    """Ready the DiT for our forward (idempotent, cheap when already done): attention
-    that honours the padding mask (f5-tts's v1 config turns it off) through one
-    fused QKV projection, and the blocks as `ModulatedBlock`s. The package's own
-    forward still works on a prepared DiT (same weights, same results)."""
-    if getattr(dit, _BLOCKS, None) is None:
-        # A plain list: the wrappers stay out of the model's modules and state dict.
-        object.__setattr__(dit, _BLOCKS, [ModulatedBlock(b) for b in dit.transformer_blocks])
-    for block in dit.transformer_blocks:
-        if not isinstance(block.attn.processor, PaddedAttention):
-            block.attn.processor = PaddedAttention(block.attn)
+#: Our module per package DiT, for callers that hold the package's (the
+#: benchmark's comparison with the stock sampler, tests): built once, and gone
+#: with the DiT.
+_built: weakref.WeakKeyDictionary[Any, Inference] = weakref.WeakKeyDictionary()
 
 
-_BLOCKS = "_ishowtts_blocks"
+def prepare(dit: Any) -> Inference:
+    """Our `Inference` module for `dit`: itself, or the one built once for the
+    package's DiT (which is left as it is: its own forward still works)."""
+    if isinstance(dit, Inference):
+        return dit
+    built = _built.get(dit)
+    if built is None:
+        built = _built[dit] = Inference(dit)
+    return built
 
 
 def blocks(dit: Any) -> list[ModulatedBlock]:
-    """The prepared DiT's blocks, as our forward runs them."""
-    prepare(dit)
-    out: list[ModulatedBlock] = getattr(dit, _BLOCKS)
+    """The blocks as our forward runs them."""
+    out: list[ModulatedBlock] = list(prepare(dit).blocks)  # type: ignore[arg-type]
     return out
 
 
@@ -122,57 +120,11 @@ def modulations(dit: Any, times: torch.Tensor) -> torch.Tensor:
     They depend on the time alone, so a request computes them for all its steps
     at once (one small matmul per block), instead of 23 matrix-vector products
     inside every step."""
-    emb = F.silu(dit.time_embed(times))
-    parts = [block.attn_norm.linear(emb) for block in dit.transformer_blocks]
-    parts.append(dit.norm_out.linear(emb))
+    model = prepare(dit)
+    emb = F.silu(model.time_embed(times))
+    parts = [block.attn_norm.linear(emb) for block in blocks(model)]
+    parts.append(model.norm_out.linear(emb))
     return torch.cat(parts, dim=-1)
-
-
-class ModulatedBlock(torch.nn.Module):
-    """f5-tts's `DiTBlock.forward`, with the block's AdaLN modulation (its slice of
-    `modulations`, shape (1, 6 * dim)) passed in instead of computed from the time."""
-
-    def __init__(self, block: Any) -> None:
-        super().__init__()
-        self.block = block
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        mod: torch.Tensor,
-        padding: Padding | None,
-        rope: Rotary,
-        attention: Attention,
-    ) -> torch.Tensor:
-        """`attention` is the engine's `Kernels.attention`: a constant to torch.compile."""
-        b = self.block
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = torch.chunk(mod, 6, dim=1)
-        norm = b.attn_norm.norm(x) * (1 + scale_msa[:, None]) + shift_msa[:, None]
-        x = x + gate_msa.unsqueeze(1) * b.attn.processor(b.attn, norm, padding, rope, attention)
-        norm = b.ff_norm(x) * (1 + scale_mlp[:, None]) + shift_mlp[:, None]
-        out: torch.Tensor = x + gate_mlp.unsqueeze(1) * feed_forward(b.ff, norm)
-        return out
-
-
-def feed_forward(ff: Any, x: torch.Tensor) -> torch.Tensor:
-    """f5-tts's `FeedForward` (inference); on a GPU as `fused_feed_forward`."""
-    if x.is_cuda and ff.ff[0][1].approximate == "tanh":
-        return fused_feed_forward(ff, x)
-    out: torch.Tensor = ff(x)
-    return out
-
-
-def fused_feed_forward(ff: Any, x: torch.Tensor) -> torch.Tensor:
-    """The feed-forward with the inner layer's bias and GELU applied by its matmul
-    (cuBLASLt's epilogue), not by a kernel of their own that reads and writes the
-    whole inner activation again. On a GPU the epilogue's GELU is the tanh one
-    that f5-tts uses; the CPU's kernel for the same op applies the exact GELU."""
-    proj_in, proj_out = ff.ff[0][0], ff.ff[2]
-    inner = torch._addmm_activation(
-        proj_in.bias, x.reshape(-1, x.shape[-1]), proj_in.weight.t(), use_gelu=True
-    )
-    out: torch.Tensor = proj_out(inner)
-    return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
 #: Positions the rotary tables are first made for (43.7 s of audio; lines are
@@ -186,10 +138,11 @@ def rotary_tables(dit: Any, length: int) -> Rotary:
     Without xpos a position's angles do not depend on the length, so the tables
     are made once and sliced (views: a captured graph reads them in place, no
     kernels per step). Tables once made stay alive: graphs may read them."""
-    embed = dit.rotary_embed
+    model = prepare(dit)
+    embed = model.rotary_embed
     if embed.scale is not None:  # xpos: the scales depend on the length
         return rotary(*embed.forward_from_seq_len(length))
-    made: list[Rotary] = embed.__dict__.setdefault("_ishowtts_tables", [])
+    made = model.rotary_tables
     if not made or made[-1].cos.shape[1] < length:
         made.append(rotary(*embed.forward_from_seq_len(max(length, ROTARY_POSITIONS))))
     cos, sin, q_scale, k_scale = made[-1]
@@ -223,20 +176,20 @@ def velocity(
         mask = torch.cat((mask, mask), dim=0) if mask is not None else None
     # f5-tts's InputEmbedding (drop_audio_cond=False), with h left row-major: the
     # blocks read it across the grain otherwise.
-    embed = dit.input_embed
-    h = embed.proj(torch.cat((x, cond, text), dim=-1))
-    h = conv_pos.position_embedding(embed.conv_pos_embed, h, mask, kernels.conv)
-    rope = rotary_tables(dit, x.shape[1])
+    model = prepare(dit)
+    h = model.input_proj(torch.cat((x, cond, text), dim=-1))
+    h = conv_pos.position_embedding(model.conv_pos, h, mask, kernels.conv)
+    rope = rotary_tables(model, x.shape[1])
     padding = Padding.of(mask) if mask is not None else None
     residual = h
     width = 6 * h.shape[-1]
-    for i, block in enumerate(blocks(dit)):
+    for i, block in enumerate(model.blocks):
         h = block(h, mod[:, i * width : (i + 1) * width], padding, rope, kernels.attention)
-    if dit.long_skip_connection is not None:
-        h = dit.long_skip_connection(torch.cat((h, residual), dim=-1))
-    scale, shift = torch.chunk(mod[:, len(dit.transformer_blocks) * width :], 2, dim=1)
-    h = dit.norm_out.norm(h) * (1 + scale)[:, None, :] + shift[:, None, :]
-    out: torch.Tensor = dit.proj_out(h)
+    if model.long_skip_connection is not None:
+        h = model.long_skip_connection(torch.cat((h, residual), dim=-1))
+    scale, shift = torch.chunk(mod[:, len(model.blocks) * width :], 2, dim=1)
+    h = model.norm_out.norm(h) * (1 + scale)[:, None, :] + shift[:, None, :]
+    out: torch.Tensor = model.proj_out(h)
     if not guided:
         return out
     pred, null_pred = torch.chunk(out, 2, dim=0)

@@ -171,9 +171,8 @@ class GraphSteps:
 
     def _capture(self, inputs: StepInputs) -> _Graph:
         started = time.perf_counter()
-        transformer, x, cfg_strength = inputs.transformer, inputs.x, inputs.cfg_strength
-        kernels = inputs.kernels
-        dit.prepare(transformer)
+        transformer = dit.prepare(inputs.transformer)
+        x, cfg_strength, kernels = inputs.x, inputs.cfg_strength, inputs.kernels
         scalar = torch.zeros((), device=x.device, dtype=x.dtype)
         ids = inputs.text.clone()
         x_in, cond = torch.zeros_like(x), torch.zeros_like(inputs.cond)

@@ -74,9 +74,8 @@ def schedule(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Each step's dt (steps,) and its `dit.modulations` row (steps, width): the
     same for every request with these settings, so computed once and kept on
-    the model (the time grid alone is a host-to-GPU copy and a few kernels)."""
-    cache: dict[tuple[int, float, torch.dtype, torch.device], tuple[torch.Tensor, torch.Tensor]]
-    cache = transformer.__dict__.setdefault("_ishowtts_schedules", {})
+    our module (the time grid alone is a host-to-GPU copy and a few kernels)."""
+    cache = dit.prepare(transformer).schedules
     key = (steps, sway, dtype, device)
     if key not in cache:
         t = timesteps(steps, sway, device, dtype)
@@ -212,8 +211,7 @@ def sample_batch(
     """Several lines in one batch, padded to a common length (the padding masked
     out): each result equals that line sampled alone."""
     runner = runner or EagerSteps()
-    transformer = model.transformer
-    dit.prepare(transformer)
+    transformer = dit.prepare(model.transformer)
     durations = [max(ln.duration, max(ln.text.shape[1], ln.cond.shape[1]) + 1) for ln in lines]
     length = runner.length(max(durations))
     # The text first: the GPU embeds it while the host prepares the rest.

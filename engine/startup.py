@@ -22,7 +22,7 @@ import numpy as np
 import structlog
 import torch
 
-from engine import chunking, dit, graphs, kernels, sampler, vocoder
+from engine import chunking, dit, graphs, kernels, model, sampler, vocoder
 from engine.audio import SAMPLE_RATE
 from engine.checkpoints import (
     HOP_LENGTH,
@@ -216,10 +216,10 @@ class Startup(Worker):
         """The model and the vocoder onto `self.device`, run eagerly."""
         self._references.clear()  # their mels are on the previous device
         self._vocab = read_vocab(self.files.vocab)
-        model = load_f5(self.files, self.config.arch, self.device, self.dtype)
+        # Only our modules are kept: the package's separate Q, K and V
+        # projections, which they do not hold, are freed with its CFM.
+        self._model = model.Model(load_f5(self.files, self.config.arch, self.device, self.dtype))
         self._vocoder = load_vocos(self.files, self.device)
-        dit.prepare(model.transformer)
-        self._model = model
         self.kernels = kernels.EAGER
         self._runner = sampler.EagerSteps()
         self._decoder = self._vocoder

@@ -38,7 +38,7 @@ for batch, frames, real in [(2, 150, (150, 97)), (1, 40, (3,))]:
     for mask in masks:
         with torch.inference_mode():
             want = module(h, mask) + h
-            got = conv_pos.fused_position_embedding(module, h, mask)
+            got = conv_pos.fused_position_embedding(conv_pos.PositionConv(module), h, mask)
         assert got.shape == want.shape and got.is_contiguous()
         worst = max(worst, float((got - want).abs().max()))
 print("max_diff", worst)
@@ -78,7 +78,7 @@ def test_elsewhere_the_package_module_runs() -> None:
     h = torch.randn(2, 30, 64)
     mask = torch.arange(30)[None] < torch.tensor([[30], [12]])
     with torch.inference_mode():
-        got = conv_pos.position_embedding(module, h, mask, "package")
+        got = conv_pos.position_embedding(conv_pos.PositionConv(module), h, mask, "package")
         want = module(h, mask) + h
     assert torch.equal(got, want)
     assert got.is_contiguous()
@@ -98,7 +98,7 @@ def test_a_kernel_that_fails_to_build_costs_one_warning_and_falls_back(
     h = torch.randn(1, 20, 256)
     kernels.failures()
     with torch.inference_mode():
-        got = conv_pos.position_embedding(module, h, None, "triton")
+        got = conv_pos.position_embedding(conv_pos.PositionConv(module), h, None, "triton")
         want = module(h, None) + h
     assert torch.equal(got, want)  # the failing call still gives the right result
     assert len(calls) == 1

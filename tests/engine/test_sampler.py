@@ -138,7 +138,7 @@ def test_fused_feed_forward_keeps_the_packages_layers(model: object) -> None:
     the op applies the exact GELU: equal to the package's layers with that GELU."""
     import copy
 
-    from engine import dit
+    from engine import model as model_mod
 
     ff = model.transformer.transformer_blocks[0].ff  # type: ignore[attr-defined]
     exact = copy.deepcopy(ff)
@@ -146,8 +146,8 @@ def test_fused_feed_forward_keeps_the_packages_layers(model: object) -> None:
     torch.manual_seed(3)
     x = torch.randn(2, 37, ff.ff[0][0].in_features)
     with torch.inference_mode():
-        fused, expected = dit.fused_feed_forward(ff, x), exact(x)
-        on_cpu = dit.feed_forward(ff, x)
+        fused, expected = model_mod.fused_feed_forward(ff, x), exact(x)
+        on_cpu = model_mod.feed_forward(ff, x)
     assert fused.shape == expected.shape == (2, 37, ff.ff[2].out_features)
     assert torch.allclose(fused, expected, atol=1e-6, rtol=1e-5)
     assert expected.abs().mean() > 1e-2
@@ -200,8 +200,9 @@ def test_padded_attention_equals_the_packages_masked_attention(
     with torch.inference_mode(), pytest.warns(UserWarning):
         theirs = AttnProcessor(attn_mask_enabled=True)(stock_attn, x, mask=mask, rope=rope)
     with torch.inference_mode():
-        ours = attention.PaddedAttention(attn)(attn, x, mask=mask, rope=rope)
-        unmasked = attention.PaddedAttention(attn)(attn, x, mask=None, rope=rope)
+        tables = attention.rotary(*rope)
+        ours = attention.PaddedAttention(attn)(x, attention.Padding.of(mask), tables)
+        unmasked = attention.PaddedAttention(attn)(x, None, tables)
     assert torch.allclose(ours, theirs, atol=1e-5, rtol=1e-4)
     assert ours[:, 55:].abs().max() == 0
     # The mask does change the real frames' attention: this compares something.
@@ -233,7 +234,9 @@ def test_rotary_tables_rotate_as_the_package_does(xpos: bool) -> None:
     assert xpos == (not torch.allclose(query, key))
 
 
-def test_rotary_tables_are_made_once_and_sliced(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_rotary_tables_are_made_once_and_sliced(
+    monkeypatch: pytest.MonkeyPatch, tiny_files: ModelFiles
+) -> None:
     # Each step reads the tables in place (no kernels, and a graph may hold them):
     # slices of one table equal the tables made at that length, and a longer
     # request makes a longer table without freeing the one in use.
@@ -242,7 +245,7 @@ def test_rotary_tables_are_made_once_and_sliced(monkeypatch: pytest.MonkeyPatch)
     from engine import dit
 
     monkeypatch.setattr(dit, "ROTARY_POSITIONS", 100)
-    holder = torch.nn.Module()
+    holder = dit.prepare(load_f5(tiny_files, TINY_ARCH, "cpu", torch.float32).transformer)
     holder.rotary_embed = RotaryEmbedding(16)
     first = dit.rotary_tables(holder, 70)
     again = dit.rotary_tables(holder, 50)
@@ -252,7 +255,7 @@ def test_rotary_tables_are_made_once_and_sliced(monkeypatch: pytest.MonkeyPatch)
     longer = dit.rotary_tables(holder, 130)
     want = attention.rotary(*holder.rotary_embed.forward_from_seq_len(130))
     assert torch.equal(longer.cos, want.cos) and longer.cos.data_ptr() != first.cos.data_ptr()
-    assert len(holder.rotary_embed.__dict__["_ishowtts_tables"]) == 2  # the first kept
+    assert len(holder.rotary_tables) == 2  # the first kept
     assert dit.rotary_tables(holder, 90).cos.data_ptr() == longer.cos.data_ptr()
 
 
@@ -278,24 +281,28 @@ def test_the_penalty_column_leaves_padding_out_as_the_additive_mask_does() -> No
     assert not torch.allclose(ours[0], unmasked[0], atol=1e-3)
 
 
-def test_prepare_joins_qkv_without_copying_the_weights(tiny_files: ModelFiles) -> None:
-    from engine import dit
+def test_prepare_joins_qkv_and_leaves_the_package_as_it_is(tiny_files: ModelFiles) -> None:
+    from engine import dit, model
 
     fresh = load_f5(tiny_files, TINY_ARCH, "cpu", torch.float32)
-    before = {k: v.clone() for k, v in fresh.state_dict().items()}
-    params = sum(p.numel() for p in fresh.parameters())
-    dit.prepare(fresh.transformer)
+    before = {k: (v.clone(), v.data_ptr()) for k, v in fresh.state_dict().items()}
     processors = [b.attn.processor for b in fresh.transformer.transformer_blocks]
-    dit.prepare(fresh.transformer)  # idempotent: the same processors stay
+    ours = dit.prepare(fresh.transformer)
+    assert dit.prepare(fresh.transformer) is ours  # built once
+    assert dit.prepare(ours) is ours
+    # The package's modules: same processors, same parameters, nothing added.
     assert [b.attn.processor for b in fresh.transformer.transformer_blocks] == processors
-    assert all(isinstance(p, attention.PaddedAttention) for p in processors)
-    # The package's projections now view the joined tensor: same values, no second copy.
-    attn = fresh.transformer.transformer_blocks[0].attn
-    joined = processors[0].qkv.weight
-    assert attn.to_k.weight.data_ptr() == joined[attn.to_q.weight.shape[0] :].data_ptr()
     after = fresh.state_dict()
-    assert all(torch.equal(before[k], after[k]) for k in before)
-    assert sum(p.numel() for p in fresh.parameters()) == params
+    assert after.keys() == before.keys()
+    for k, (v, ptr) in before.items():
+        assert torch.equal(v, after[k]) and ptr == after[k].data_ptr()
+    assert not any(k.startswith("_ishowtts") for m in fresh.modules() for k in vars(m))
+    # Ours: one fused QKV per block, equal to the three, and none of the three held.
+    attn = fresh.transformer.transformer_blocks[0].attn
+    joined = ours.blocks[0].attn.qkv.weight
+    assert torch.equal(joined, torch.cat((attn.to_q.weight, attn.to_k.weight, attn.to_v.weight)))
+    held = {p.data_ptr() for p in model.Model(fresh).parameters()}
+    assert attn.to_q.weight.data_ptr() not in held and joined.data_ptr() not in held
 
 
 def test_a_runner_keeps_each_threads_request_apart(model: object, tiny_files: ModelFiles) -> None:
