@@ -563,7 +563,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     ids = sampler.text_ids(
         REFERENCE_TEXT + " " + LINES["short"], model.vocab_char_map, torch.device(device)
     )
-    # Stock first: our sampler rewires the model's attention (dit.prepare).
+    # Stock, then ours on the same weights (dit.prepare builds our modules beside the package's).
     theirs, _ = model.sample(
         cond=cond, text=ids, duration=cond.shape[1] + 100, steps=NFE, cfg_strength=2.0,
         sway_sampling_coef=-1.0, seed=1,
