@@ -159,8 +159,8 @@ class Engine(Startup):
             gain *= voice.rms / TARGET_RMS
         with torch.inference_mode():
             audio = self._decoder.decode(generated)[0]  # a tensor of its own
-            # Scaled where it is: on the host, the scaling and its copy took 0.12 ms
-            # of each chunk's first audio on the H200 machine.
+            # Scaled where it is, on the device: on the host the scaling and its copy
+            # delayed each chunk's first audio (bench/FINDINGS.md).
             wave: np.ndarray = audio.mul_(gain).float().cpu().numpy()
         return wave
 
