@@ -14,6 +14,8 @@ from structlog.testing import capture_logs
 
 from adapters.events import Connected, Disconnected, Platform
 from bot.app import Bot
+from bot.audio.player import Player
+from bot.audio.speaker import Speaker
 from bot.chat import outcomes
 from bot.config import Config, WebConfig
 from bot.panel.web import MAX_BODY, THROTTLE_KEY, create_app
@@ -225,7 +227,8 @@ async def test_synthesize_returns_a_wav(tmp_path: Path, tiny_files: ModelFiles) 
     engine.start()
     await engine.wait_ready()
     try:
-        app = create_app(WebConfig(token=TOKEN), bot, engine=engine)
+        speaker = Speaker(bot.queue, engine, Player(bot.config.audio), bot.control)
+        app = create_app(WebConfig(token=TOKEN), bot, speaker=speaker, engine=engine)
         async with TestClient(TestServer(app)) as c:
             r = await c.post(
                 "/api/synthesize", json={"text": "Hello there.", "voice": "mei"}, headers=AUTH

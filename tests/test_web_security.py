@@ -21,6 +21,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from structlog.testing import capture_logs
 
 from bot.app import Bot
+from bot.audio.player import Player
+from bot.audio.speaker import Speaker
 from bot.config import WebConfig
 from bot.panel.web import MAX_SAY_CHARS, THROTTLE_KEY, create_app, overlay_token, serve
 from engine.checkpoints import ModelFiles
@@ -275,7 +277,9 @@ async def started_panel(bot: Bot, engine: Engine) -> tuple[Any, int]:
     sock.bind(("127.0.0.1", 0))
     sock.listen()
     port = int(sock.getsockname()[1])
-    runner = await serve(WebConfig(port=port), create_app(WebConfig(), bot, engine=engine), sock)
+    speaker = Speaker(bot.queue, engine, Player(bot.config.audio), bot.control)
+    app = create_app(WebConfig(), bot, speaker=speaker, engine=engine)
+    runner = await serve(WebConfig(port=port), app, sock)
     return runner, port
 
 

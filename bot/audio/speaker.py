@@ -46,6 +46,10 @@ class _Prepared:
     utt: int | None = None
 
 
+class PreviewBusy(Exception):
+    """A preview is being made already: one at a time."""
+
+
 class Speaker:
     def __init__(
         self, queue: SpeechQueue, engine: Engine, player: Player, control: Control
@@ -60,7 +64,18 @@ class Speaker:
         #: Cuts for items taken from the queue but not yet prepared (the look-ahead
         #: pop is a task: a retraction can land between its pop and its preparation).
         self._early_cuts: dict[tuple[Platform, str], tuple[str, str]] = {}
+        self._previewing = asyncio.Lock()
         control.attach(self)
+
+    async def preview(self, text: str, voice: str) -> np.ndarray:
+        """The streamer's try-out of a voice, never on air: the engine makes it after
+        speech on air (its preview jobs), one at a time (else PreviewBusy). A caller
+        that leaves early (the page went away) stops it at the next sampling step."""
+        if self._previewing.locked():
+            raise PreviewBusy
+        async with self._previewing:
+            chunks = [c async for c in self._engine.stream(text, voice, preview=True)]
+        return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
 
     async def run(self) -> None:
         try:

@@ -35,11 +35,11 @@ from collections.abc import Callable
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import structlog
 from aiohttp import hdrs, web
 
 from adapters.events import ChatMessage
+from bot.audio.speaker import PreviewBusy
 from bot.chat import outcomes
 from bot.chat.router import QUEUE_FULL
 from bot.config import WebConfig
@@ -64,7 +64,6 @@ PUSH_INTERVAL_S = 0.25
 
 BOT_KEY: web.AppKey[Bot] = web.AppKey("bot")
 SPEAKER_KEY: web.AppKey[Speaker | None] = web.AppKey("speaker")
-ENGINE_KEY: web.AppKey[Engine | None] = web.AppKey("engine")
 METRICS_KEY: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
 FEED_KEY: web.AppKey[Feed] = web.AppKey("feed")
 #: Set when the server shuts down: long-lived responses (the event stream) end then.
@@ -72,7 +71,6 @@ STOPPING_KEY: web.AppKey[asyncio.Event] = web.AppKey("stopping", asyncio.Event)
 #: Seconds other requests get to finish at shutdown before they are cancelled.
 SHUTDOWN_TIMEOUT_S = 2.0
 #: Only one preview is made at a time; a second one meanwhile is refused (429).
-PREVIEW_KEY: web.AppKey[asyncio.Lock] = web.AppKey("preview", asyncio.Lock)
 
 #: Wrong tokens an address may give before it must wait; each one after doubles the wait.
 FREE_FAILURES = 5
@@ -172,11 +170,9 @@ def create_app(
     )
     app[BOT_KEY] = bot
     app[SPEAKER_KEY] = speaker
-    app[ENGINE_KEY] = engine
     app[METRICS_KEY] = Metrics(bot.queue, bot.control, engine, bot.lag)
     app[FEED_KEY] = Feed(lambda name: str(bot.policy.clean_name(name).shown))
     app[STOPPING_KEY] = asyncio.Event()
-    app[PREVIEW_KEY] = asyncio.Lock()
     app[THROTTLE_KEY] = throttle
 
     async def shutdown(app: web.Application) -> None:
@@ -680,24 +676,22 @@ async def _say(request: web.Request) -> web.Response:
 
 
 async def _synthesize(request: web.Request) -> web.StreamResponse:
-    engine = request.app[ENGINE_KEY]
-    if engine is None:
+    """A preview as WAV, made by the speaker like speech (after what is on air)."""
+    speaker = request.app[SPEAKER_KEY]
+    if speaker is None:
         return _bad("the speech engine is not running", status=503)
     args = _say_args(request, await _json_body(request))
     if isinstance(args, web.Response):
         return args
-    text, voice = args
-    preview = request.app[PREVIEW_KEY]
-    if preview.locked():
+    try:
+        # Cancelled with the handler when the client leaves (see `serve`).
+        audio = await speaker.preview(*args)
+    except PreviewBusy:
         return web.json_response(
             {"error": "a preview is being made: try again when it has finished"},
             status=429,
             headers={hdrs.RETRY_AFTER: "1"},
         )
-    async with preview:
-        # Cancelled with the handler when the client leaves (see `serve`).
-        chunks = [chunk async for chunk in engine.stream(text, voice, preview=True)]
-    audio = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
     buffer = io.BytesIO()
 
     def encode() -> None:
