@@ -221,7 +221,8 @@ class SpeechPolicy:
 
         template_key = paid.kind.value if paid is not None else message.event.value
         template: str = getattr(cfg.templates, template_key)
-        user = self.spoken_name(message, state)
+        name = self.clean_name(message.user_name)
+        user = self.spoken_name(message, state, name)
         amount = self._amount_words(paid.amount, paid.currency) if paid is not None else ""
         spoken = _fill(template, user=user, amount=amount, text=cleaned)
         if template_key == "chat":
@@ -237,7 +238,7 @@ class SpeechPolicy:
             spoken_plain=plain,
             priority=self._priority(message, privileged, paid is not None),
             voice=state.user_voices.get(message.user_key),
-            user=self.clean_name(message.user_name).shown,
+            user=name.shown,
         )
 
     def clean_text(self, text: str) -> str | Drop:
@@ -263,13 +264,14 @@ class SpeechPolicy:
         text = textnorm.normalise_whitespace(text)
         return textnorm.cap_length(text, cfg.max_chars)
 
-    def spoken_name(self, message: ChatMessage, state: PolicyState) -> str:
+    def spoken_name(self, message: ChatMessage, state: PolicyState, name: UserName) -> str:
+        """A moderator's nickname for the account (or its name), else `name` cleaned."""
         nick = state.nicknames.get(message.user_key) or next(
             (state.name_nicknames[n] for n in name_keys(message) if n in state.name_nicknames), None
         )
         if nick:
             return nick
-        return self.clean_name(message.user_name).spoken
+        return name.spoken
 
     def clean_name(self, user_name: str) -> UserName:
         """The name under the same rules as text: invisible and bidi characters and
