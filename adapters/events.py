@@ -41,6 +41,11 @@ class PaidKind(enum.StrEnum):
     SUB = "sub"
 
 
+#: The reward id given to "Highlight My Message" redemptions (Twitch names them
+#: by `msg-id=highlighted-message`, not by a reward id).
+HIGHLIGHTED_MESSAGE = "highlighted-message"
+
+
 class SubTier(enum.StrEnum):
     """A Twitch subscription's tier (`msg-param-sub-plan`)."""
 
@@ -82,6 +87,9 @@ class ChatMessage:
     emote_only: bool = False
     #: The tier of a Twitch sub, resub or gifted sub, when the platform named it.
     sub_tier: SubTier | None = None
+    #: The Twitch channel-point reward redeemed with this text (`custom-reward-id`),
+    #: or `HIGHLIGHTED_MESSAGE` for "Highlight My Message"; "" for plain chat.
+    reward_id: str = ""
 
     @property
     def user_key(self) -> tuple[Platform, str]:

@@ -63,7 +63,9 @@ class Bot:
         self.voices = VoiceLibrary(config.engine.voices_dir)
         self.control = Control(config, self.queue, self.voices.names)
         own = [config.platforms.twitch.nick] if config.platforms.twitch.nick else []
-        self.policy = SpeechPolicy(config.policy, own_logins=own)
+        self.policy = SpeechPolicy(
+            config.policy, own_logins=own, rewards=config.platforms.twitch.reward_rules()
+        )
         self.router = Router(
             self.policy, self.control, self.queue, config.commands, reply=self.reply
         )

@@ -56,6 +56,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     say.add_argument("--seed", type=int, default=None, help="fixed seed, repeatable output")
     say.add_argument("--config", type=Path, default=None, help=CONFIG_HELP)
     sub.add_parser("devices", help="list audio output devices")
+    rewards = sub.add_parser(
+        "rewards", help="how to map Twitch channel-point rewards, and the rewards mapped"
+    )
+    rewards.add_argument("--config", type=Path, default=None, help=CONFIG_HELP)
     args = parser.parse_args(argv)
 
     match args.command:
@@ -69,6 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _say(args.config, args.text, args.voice, args.out, args.seed)
         case "devices":
             return _devices()
+        case "rewards":
+            return _rewards(args.config)
     raise AssertionError(args.command)
 
 
@@ -118,6 +124,8 @@ def _check_config(path: Path | None, show: bool) -> int:
             refused.append(str(exc))
     for warning in refused:
         print(f"warning: {warning}")
+    for note in reward_voice_problems(config, VoiceLibrary(config.engine.voices_dir)):
+        print(f"warning: {note}")
     if not (config.platforms.twitch.enabled or config.platforms.bilibili.enabled):
         print(f"warning: {NO_PLATFORM}")
     if refused:
@@ -126,6 +134,61 @@ def _check_config(path: Path | None, show: bool) -> int:
     if not show:
         print("(--show prints every setting the bot would use)")
     return 0
+
+
+REWARDS_HOW_TO = """\
+Twitch tells a chat reader only a reward's id, never its title. To find an id:
+  1. In your Twitch dashboard, give the reward "Require Viewer to Enter Text"
+     (only such rewards reach chat; "Highlight My Message" does too).
+  2. Run the bot (`ishowtts run`) and redeem the reward once, with any text.
+  3. The panel's "Channel-point rewards" list shows it (with a Copy button), and
+     the log has a `twitch.reward_seen` line with its reward_id.
+  4. Map it in your config, then restart:
+       platforms:
+         twitch:
+           rewards:
+             tts:                      # any name you like
+               id: PASTE-THE-ID-HERE
+               voice: mei              # optional: read in this voice
+               priority: 3             # optional: read before chat
+With policy.read_mode: reward (or `!tts mode reward`), only mapped rewards (and
+subs, bits, gifts) are read. Refunds of skipped redemptions are not made: they
+need the broadcaster's own token and a reward created by our app."""
+
+
+def reward_voice_problems(config: Config, voices: VoiceLibrary) -> list[str]:
+    """Mapped rewards whose voice is not in the library (read in the current voice)."""
+    known = set(voices.names())
+    return [
+        f"platforms.twitch.rewards.{name}: voice {rule.voice!r} is not in "
+        f"{voices.directory} (its lines would use the current voice)"
+        for name, rule in config.platforms.twitch.rewards.items()
+        if rule.voice is not None and rule.voice not in known
+    ]
+
+
+def _rewards(path: Path | None) -> int:
+    config = _load(path)
+    if config is None:
+        return EXIT_CONFIG
+    print(REWARDS_HOW_TO)
+    mapped = config.platforms.twitch.reward_rules()
+    print()
+    if not mapped:
+        print("No rewards are mapped yet (platforms.twitch.rewards is empty).")
+        return 0
+    print("Mapped rewards:")
+    for reward_id, (name, rule) in mapped.items():
+        what = "read" if rule.read else "not read"
+        extras = [f"voice {rule.voice}"] if rule.voice else []
+        extras += [f"priority {rule.priority}"] if rule.priority is not None else []
+        extras += [f"template {rule.template!r}"] if rule.template else []
+        label = name if name.lower() == reward_id else f"{name} ({reward_id})"
+        print(f"  {label}: {', '.join([what, *extras])}")
+    problems = reward_voice_problems(config, VoiceLibrary(config.engine.voices_dir))
+    for note in problems:
+        print(f"warning: {note}")
+    return 1 if problems else 0
 
 
 def _voices(path: Path | None) -> int:

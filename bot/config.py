@@ -10,7 +10,6 @@ import difflib
 import ipaddress
 import os
 import re
-import string
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -32,6 +31,7 @@ from pydantic import (
 )
 
 from adapters.bilibili.config import BilibiliConfig
+from adapters.config import template
 from adapters.events import EventKind, PaidKind, Role
 from adapters.twitch.config import TwitchConfig
 from engine.config import EngineConfig, UserPath
@@ -69,9 +69,8 @@ COMMAND_NAMES = (
 #: Permission entry that lets anyone in chat run a command.
 EVERYONE = "everyone"
 
-ReadMode = Literal["all", "command", "paid"]
+ReadMode = Literal["all", "command", "paid", "reward"]
 BlockedMatch = Literal["word", "stem"]
-TEMPLATE_FIELDS = frozenset({"user", "amount", "text"})
 
 
 class ConfigError(Exception):
@@ -128,16 +127,7 @@ class Templates(_Section):
     @field_validator("*")
     @classmethod
     def _placeholders(cls, value: str) -> str:
-        try:
-            names = {name for _, name, _, _ in string.Formatter().parse(value) if name is not None}
-        except ValueError as exc:
-            raise ValueError(f"broken template ({exc}): {value!r}") from None
-        unknown = names - TEMPLATE_FIELDS
-        if unknown:
-            first = sorted(unknown)[0]
-            allowed = ", ".join(f"{{{name}}}" for name in sorted(TEMPLATE_FIELDS))
-            raise ValueError(f"unknown placeholder {{{first}}}; allowed: {allowed}")
-        return value
+        return template(value)
 
 
 class Priorities(_Section):

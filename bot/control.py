@@ -27,7 +27,7 @@ from engine.config import VOICE_NAME
 
 log = structlog.get_logger()
 
-READ_MODES: tuple[ReadMode, ...] = ("all", "command", "paid")
+READ_MODES: tuple[ReadMode, ...] = ("all", "command", "paid", "reward")
 
 
 #: Cuts items in flight (None: whatever is playing) ending them with the given

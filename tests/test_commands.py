@@ -133,6 +133,8 @@ def test_mod_commands_change_state_and_log() -> None:
     assert control.paused
     run("!tts resume")
     assert not control.paused
+    run("!tts mode reward")
+    assert control.policy_state.read_mode == "reward"
     run("!tts mode command")
     assert control.policy_state.read_mode == "command"
     control.policy_state.saw(chat("hi", user_name="xX_Gamer_Xx", user_id="g1"))

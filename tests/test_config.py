@@ -80,7 +80,7 @@ def test_wrong_types(text: str, expected: str) -> None:
     [
         (
             "policy:\n  read_mode: loud\n",
-            "policy.read_mode: must be one of 'all', 'command' or 'paid', got 'loud'",
+            "policy.read_mode: must be one of 'all', 'command', 'paid' or 'reward', got 'loud'",
         ),
         ("audio:\n  volume: 150\n", "audio.volume: must be <= 100, got 150"),
         ("web:\n  port: 0\n", "web.port: must be >= 1, got 0"),

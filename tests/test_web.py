@@ -102,6 +102,13 @@ async def test_status_queue_and_remove(client: Any) -> None:
     ]
     assert status["connections"] == {"twitch": True}
     assert status["now_playing"] is None and status["paused"] is False
+    assert status["rewards"] == []
+    reward = "0c4bd3a8-9f7e-4b8a-8d3e-2f1c5a6b7d8e"
+    bot.router.handle(chat("read me", message_id="r1", reward_id=reward))
+    status = await (await c.get("/api/status", headers=AUTH)).json()
+    assert status["rewards"] == [{"id": reward, "name": "", "example": "read me", "count": 1}]
+    assert status["queue"] == 3
+    bot.queue.remove_where(lambda i: i.message.message_id == "r1", outcomes.SKIPPED, "test")
     queue = await (await c.get("/api/queue", headers=AUTH)).json()
     assert [q["id"] for q in queue] == ["twitch:q1", "twitch:q2"]
     assert queue[0]["user"] == "Ann" and queue[0]["text"] == "first"

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from adapters.events import (
+    HIGHLIGHTED_MESSAGE,
     ChatEvent,
     ChatMessage,
     EventKind,
@@ -422,7 +423,24 @@ def _privmsg(msg: IrcMessage, received: float) -> ChatMessage:
         platform_time=_timestamp(msg),
         received=received,
         emotes=_emotes(msg.tags.get("emotes", "")),
+        reward_id=_reward_id(msg),
     )
+
+
+#: What a channel-point reward id may look like (Twitch's are UUIDs).
+REWARD_ID = re.compile(r"[A-Za-z0-9-]{1,64}")
+
+
+def _reward_id(msg: IrcMessage) -> str:
+    """The redeemed reward: its id, or the name for "Highlight My Message"."""
+    reward = msg.tags.get("custom-reward-id", "")
+    if reward:
+        if not REWARD_ID.fullmatch(reward):
+            raise DecodeError(f"custom-reward-id is not an id: {reward[:40]!r}")
+        return reward.lower()
+    if msg.tags.get("msg-id") == "highlighted-message":
+        return HIGHLIGHTED_MESSAGE
+    return ""
 
 
 _NOTICE_KINDS = {

@@ -6,7 +6,45 @@ import re
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from adapters.config import Section, address
+from adapters.config import Section, address, template
+from adapters.events import HIGHLIGHTED_MESSAGE
+
+#: A channel-point reward id as Twitch gives it: a UUID.
+_REWARD_UUID = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
+
+
+def is_reward_id(value: str) -> bool:
+    """A reward's id (a UUID), or "highlighted-message" for Highlight My Message."""
+    return value == HIGHLIGHTED_MESSAGE or bool(_REWARD_UUID.fullmatch(value))
+
+
+class RewardRule(Section):
+    """What a redeemed channel-point reward does with the viewer's text."""
+
+    #: The reward's id, when the map's key is a name the streamer chose.
+    id: str | None = None
+    read: bool = True
+    #: A voice for this reward's lines (else the viewer's or the current voice).
+    voice: str | None = None
+    #: The line read, with {user} and {text} (else the chat template).
+    template: str | None = None
+    #: The priority level it is read at (else as chat from that viewer).
+    priority: int | None = Field(None, ge=0, le=100)
+
+    @field_validator("id")
+    @classmethod
+    def _reward_id(cls, value: str | None) -> str | None:
+        if value is not None and not is_reward_id(value):
+            raise ValueError(
+                "must be a reward id as `twitch.reward_seen` logs it (a UUID) "
+                f"or {HIGHLIGHTED_MESSAGE}, got {value!r}"
+            )
+        return value.lower() if value is not None and value != HIGHLIGHTED_MESSAGE else value
+
+    @field_validator("template")
+    @classmethod
+    def _template(cls, value: str | None) -> str | None:
+        return value if value is None else template(value)
 
 
 class TwitchConfig(Section):
@@ -15,6 +53,8 @@ class TwitchConfig(Section):
     nick: str = ""
     token: SecretStr = SecretStr("")
     url: str = "wss://irc-ws.chat.twitch.tv:443"
+    #: Channel-point rewards by id (or by a name of the streamer's, with `id:`).
+    rewards: dict[str, RewardRule] = Field(default_factory=dict)
 
     @field_validator("channels")
     @classmethod
@@ -31,6 +71,27 @@ class TwitchConfig(Section):
     @classmethod
     def _websocket_url(cls, value: str) -> str:
         return address(value, "ws", "a ws:// or wss://")
+
+    @field_validator("rewards")
+    @classmethod
+    def _reward_ids(cls, value: dict[str, RewardRule]) -> dict[str, RewardRule]:
+        seen: dict[str, str] = {}
+        for key, rule in value.items():
+            reward = rule.id or key.lower()
+            if not is_reward_id(reward):
+                raise ValueError(
+                    f"{key}: give the reward's id (id: ...) under this name, or use the id "
+                    f"as the key (a UUID as `twitch.reward_seen` logs it, or "
+                    f"{HIGHLIGHTED_MESSAGE})"
+                )
+            if reward in seen:
+                raise ValueError(f"{key}: reward {reward} is already mapped by {seen[reward]}")
+            seen[reward] = key
+        return value
+
+    def reward_rules(self) -> dict[str, tuple[str, RewardRule]]:
+        """The reward map by reward id: (the streamer's name for it, its rule)."""
+        return {rule.id or key.lower(): (key, rule) for key, rule in self.rewards.items()}
 
     @model_validator(mode="after")
     def _consistent(self) -> TwitchConfig:

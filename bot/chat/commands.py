@@ -26,7 +26,7 @@ _USAGE = {
     "mute": "mute USER",
     "unmute": "unmute USER",
     "volume": "volume 0-100",
-    "mode": "mode all|command|paid",
+    "mode": "mode all|command|paid|reward",
     "nick": "nick USER NAME",
     "uservoice": "uservoice USER NAME|off",
 }

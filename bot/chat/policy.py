@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import structlog
 
 from adapters.events import ChatMessage, EventKind, Platform, Role
+from adapters.twitch.config import RewardRule
 from bot.chat import textnorm
 from bot.chat.mod_changes import ByName
+from bot.chat.rewards import RewardsSeen
 from bot.chat.users import SeenUsers, UserKey, name_keys, user_handle
 from bot.config import BlockedMatch, Currency, PolicyConfig, ReadMode
 
@@ -66,6 +68,7 @@ class PolicyState:
     #: Old name-keyed entries, bound to the first account seen with the name.
     by_name: ByName = field(default_factory=ByName)
     seen: SeenUsers = field(default_factory=SeenUsers)
+    rewards: RewardsSeen = field(default_factory=RewardsSeen)
     #: Called when `saw` changes what must be saved.
     on_change: Callable[[], None] | None = None
     last_accepted: dict[tuple[Platform, str], float] = field(default_factory=dict)
@@ -166,8 +169,15 @@ class Drop:
 class SpeechPolicy:
     """Filters, normalises and ranks chat messages for speech."""
 
-    def __init__(self, config: PolicyConfig, own_logins: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        config: PolicyConfig,
+        own_logins: Iterable[str] = (),
+        rewards: Mapping[str, tuple[str, RewardRule]] | None = None,
+    ) -> None:
         self.config = config
+        #: Channel-point rewards by id: the streamer's name for each, and its rule.
+        self.rewards = dict(rewards or {})
         self._ignored = {user_handle(n) for n in (*config.ignored_users, *own_logins) if n}
         self._replacements = [(r.compiled(), r.replacement) for r in config.replacements]
         self._blocked = _blocked_words_pattern(config.blocked_words, config.blocked_match)
@@ -186,6 +196,12 @@ class SpeechPolicy:
             return Drop("emote_only")
         if message.event is not EventKind.CHAT and message.event not in cfg.speak_events:
             return Drop("event_disabled")
+        reward: RewardRule | None = None
+        if message.reward_id:
+            label, reward = self.rewards.get(message.reward_id, ("", None))
+            state.rewards.saw(message, label)
+            if reward is not None and not reward.read:
+                return Drop("reward_not_read")
 
         paid = message.paid
         if paid is not None and paid.amount < cfg.min_paid.get(paid.kind, 0.0):
@@ -202,13 +218,16 @@ class SpeechPolicy:
             text = text[prefixed.end() :]
         elif text.lstrip().startswith("!"):
             return Drop("command")
-        if state.read_mode == "command" and not prefixed and not notable:
+        if state.read_mode == "command" and not prefixed and not notable and reward is None:
             return Drop("not_command")
         if state.read_mode == "paid" and not notable:
             return Drop("not_paid")
+        if state.read_mode == "reward" and not notable and reward is None:
+            return Drop("not_reward")
 
         privileged = bool(message.roles & PRIVILEGED_ROLES)
-        if cfg.cooldown_s > 0 and not privileged and paid is None:
+        # Paid and redeemed lines were paid for: the cooldown is for free chat.
+        if cfg.cooldown_s > 0 and not privileged and paid is None and reward is None:
             last = state.last_accepted.get(message.user_key)
             if last is not None and message.received - last < cfg.cooldown_s:
                 return Drop("cooldown")
@@ -221,6 +240,8 @@ class SpeechPolicy:
 
         template_key = paid.kind.value if paid is not None else message.event.value
         template: str = getattr(cfg.templates, template_key)
+        if reward is not None and reward.template is not None and paid is None:
+            template_key, template = "reward", reward.template
         name = self.clean_name(message.user_name)
         user = self.spoken_name(message, state, name)
         amount = self._amount_words(paid.amount, paid.currency) if paid is not None else ""
@@ -231,13 +252,19 @@ class SpeechPolicy:
                 spoken = plain
         else:
             plain = spoken
+        priority = self._priority(message, privileged, paid is not None)
+        if reward is not None and reward.priority is not None:
+            priority = float(reward.priority)
+        voice = state.user_voices.get(message.user_key)
+        if reward is not None and reward.voice is not None:
+            voice = reward.voice
         return SpeakableItem(
             message=message,
             text=cleaned,
             spoken=spoken,
             spoken_plain=plain,
-            priority=self._priority(message, privileged, paid is not None),
-            voice=state.user_voices.get(message.user_key),
+            priority=priority,
+            voice=voice,
             user=name.shown,
         )
 
