@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
+from adapters.events import Role
 from bot.app import Bot
 from bot.audio.player import Player
 from bot.audio.speaker import Speaker
@@ -86,6 +87,25 @@ async def test_pause_holds_new_messages_until_resume(rig: Any) -> None:
         assert not [e for e in logs if e["event"] == outcomes.SPOKEN]
         bot.control.resume()
         await wait_for(logs, outcomes.SPOKEN, m.message_id)
+
+
+async def test_after_a_pause_the_most_urgent_line_goes_first(rig: Any) -> None:
+    # The speaker idles in the queue when the pause comes; the first line of the
+    # pause must not jump ahead of a more urgent one sent after it.
+    bot, _ = rig
+    await asyncio.sleep(0.1)
+    bot.control.pause()
+    with capture_logs() as logs:
+        chat_line = chat("just chatting")
+        moderator = chat("moderator line", roles=frozenset({Role.MODERATOR}))
+        bot.router.handle(chat_line)
+        await asyncio.sleep(0.2)
+        bot.router.handle(moderator)
+        await asyncio.sleep(0.2)
+        bot.control.resume()
+        await wait_for(logs, outcomes.SPOKEN, chat_line.message_id)
+    playing = [e["msg_id"] for e in logs if e["event"] == "tts.playing"]
+    assert playing == [moderator.message_id, chat_line.message_id]
 
 
 async def test_engine_failure_ends_the_item_as_skipped(rig: Any) -> None:

@@ -84,7 +84,13 @@ class Speaker:
                 prepared = self._next
                 self._next = None
                 if prepared is None:
-                    prepared = self._prepare(await self._queue.get())
+                    await self._queue.wait_ready()
+                    # Paused meanwhile: what waits is chosen at resume, by priority
+                    # then, not by which line came first during the pause.
+                    item = None if self._control.paused else self._queue.pop_nowait()
+                    if item is None:
+                        continue
+                    prepared = self._prepare(item)
                 await self._play(prepared)
         finally:
             if self._next is not None:
@@ -168,7 +174,7 @@ class Speaker:
             self._player.finish(utt)
             done = asyncio.create_task(self._player.wait_done(utt))
             # Synthesis of this item is over: prepare the next while this one plays.
-            if self._next is None and prepared.ended is None:
+            if self._next is None and prepared.ended is None and not self._control.paused:
                 lookahead = asyncio.create_task(self._queue.get())
                 await asyncio.wait({done, lookahead}, return_when=asyncio.FIRST_COMPLETED)
                 if lookahead.done():

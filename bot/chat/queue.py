@@ -125,6 +125,11 @@ class SpeechQueue:
             item = self.pop_nowait()
             if item is not None:
                 return item
+            await self.wait_ready()
+
+    async def wait_ready(self) -> None:
+        """Until something waits (it may expire before it is popped)."""
+        while not self._entries:
             self._ready.clear()
             await self._ready.wait()
 
