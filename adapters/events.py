@@ -90,6 +90,8 @@ class ChatMessage:
     #: The Twitch channel-point reward redeemed with this text (`custom-reward-id`),
     #: or `HIGHLIGHTED_MESSAGE` for "Highlight My Message"; "" for plain chat.
     reward_id: str = ""
+    #: The platform hid the name ("x***": Bilibili without a logged-in cookie).
+    name_masked: bool = False
 
     @property
     def user_key(self) -> tuple[Platform, str]:

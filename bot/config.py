@@ -111,23 +111,93 @@ class Replacement(_Section):
 class Currency(_Section):
     #: How the unit is read aloud ("500 bits", "30 yuan").
     word: str
+    #: The word in other languages' lines, by language ({zh: 元}).
+    words: dict[Language, str] = Field(default_factory=dict)
     #: What one unit is worth in the reference currency, to rank paid messages.
     value: float = Field(ge=0)
 
 
-class Templates(_Section):
-    chat: str = "{user} says {text}"
-    bits: str = "{user} cheered {amount}. {text}"
-    superchat: str = "{user} sent a super chat of {amount}. {text}"
-    sub: str = "{user} subscribed. {text}"
-    raid: str = "{user} is raiding!"
-    gift: str = "{user} gifted {amount}. {text}"
-    guard: str = "{user} became a guard. {text}"
+#: The languages messages are read in; each has its own templates and words.
+Language = Literal["en", "zh"]
+LANGUAGES: tuple[Language, ...] = ("en", "zh")
+
+#: What is said for each kind of message, per language; one variant is picked at
+#: random for each line (never the same one twice in a row). `viewer` is said
+#: instead of a name the platform masked (Bilibili without a cookie).
+DEFAULT_TEMPLATES: dict[Language, dict[str, list[str]]] = {
+    "en": {
+        "chat": ["{user} says {text}", "{user}: {text}"],
+        "bits": ["{user} cheered {amount}. {text}"],
+        "superchat": ["{user} sent a super chat of {amount}. {text}"],
+        "sub": ["{user} subscribed. {text}"],
+        "raid": ["{user} is raiding!"],
+        "gift": ["{user} gifted {amount}. {text}"],
+        "guard": ["{user} became a guard. {text}"],
+        "viewer": ["a viewer"],
+    },
+    "zh": {
+        "chat": ["{user}说：{text}", "{user}：{text}"],
+        "bits": ["{user}打赏了{amount}。{text}"],
+        "superchat": ["{user}发了{amount}的醒目留言：{text}"],
+        "sub": ["{user}订阅了。{text}"],
+        "raid": ["{user}带着观众来了！"],
+        "gift": ["{user}送出了{amount}。{text}", "感谢{user}送的{amount}。{text}"],
+        "guard": ["{user}上舰了！{text}"],
+        "viewer": ["一位观众"],
+    },
+}
+
+
+#: The language of each platform's chat ("local": what the streamer types in the panel).
+DEFAULT_LANGUAGES: dict[str, Language] = {"twitch": "en", "bilibili": "zh", "local": "en"}
+
+
+class TemplateSet(_Section):
+    """One language's templates: each kind a list of variants (or one string)."""
+
+    chat: list[str]
+    bits: list[str]
+    superchat: list[str]
+    sub: list[str]
+    raid: list[str]
+    gift: list[str]
+    guard: list[str]
+    viewer: list[str]
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _variants(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
 
     @field_validator("*")
     @classmethod
-    def _placeholders(cls, value: str) -> str:
-        return template(value)
+    def _placeholders(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("needs at least one variant")
+        return [template(v) for v in value]
+
+
+class Templates(_Section):
+    en: TemplateSet
+    zh: TemplateSet
+
+    @model_validator(mode="before")
+    @classmethod
+    def _over_defaults(cls, value: Any) -> Any:
+        """Each language's kinds left out keep their defaults; the older form,
+        kinds at the top (`templates: {chat: "..."}`), is the English set."""
+        if not isinstance(value, dict):
+            return value
+        if set(value) & set(TemplateSet.model_fields):
+            value = {"en": value}
+        merged: dict[str, Any] = {}
+        for language, defaults in DEFAULT_TEMPLATES.items():
+            own = value.get(language, {})
+            merged[language] = {**defaults, **own} if isinstance(own, dict) else own
+        return {**value, **merged}
+
+    def of(self, language: str) -> TemplateSet:
+        return self.zh if language == "zh" else self.en
 
 
 class Priorities(_Section):
@@ -142,15 +212,15 @@ class Priorities(_Section):
 
 def _default_currencies() -> dict[str, Currency]:
     return {
-        "BITS": Currency(word="bits", value=0.01),
-        "SUB_PRIME": Currency(word="Prime subs", value=5.0),
-        "SUB_T1": Currency(word="subs", value=5.0),
-        "SUB_T2": Currency(word="tier 2 subs", value=10.0),
-        "SUB_T3": Currency(word="tier 3 subs", value=25.0),
-        "USD": Currency(word="dollars", value=1.0),
-        "EUR": Currency(word="euros", value=1.08),
-        "GBP": Currency(word="pounds", value=1.27),
-        "CNY": Currency(word="yuan", value=0.14),
+        "BITS": Currency(word="bits", words={"zh": "比特"}, value=0.01),
+        "SUB_PRIME": Currency(word="Prime subs", words={"zh": "个Prime订阅"}, value=5.0),
+        "SUB_T1": Currency(word="subs", words={"zh": "个订阅"}, value=5.0),
+        "SUB_T2": Currency(word="tier 2 subs", words={"zh": "个二级订阅"}, value=10.0),
+        "SUB_T3": Currency(word="tier 3 subs", words={"zh": "个三级订阅"}, value=25.0),
+        "USD": Currency(word="dollars", words={"zh": "美元"}, value=1.0),
+        "EUR": Currency(word="euros", words={"zh": "欧元"}, value=1.08),
+        "GBP": Currency(word="pounds", words={"zh": "英镑"}, value=1.27),
+        "CNY": Currency(word="yuan", words={"zh": "元"}, value=0.14),
     }
 
 
@@ -188,7 +258,9 @@ class PolicyConfig(_Section):
     min_paid: dict[PaidKind, float] = Field(default_factory=dict)
     below_min: Literal["chat", "drop"] = "chat"
     currencies: dict[str, Currency] = Field(default_factory=_default_currencies)
-    templates: Templates = Templates()
+    templates: Templates = Field(default_factory=lambda: Templates.model_validate({}))
+    #: The language of each platform's chat, refined per message by its script.
+    languages: dict[str, Language] = Field(default_factory=lambda: dict(DEFAULT_LANGUAGES))
     priorities: Priorities = Priorities()
 
     @field_validator("blocked_words", "muted_users", "ignored_users")
@@ -205,6 +277,16 @@ class PolicyConfig(_Section):
             if amount < 0:
                 raise ValueError(f"{kind.value}: must be >= 0, got {amount:g}")
         return value
+
+    @field_validator("languages")
+    @classmethod
+    def _per_platform(cls, value: dict[str, Language]) -> dict[str, Language]:
+        for platform in value:
+            if platform not in DEFAULT_LANGUAGES:
+                raise ValueError(
+                    f"unknown platform {platform!r}; allowed: {', '.join(DEFAULT_LANGUAGES)}"
+                )
+        return {**DEFAULT_LANGUAGES, **value}
 
     @field_validator("currencies")
     @classmethod

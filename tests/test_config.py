@@ -124,7 +124,8 @@ def test_wrong_types(text: str, expected: str) -> None:
         ),
         (
             "policy:\n  templates: {chat: '{user} {msg}'}\n",
-            "policy.templates.chat: unknown placeholder {msg}; allowed: {amount}, {text}, {user}",
+            "policy.templates.en.chat: unknown placeholder {msg}; "
+            "allowed: {amount}, {text}, {user}",
         ),
         (
             "commands:\n  permissions: {skipp: [everyone]}\n",

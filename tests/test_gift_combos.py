@@ -145,7 +145,8 @@ def test_router_queues_the_merged_line_through_the_gift_template() -> None:
         bot.router.flush_gifts()
     (item,) = bot.queue.snapshot()
     assert item.message.message_id == "gift:5555:0"
-    assert item.spoken == "user5555 gifted 3 yuan. 牛哇牛哇 x30"
+    # A Bilibili gift reads in Chinese: one of the two gift variants.
+    assert item.spoken in {"user5555送出了3元。牛哇牛哇 x30", "感谢user5555送的3元。牛哇牛哇 x30"}
     # Every gift has its end: 29 merged now, the line's own end when it is spoken.
     assert Counter(e["event"] for e in logs) == {outcomes.MERGED: 29}
 

@@ -13,8 +13,12 @@ from bot.chat.queue import SpeechQueue
 from bot.config import PolicyConfig, QueueConfig, ReadMode
 from tests.factories import chat
 
+#: English chat has two variants by default; these tests read one of them.
+ONE_CHAT_VARIANT = {"en": {"chat": "{user} says {text}"}}
+
 
 def policy(**overrides: Any) -> SpeechPolicy:
+    overrides.setdefault("templates", ONE_CHAT_VARIANT)
     return SpeechPolicy(PolicyConfig.model_validate(overrides))
 
 
@@ -179,7 +183,7 @@ def test_templates_per_kind() -> None:
     bits = accept(pol, "go team", user_name="Bob", paid=Paid(500, "BITS", PaidKind.BITS))
     assert bits.spoken == "Bob cheered 500 bits. go team"
     sc = accept(pol, "加油", user_name="小明", paid=Paid(30, "CNY", PaidKind.SUPERCHAT))
-    assert sc.spoken == "小明 sent a super chat of 30 yuan. 加油"
+    assert sc.spoken == "小明发了30元的醒目留言：加油"  # a Chinese line reads in Chinese
     raid = accept(pol, "", user_name="Raider", event=EventKind.RAID)
     assert raid.spoken == "Raider is raiding!"
     sub = accept(pol, "", user_name="Bob", event=EventKind.SUB)

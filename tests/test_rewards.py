@@ -43,6 +43,7 @@ def twitch(rewards: dict[str, Any]) -> TwitchConfig:
 
 def policy(rewards: dict[str, Any] | None = None, **overrides: Any) -> SpeechPolicy:
     rules = twitch(rewards or {}).reward_rules()
+    overrides.setdefault("templates", {"en": {"chat": "{user} says {text}"}})
     return SpeechPolicy(PolicyConfig.model_validate(overrides), rewards=rules)
 
 

@@ -418,6 +418,7 @@ class BilibiliCodec:
             platform_time=ts_ms / 1000 if isinstance(ts_ms, int | float) else 0.0,
             received=received,
             emote_only=_get(meta, 12, 0) == 1,
+            name_masked=not uid and "*" in name,
         )
 
     def _superchat(self, data: dict[str, Any], received: float) -> ChatMessage:

@@ -9,6 +9,7 @@ accepted.
 from __future__ import annotations
 
 import itertools
+import random
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,10 +19,11 @@ import structlog
 from adapters.events import ChatMessage, EventKind, Platform, Role
 from adapters.twitch.config import RewardRule
 from bot.chat import textnorm
+from bot.chat.language import detect
 from bot.chat.mod_changes import ByName
 from bot.chat.rewards import RewardsSeen
 from bot.chat.users import SeenUsers, UserKey, name_keys, user_handle
-from bot.config import BlockedMatch, Currency, PolicyConfig, ReadMode
+from bot.config import BlockedMatch, Currency, Language, PolicyConfig, ReadMode
 
 log = structlog.get_logger()
 
@@ -137,6 +139,8 @@ class SpeakableItem:
     #: The user's name as the overlay and panel show it: cleaned, or the neutral
     #: `name_fallback` (a built item's own name where none is given).
     user: str = ""
+    #: The language the line is read in (its templates, words and numbers).
+    language: Language = "en"
 
     def __post_init__(self) -> None:
         if not self.user:
@@ -174,8 +178,12 @@ class SpeechPolicy:
         config: PolicyConfig,
         own_logins: Iterable[str] = (),
         rewards: Mapping[str, tuple[str, RewardRule]] | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self.config = config
+        self._rng = rng or random.Random()
+        #: The variant said last, per (language, kind): never twice in a row.
+        self._last_variant: dict[tuple[str, str], str] = {}
         #: Channel-point rewards by id: the streamer's name for each, and its rule.
         self.rewards = dict(rewards or {})
         self._ignored = {user_handle(n) for n in (*config.ignored_users, *own_logins) if n}
@@ -238,13 +246,16 @@ class SpeechPolicy:
         if not cleaned and paid is None and message.event is EventKind.CHAT:
             return Drop("empty")
 
+        language = self.language(message, cleaned)
         template_key = paid.kind.value if paid is not None else message.event.value
-        template: str = getattr(cfg.templates, template_key)
+        template = self._variant(language, template_key)
         if reward is not None and reward.template is not None and paid is None:
             template_key, template = "reward", reward.template
         name = self.clean_name(message.user_name)
-        user = self.spoken_name(message, state, name)
-        amount = self._amount_words(paid.amount, paid.currency) if paid is not None else ""
+        user = self.spoken_name(message, state, name, language)
+        amount = (
+            self._amount_words(paid.amount, paid.currency, language) if paid is not None else ""
+        )
         spoken = _fill(template, user=user, amount=amount, text=cleaned)
         if template_key == "chat":
             plain = _fill("{text}", user=user, amount=amount, text=cleaned)
@@ -266,7 +277,21 @@ class SpeechPolicy:
             priority=priority,
             voice=voice,
             user=name.shown,
+            language=language,
         )
+
+    def language(self, message: ChatMessage, text: str) -> Language:
+        """The platform's language, unless the line's script says otherwise."""
+        return detect(text, self.config.languages.get(message.platform.value, "en"))
+
+    def _variant(self, language: Language, kind: str) -> str:
+        """One of the kind's variants at random, not the one said last time."""
+        variants: list[str] = getattr(self.config.templates.of(language), kind)
+        last = self._last_variant.get((language, kind))
+        choices = [v for v in variants if v != last] or variants
+        chosen = choices[0] if len(choices) == 1 else self._rng.choice(choices)
+        self._last_variant[(language, kind)] = chosen
+        return chosen
 
     def clean_text(self, text: str) -> str | Drop:
         """The normalisation pipeline, from raw chat text to a speakable line."""
@@ -291,13 +316,18 @@ class SpeechPolicy:
         text = textnorm.normalise_whitespace(text)
         return textnorm.cap_length(text, cfg.max_chars)
 
-    def spoken_name(self, message: ChatMessage, state: PolicyState, name: UserName) -> str:
-        """A moderator's nickname for the account (or its name), else `name` cleaned."""
+    def spoken_name(
+        self, message: ChatMessage, state: PolicyState, name: UserName, language: Language = "en"
+    ) -> str:
+        """A moderator's nickname for the account (or its name), else `name` cleaned;
+        a name the platform masked ("x***") is said as the language's `viewer` word."""
         nick = state.nicknames.get(message.user_key) or next(
             (state.name_nicknames[n] for n in name_keys(message) if n in state.name_nicknames), None
         )
         if nick:
             return nick
+        if message.name_masked:
+            return self._variant(language, "viewer")
         return name.spoken
 
     def clean_name(self, user_name: str) -> UserName:
@@ -330,9 +360,14 @@ class SpeechPolicy:
             return currencies.get(_LEGACY_SUB_CURRENCY)
         return currencies.get(code)
 
-    def _amount_words(self, amount: float, currency: str) -> str:
+    def _amount_words(self, amount: float, currency: str, language: Language) -> str:
         cur = self._currency(currency)
-        return f"{amount:g} {cur.word if cur else currency}"
+        if cur is None:
+            return f"{amount:g} {currency}"
+        word = cur.words.get(language, cur.word)
+        # Chinese writes its own units right after the number ("30元").
+        joined = language == "zh" and not word[:1].isascii()
+        return f"{amount:g}{word}" if joined else f"{amount:g} {word}"
 
     def _priority(self, message: ChatMessage, privileged: bool, paid: bool) -> float:
         levels = self.config.priorities

@@ -131,7 +131,7 @@ def test_masked_anonymous_user_gets_crc_pseudo_id_and_empty_medal() -> None:
     event = one(fx.message_packet(fx.danmaku(uid=0, name="小***", medal=[])))
     assert isinstance(event, ChatMessage)
     assert event.user_id == "crc:8f3a2b1c"
-    assert event.user_name == "小***"
+    assert event.user_name == "小***" and event.name_masked
     assert event.roles == frozenset()  # uid 0 is never the owner
 
 
