@@ -7,6 +7,7 @@ import re
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from adapters.config import Section, address
+from adapters.twitch.emotes import Service
 
 
 class TwitchConfig(Section):
@@ -15,6 +16,8 @@ class TwitchConfig(Section):
     nick: str = ""
     token: SecretStr = SecretStr("")
     url: str = "wss://irc-ws.chat.twitch.tv:443"
+    #: Third-party emote APIs by service (a mirror, a test server); others use their own.
+    emote_apis: dict[Service, str] = Field(default_factory=dict)
 
     @field_validator("channels")
     @classmethod
@@ -31,6 +34,13 @@ class TwitchConfig(Section):
     @classmethod
     def _websocket_url(cls, value: str) -> str:
         return address(value, "ws", "a ws:// or wss://")
+
+    @field_validator("emote_apis")
+    @classmethod
+    def _http_urls(cls, value: dict[Service, str]) -> dict[Service, str]:
+        for url in value.values():
+            address(url, "http", "an http:// or https://")
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> TwitchConfig:
