@@ -344,12 +344,12 @@ async def test_a_reconnect_to_the_same_room_keeps_the_fetch_a_new_room_restarts_
 ) -> None:
     run = with_emotes(start, emote_apis, tmp_path)
     await next_names(run, emote_apis.union())
-    asked = len(emote_apis.requests)
+    (fetch,) = emote_tasks()
     server.drop()
     await server.wait_line("JOIN", session=1)
     await server.send(PRIVMSG.format(id="after", text="back"))  # after the new ROOMSTATE
     assert (await run.next(ChatMessage)).message_id == "after"
-    assert len(emote_apis.requests) == asked
+    assert emote_tasks() == [fetch]
 
     # A channel not joined is none of the client's business.
     await server.send("@room-id=5 :tmi.twitch.tv ROOMSTATE #other")
@@ -359,6 +359,7 @@ async def test_a_reconnect_to_the_same_room_keeps_the_fetch_a_new_room_restarts_
         while sum(1 for _, _, room in emote_apis.requests if room == "2") < 3:
             await asyncio.sleep(0.01)
     assert not [room for _, _, room in emote_apis.requests if room == "5"]
+    assert fetch.cancelled() and len(emote_tasks()) == 1
 
 
 async def test_a_hanging_emote_service_never_holds_up_chat(
@@ -452,3 +453,41 @@ async def test_third_party_emotes_are_stripped_from_what_the_bot_reads(
     assert [i.text for i in bot.queue.snapshot()] == ["that was close", "kekw is a word here"]
     filtered = [(e["msg_id"], e["reason"]) for e in logs if e["event"] == outcomes.FILTERED]
     assert filtered == [("only", "empty")]
+
+
+@pytest.mark.parametrize(
+    ("policy", "asked"),
+    [
+        ({"third_party_emotes": ["ffz"]}, {"ffz"}),
+        ({"third_party_emotes": []}, set()),
+        ({"emotes": "keep"}, set()),  # nothing to strip: nothing fetched
+    ],
+)
+async def test_the_bot_fetches_the_services_its_policy_names(
+    server: FakeTwitch, emote_apis: FakeEmoteApis, policy: dict[str, Any], asked: set[str]
+) -> None:
+    twitch = {"enabled": True, "channels": ["chan"], "url": server.url}
+    bot = Bot(
+        Config.model_validate(
+            {"platforms": {"twitch": {**twitch, "emote_apis": emote_apis.apis}}, "policy": policy}
+        )
+    )
+    assert bot.twitch is not None
+    task = asyncio.create_task(bot.twitch.run())
+    try:
+        async with asyncio.timeout(5):
+            while not isinstance(await bot.events.get(), Connected):
+                pass
+        await server.send(PRIVMSG.format(id="m1", text="hi"))  # after ROOMSTATE
+        async with asyncio.timeout(5):
+            while not isinstance(await bot.events.get(), ChatMessage):
+                pass
+            while asked and len(emote_apis.requests) < 2:
+                await asyncio.sleep(0.01)
+        # The fetch starts on ROOMSTATE, before the message: there is one, or none.
+        assert len(emote_tasks()) == (1 if asked else 0)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert {service for service, _, _ in emote_apis.requests} == asked
+    assert not emote_tasks()
