@@ -125,4 +125,14 @@ class Disconnected:
     reason: str
 
 
-ChatEvent = ChatMessage | Retraction | Connected | Disconnected
+@dataclass(frozen=True, slots=True)
+class EmoteNames:
+    """Words that are emotes in one channel's chat beyond the platform's own
+    (7TV, BetterTTV, FrankerFaceZ): all of them, replacing any earlier set."""
+
+    platform: Platform
+    channel: str
+    names: frozenset[str]
+
+
+ChatEvent = ChatMessage | Retraction | Connected | Disconnected | EmoteNames

@@ -69,8 +69,10 @@ class Bot:
         self.router = Router(
             self.policy, self.control, self.queue, config.commands, reply=self.reply
         )
+        # Third-party emote names are only fetched to be stripped.
+        stripped = config.policy.third_party_emotes if config.policy.emotes == "strip" else []
         self.twitch = (
-            TwitchClient(config.platforms.twitch, self.events)
+            TwitchClient(config.platforms.twitch, self.events, emote_services=stripped)
             if config.platforms.twitch.enabled
             else None
         )

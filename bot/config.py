@@ -34,6 +34,7 @@ from adapters.bilibili.config import BilibiliConfig
 from adapters.config import template
 from adapters.events import EventKind, PaidKind, Role
 from adapters.twitch.config import TwitchConfig
+from adapters.twitch.emotes import SERVICES, Service
 from engine.config import EngineConfig, UserPath
 
 DEFAULT_CONFIG_PATH = Path("config") / "ishowtts.yaml"
@@ -232,6 +233,8 @@ class PolicyConfig(_Section):
     links: Literal["replace", "remove", "drop"] = "replace"
     link_word: str = "link"
     emotes: Literal["strip", "keep"] = "strip"
+    #: Whose Twitch emotes (plain words in chat) `emotes: strip` also strips; [] = none.
+    third_party_emotes: list[Service] = Field(default_factory=lambda: list(SERVICES))
     max_char_repeats: int = Field(3, ge=1, le=100)
     max_word_repeats: int = Field(2, ge=1, le=100)
     blocked_words: list[str] = Field(default_factory=list)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from adapters.twitch import emotes
 from engine.checkpoints import ModelFiles
 from tests.sink import headless_pulse
 
@@ -26,6 +27,9 @@ def _run_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg-state"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+    # Bots built in a test never reach the real emote services: a closed loopback port.
+    closed = {service: "http://127.0.0.1:9" for service in emotes.SERVICES}
+    monkeypatch.setattr(emotes, "DEFAULT_APIS", closed)
 
 
 @pytest.fixture(scope="session")

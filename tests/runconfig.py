@@ -26,6 +26,9 @@ def write_run_config(tmp: Path, files: ModelFiles, **sections: Any) -> Path:
         },
         "commands": {"state_file": str(tmp / "state.json")},
         "web": {"enabled": False},
+        # Bots in tests never ask the real emote services (a test that wants
+        # them sets its own list and platforms.twitch.emote_apis).
+        "policy": {"third_party_emotes": []},
         "logging": {"level": "info", "format": "json"},
     }
     for key, value in sections.items():

@@ -53,3 +53,19 @@ def test_profile_categories_read_kernel_names() -> None:
     assert category("conv_mish") == "conv"
     assert category("triton_poi_fused_add_mul_0") == "triton"
     assert category("elementwise_kernel") == "other"
+
+
+def test_emote_strip_bench_runs_and_prints_its_figure(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.emote_strip", "--quick", "--names", "500"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.startswith("500 emote names")
+    assert "worst remove_words:" in result.stdout.splitlines()[-1]
+    assert list(tmp_path.iterdir()) == []

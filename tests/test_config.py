@@ -114,6 +114,20 @@ def test_wrong_types(text: str, expected: str) -> None:
             "got 'irc.chat.twitch.tv:6697'",
         ),
         (
+            "platforms:\n  twitch: {emote_apis: {7tv: 'ftp://mirror'}}\n",
+            "platforms.twitch.emote_apis: must be an http:// or https:// address, "
+            "got 'ftp://mirror'",
+        ),
+        (
+            "platforms:\n  twitch: {emote_apis: {seventv: 'https://mirror'}}\n",
+            "platforms.twitch.emote_apis.seventv.[key]: must be one of '7tv', 'bttv' or 'ffz', "
+            "got 'seventv'",
+        ),
+        (
+            "policy:\n  third_party_emotes: [7tv, twitch]\n",
+            "policy.third_party_emotes.1: must be one of '7tv', 'bttv' or 'ffz', got 'twitch'",
+        ),
+        (
             "platforms:\n  bilibili: {enabled: true}\n",
             "platforms.bilibili.room_id: enabled but no room id given",
         ),

@@ -78,6 +78,53 @@ def test_emote_only_danmaku_dropped_unless_kept() -> None:
     assert accept(policy(emotes="keep"), "[dog]", emote_only=True).text == "[dog]"
 
 
+def emote_state(*names: str, channel: str = "streamer") -> PolicyState:
+    """A state that knows `names` as third-party emotes in a Twitch channel."""
+    return PolicyState(emote_words={(Platform.TWITCH, channel): frozenset(names)})
+
+
+def test_third_party_emotes_are_stripped_like_twitch_s_own() -> None:
+    state = emote_state("KEKW", "catJAM", "OMEGALUL", ":tf:")
+    # A line of only emotes is empty, as a line of only Twitch emotes is.
+    assert reason(policy(), "KEKW  catJAM OMEGALUL", state) == "empty"
+    assert reason(policy(), "Kappa", emotes=((0, 4),)) == "empty"
+    assert accept(policy(), "KEKW that was close :tf: catJAM", state).text == "that was close"
+    # Both kinds in one line; whole words only, and case counts.
+    mixed = accept(policy(), "Kappa KEKW gg kekw KEKWait KEKW!", state, emotes=((0, 4),))
+    assert mixed.text == "gg kekw KEKWait KEKW!"
+    kept = accept(policy(emotes="keep"), "KEKW that was close", state)
+    assert kept.text == "KEKW that was close"
+
+
+def test_third_party_emotes_are_per_channel_and_platform() -> None:
+    state = emote_state("Pog", channel="other")
+    assert accept(policy(), "Pog moment", state).text == "Pog moment"
+    assert accept(policy(), "Pog moment", state, channel="other").text == "moment"
+    on_bilibili = accept(policy(), "Pog moment", state, platform=Platform.BILIBILI, channel="other")
+    assert on_bilibili.text == "Pog moment"
+
+
+def test_third_party_emotes_are_stripped_from_sub_and_raid_text() -> None:
+    state = emote_state("catJAM", "PogU")
+    sub = accept(
+        policy(),
+        "catJAM 12 months PogU",
+        state,
+        event=EventKind.SUB,
+        paid=Paid(1.0, "SUB_T1", PaidKind.SUB),
+        user_name="Bob",
+    )
+    assert sub.text == "12 months"
+    raid = accept(policy(), "PogU catJAM", state, event=EventKind.RAID, user_name="Ann")
+    assert (raid.text, raid.spoken) == ("", "Ann is raiding!")
+
+
+def test_an_emote_line_read_with_the_say_prefix_is_still_stripped() -> None:
+    state = emote_state("KEKW")
+    item = accept(policy(read_mode="command"), "!say KEKW hello KEKW", state)
+    assert item.text == "hello"
+
+
 def test_emoji_only_message_becomes_empty_and_is_dropped() -> None:
     assert reason(policy(), "😂😂😂 🔥") == "empty"
 

@@ -4,7 +4,15 @@ import asyncio
 
 from structlog.testing import capture_logs
 
-from adapters.events import ChatEvent, Connected, Disconnected, Platform, Retraction, Role
+from adapters.events import (
+    ChatEvent,
+    Connected,
+    Disconnected,
+    EmoteNames,
+    Platform,
+    Retraction,
+    Role,
+)
 from bot.app import Bot
 from bot.chat import outcomes
 from bot.config import Config
@@ -160,3 +168,17 @@ def test_drain_ends_unrouted_messages_at_shutdown() -> None:
         (outcomes.SKIPPED, first.message_id, "shutdown"),
         (outcomes.SKIPPED, second.message_id, "shutdown"),
     ]
+
+
+def test_emote_names_reach_the_policy_and_replace_the_channel_s_last_set() -> None:
+    bot = make_bot(policy={"cooldown_s": 0})
+    with capture_logs() as logs:
+        bot.router.handle(EmoteNames(Platform.TWITCH, "streamer", frozenset({"KEKW", "Pog"})))
+        bot.router.handle(chat("KEKW"))
+        bot.router.handle(EmoteNames(Platform.TWITCH, "streamer", frozenset({"Pog"})))
+        bot.router.handle(chat("KEKW Pog"))
+    assert [i.text for i in bot.queue.snapshot()] == ["KEKW"]
+    assert [(e["event"], e["reason"]) for e in logs] == [(outcomes.FILTERED, "empty")]
+    assert bot.control.policy_state.emote_words == {
+        (Platform.TWITCH, "streamer"): frozenset({"Pog"})
+    }

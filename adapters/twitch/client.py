@@ -3,6 +3,8 @@
 It connects, logs in (anonymously or with a token), joins, answers PINGs,
 pings a silent server itself, and reconnects with backoff. Everything it
 decodes goes on the bot's event queue; a bad line is logged and skipped.
+Once a channel's room id is known (ROOMSTATE), its third-party emotes are
+fetched by a task of their own, so they never hold up reading chat.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ import asyncio
 import random
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import structlog
 from websockets.asyncio.client import ClientConnection, connect
@@ -20,7 +23,7 @@ from websockets.exceptions import WebSocketException
 from adapters.events import ChatEvent, ChatMessage, Connected, Disconnected, Platform, Retraction
 from adapters.ratelimit import SlidingWindow
 from adapters.reconnect import Attempt, Backoff, Ended, StaleConnectionError, describe, reconnecting
-from adapters.twitch import codec
+from adapters.twitch import codec, emotes
 from adapters.twitch.config import TwitchConfig
 
 log = structlog.get_logger()
@@ -49,6 +52,9 @@ class TwitchClient:
         backoff: Backoff = DEFAULT_BACKOFF,
         rand: Callable[[], float] = random.random,
         send_limit: tuple[int, float] = SEND_LIMIT,
+        emote_services: Sequence[emotes.Service] = (),
+        emote_cache_dir: Path | None = None,
+        emote_refresh_s: float = emotes.REFRESH_S,
     ) -> None:
         self.config = config
         self.url = config.url
@@ -66,6 +72,11 @@ class TwitchClient:
         self._rand = rand
         self._outbox: asyncio.Queue[str] = asyncio.Queue(maxsize=OUTBOX_SIZE)
         self._send_budget = SlidingWindow(*send_limit)
+        self._emote_services = tuple(emote_services)
+        self._emote_cache_dir = emote_cache_dir
+        self._emote_refresh_s = emote_refresh_s
+        #: Per channel: the room id its emotes are fetched for, and the task doing it.
+        self._emote_tasks: dict[str, tuple[str, asyncio.Task[None]]] = {}
 
     def reply(self, message: ChatMessage, text: str) -> None:
         """Queue a chat reply to `message`; anonymous sessions can only log it."""
@@ -91,6 +102,8 @@ class TwitchClient:
                 hint="check platforms.twitch.nick and the token (ISHOWTTS_TWITCH_TOKEN)",
             )
             await self._lost(f"login failed: {exc}")
+        finally:
+            await self._stop_emotes()
 
     async def _connect_once(self, attempt: Attempt) -> Ended:
         async with connect(
@@ -157,6 +170,8 @@ class TwitchClient:
                     authenticated=self.authenticated,
                 )
                 await self._events.put(Connected(Platform.TWITCH, channel))
+            case codec.RoomState(channel=channel, room_id=room_id):
+                self._watch_emotes(channel, room_id)
             case codec.ReconnectRequested():
                 return True
             case codec.LoginFailed(reason=reason):
@@ -166,6 +181,35 @@ class TwitchClient:
             case codec.DecodeFailed(error=error, excerpt=excerpt):
                 log.warning("twitch.decode_error", error=error, line=excerpt)
         return False
+
+    def _watch_emotes(self, channel: str, room_id: str) -> None:
+        """Start fetching a joined channel's third-party emotes, once per room id
+        (a reconnect to the same room keeps the task it has)."""
+        if not self._emote_services or channel not in self.channels:
+            return
+        running = self._emote_tasks.get(channel)
+        if running is not None:
+            if running[0] == room_id and not running[1].done():
+                return
+            running[1].cancel()
+        fetcher = emotes.EmoteFetcher(
+            channel,
+            room_id,
+            self._emote_services,
+            self._events,
+            apis=self.config.emote_apis,
+            cache_dir=self._emote_cache_dir,
+            refresh_s=self._emote_refresh_s,
+        )
+        task = asyncio.create_task(fetcher.run(), name=f"twitch-emotes-{channel}")
+        self._emote_tasks[channel] = (room_id, task)
+
+    async def _stop_emotes(self) -> None:
+        tasks = [task for _, task in self._emote_tasks.values()]
+        self._emote_tasks.clear()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _send_loop(self, ws: ClientConnection) -> None:
         while True:

@@ -79,6 +79,15 @@ class Joined:
 
 
 @dataclass(frozen=True, slots=True)
+class RoomState:
+    """A channel's settings line (`ROOMSTATE`): what matters here is its room id,
+    the key third-party emote services know the channel by."""
+
+    channel: str
+    room_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class PongReceived:
     token: str
 
@@ -111,6 +120,7 @@ TwitchEvent = (
     | SendLine
     | LoggedIn
     | Joined
+    | RoomState
     | PongReceived
     | ReconnectRequested
     | LoginFailed
@@ -323,6 +333,11 @@ def to_events(msg: IrcMessage, own_nick: str, received: float) -> list[TwitchEve
             if msg.nick.lower() == own_nick:
                 return [Joined(_channel(msg))]
             return []
+        case "ROOMSTATE":
+            room_id = msg.tags.get("room-id", "")
+            if not is_number(room_id):
+                raise DecodeError(f"ROOMSTATE room-id is not a number: {room_id[:20]!r}")
+            return [RoomState(_channel(msg), room_id)]
         case "NOTICE":
             text = msg.trailing
             if any(f in text.lower() for f in _LOGIN_FAILURES):

@@ -8,6 +8,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 
 from adapters.config import Section, address, template
 from adapters.events import HIGHLIGHTED_MESSAGE
+from adapters.twitch.emotes import Service
 
 #: A channel-point reward id as Twitch gives it: a UUID.
 _REWARD_UUID = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
@@ -55,6 +56,8 @@ class TwitchConfig(Section):
     url: str = "wss://irc-ws.chat.twitch.tv:443"
     #: Channel-point rewards by id (or by a name of the streamer's, with `id:`).
     rewards: dict[str, RewardRule] = Field(default_factory=dict)
+    #: Third-party emote APIs by service (a mirror, a test server); others use their own.
+    emote_apis: dict[Service, str] = Field(default_factory=dict)
 
     @field_validator("channels")
     @classmethod
@@ -92,6 +95,13 @@ class TwitchConfig(Section):
     def reward_rules(self) -> dict[str, tuple[str, RewardRule]]:
         """The reward map by reward id: (the streamer's name for it, its rule)."""
         return {rule.id or key.lower(): (key, rule) for key, rule in self.rewards.items()}
+
+    @field_validator("emote_apis")
+    @classmethod
+    def _http_urls(cls, value: dict[Service, str]) -> dict[Service, str]:
+        for url in value.values():
+            address(url, "http", "an http:// or https://")
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> TwitchConfig:

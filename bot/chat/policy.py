@@ -74,6 +74,8 @@ class PolicyState:
     #: Called when `saw` changes what must be saved.
     on_change: Callable[[], None] | None = None
     last_accepted: dict[tuple[Platform, str], float] = field(default_factory=dict)
+    #: Third-party emote names by (platform, channel), stripped like the platform's own.
+    emote_words: dict[tuple[Platform, str], frozenset[str]] = field(default_factory=dict)
     #: Size at which users outside their cooldown are forgotten (doubles when
     #: that frees little), so hours of new chatters cannot grow memory.
     prune_at: int = 10_000
@@ -221,6 +223,9 @@ class SpeechPolicy:
         text = message.text
         if cfg.emotes == "strip":
             text = textnorm.remove_spans(text, message.emotes)
+            words = state.emote_words.get((message.platform, message.channel))
+            if words:
+                text = textnorm.remove_words(text, words)
         prefixed = self._say_prefix.match(text)
         if prefixed:
             text = text[prefixed.end() :]

@@ -15,6 +15,7 @@ from adapters.events import (
     ChatMessage,
     Connected,
     Disconnected,
+    EmoteNames,
     Platform,
     Retraction,
     Role,
@@ -157,6 +158,9 @@ class Router:
                 self._control.set_connection(event.platform, True)
             case Disconnected():
                 self._control.set_connection(event.platform, False)
+            case EmoteNames():
+                key = (event.platform, event.channel)
+                self._control.policy_state.emote_words[key] = event.names
 
     def _route(self, event: ChatEvent) -> None:
         if isinstance(event, ChatMessage):

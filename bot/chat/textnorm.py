@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 
 #: Categories that never carry speech: controls, format (zero-width, bidi
 #: overrides, soft hyphen…), surrogates, private use, unassigned.
@@ -224,6 +224,17 @@ def remove_spans(text: str, spans: tuple[tuple[int, int], ...]) -> str:
             for i in range(start, end + 1):
                 chars[i] = " "
     return "".join(chars)
+
+
+def remove_words(text: str, words: Set[str]) -> str:
+    """Drop the whitespace-separated tokens that are exactly (case and all) one of
+    `words` (emote names that arrive as plain words); `text` is returned as it is
+    when none is there."""
+    if not words:
+        return text
+    tokens = text.split()
+    kept = [token for token in tokens if token not in words]
+    return text if len(kept) == len(tokens) else " ".join(kept)
 
 
 def find_links(text: str) -> bool:

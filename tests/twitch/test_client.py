@@ -4,12 +4,20 @@ import asyncio
 import re
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
 
-from adapters.events import ChatEvent, ChatMessage, Connected, Disconnected, Platform
+from adapters.events import (
+    ChatEvent,
+    ChatMessage,
+    Connected,
+    Disconnected,
+    EmoteNames,
+    Platform,
+)
 from adapters.reconnect import Backoff
 from adapters.twitch import codec as codec_module
 from adapters.twitch.client import TwitchClient
@@ -18,6 +26,7 @@ from bot.app import Bot
 from bot.chat import outcomes
 from bot.config import Config
 from tests.running import Running
+from tests.twitch.fake_emotes import FakeEmoteApis
 from tests.twitch.fake_server import FakeTwitch
 
 PRIVMSG = "@id={id};user-id=42;display-name=Viewer :viewer!viewer@viewer PRIVMSG #chan :{text}"
@@ -295,3 +304,190 @@ async def test_a_line_that_trips_a_codec_bug_is_logged_and_skipped(
     (error,) = [e for e in logs if e["event"] == "twitch.decode_error"]
     assert error["error"] == "unexpected ValueError: simulated bug"
     assert len(server.sessions) == 1
+
+
+@pytest.fixture
+async def emote_apis() -> AsyncIterator[FakeEmoteApis]:
+    async with FakeEmoteApis() as fake:
+        yield fake
+
+
+def with_emotes(start: Any, apis: FakeEmoteApis, tmp_path: Path, **kwargs: Any) -> Running:
+    return start(
+        config={"emote_apis": apis.apis},
+        emote_services=["7tv", "bttv", "ffz"],
+        emote_cache_dir=tmp_path / "emotes",
+        **kwargs,
+    )
+
+
+async def next_names(run: Running, names: frozenset[str]) -> EmoteNames:
+    """The EmoteNames event carrying `names` (partial ones before it skipped)."""
+    async with asyncio.timeout(5):
+        while (event := await run.next(EmoteNames)).names != names:
+            pass
+    return event
+
+
+async def test_roomstate_starts_the_channel_s_emote_fetch(
+    server: FakeTwitch, start: Any, emote_apis: FakeEmoteApis, tmp_path: Path
+) -> None:
+    run = with_emotes(start, emote_apis, tmp_path)
+    event = await next_names(run, emote_apis.union())
+    assert (event.platform, event.channel) == (Platform.TWITCH, "chan")
+    # The fake server's ROOMSTATE names room 1: the channel sets are asked for it.
+    assert {room for _, scope, room in emote_apis.requests if scope == "channel"} == {"1"}
+
+
+async def test_a_reconnect_to_the_same_room_keeps_the_fetch_a_new_room_restarts_it(
+    server: FakeTwitch, start: Any, emote_apis: FakeEmoteApis, tmp_path: Path
+) -> None:
+    run = with_emotes(start, emote_apis, tmp_path)
+    await next_names(run, emote_apis.union())
+    (fetch,) = emote_tasks()
+    server.drop()
+    await server.wait_line("JOIN", session=1)
+    await server.send(PRIVMSG.format(id="after", text="back"))  # after the new ROOMSTATE
+    assert (await run.next(ChatMessage)).message_id == "after"
+    assert emote_tasks() == [fetch]
+
+    # A channel not joined is none of the client's business.
+    await server.send("@room-id=5 :tmi.twitch.tv ROOMSTATE #other")
+    # The channel's room id changed: its sets are fetched again, for the new id.
+    await server.send("@room-id=2 :tmi.twitch.tv ROOMSTATE #chan")
+    async with asyncio.timeout(5):
+        while sum(1 for _, _, room in emote_apis.requests if room == "2") < 3:
+            await asyncio.sleep(0.01)
+    assert not [room for _, _, room in emote_apis.requests if room == "5"]
+    assert fetch.cancelled() and len(emote_tasks()) == 1
+
+
+async def test_a_hanging_emote_service_never_holds_up_chat(
+    server: FakeTwitch, start: Any, emote_apis: FakeEmoteApis, tmp_path: Path
+) -> None:
+    emote_apis.set_all("slow")
+    run = with_emotes(start, emote_apis, tmp_path)
+    await run.next(Connected)
+    async with asyncio.timeout(5):
+        while len(emote_apis.requests) < 6:
+            await asyncio.sleep(0.01)
+    began = time.monotonic()
+    await server.send(PRIVMSG.format(id="m1", text="still read"))
+    assert (await run.next(ChatMessage)).message_id == "m1"
+    assert time.monotonic() - began < 1.0
+    assert not [e for e in drain(run) if isinstance(e, EmoteNames)]
+
+
+async def test_the_emote_fetch_ends_with_the_client(
+    server: FakeTwitch, start: Any, emote_apis: FakeEmoteApis, tmp_path: Path
+) -> None:
+    emote_apis.set_all("slow")
+    run = with_emotes(start, emote_apis, tmp_path)
+    await run.next(Connected)
+    async with asyncio.timeout(5):
+        while not emote_tasks():
+            await asyncio.sleep(0.01)
+    (fetch,) = emote_tasks()
+    run.task.cancel()
+    await asyncio.gather(run.task, return_exceptions=True)
+    assert fetch.done() and not emote_tasks()
+
+
+async def test_no_emote_services_no_fetch(
+    server: FakeTwitch, start: Any, emote_apis: FakeEmoteApis
+) -> None:
+    run = start(config={"emote_apis": emote_apis.apis})
+    await run.next(Connected)
+    await server.send(PRIVMSG.format(id="m1", text="hi"))
+    await run.next(ChatMessage)
+    assert not emote_tasks() and not emote_apis.requests
+
+
+def emote_tasks() -> list[asyncio.Task[Any]]:
+    return [
+        t for t in asyncio.all_tasks() if t.get_name().startswith("twitch-emotes") and not t.done()
+    ]
+
+
+def drain(run: Running) -> list[ChatEvent]:
+    events = []
+    while not run.events.empty():
+        events.append(run.events.get_nowait())
+    return events
+
+
+async def test_third_party_emotes_are_stripped_from_what_the_bot_reads(
+    server: FakeTwitch, emote_apis: FakeEmoteApis
+) -> None:
+    twitch = {"enabled": True, "channels": ["chan"], "url": server.url}
+    config = Config.model_validate(
+        {
+            "platforms": {"twitch": {**twitch, "emote_apis": emote_apis.apis}},
+            "policy": {"cooldown_s": 0},
+        }
+    )
+    bot = Bot(config)
+    assert bot.twitch is not None
+    with capture_logs() as logs:
+        tasks = [
+            asyncio.create_task(bot.twitch.run()),
+            asyncio.create_task(bot.router.run(bot.events)),
+        ]
+        async with asyncio.timeout(5):
+            key = (Platform.TWITCH, "chan")
+            while bot.control.policy_state.emote_words.get(key) != emote_apis.union():
+                await asyncio.sleep(0.01)
+        await server.send(
+            [
+                PRIVMSG.format(id="only", text="KEKW catJAM  OMEGALUL"),
+                PRIVMSG.format(id="mixed", text="KEKW that was close Pog"),
+                PRIVMSG.format(id="case", text="kekw is a word here"),
+            ]
+        )
+        async with asyncio.timeout(5):
+            while len(bot.queue) < 2:
+                await asyncio.sleep(0.01)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    assert [i.text for i in bot.queue.snapshot()] == ["that was close", "kekw is a word here"]
+    filtered = [(e["msg_id"], e["reason"]) for e in logs if e["event"] == outcomes.FILTERED]
+    assert filtered == [("only", "empty")]
+
+
+@pytest.mark.parametrize(
+    ("policy", "asked"),
+    [
+        ({"third_party_emotes": ["ffz"]}, {"ffz"}),
+        ({"third_party_emotes": []}, set()),
+        ({"emotes": "keep"}, set()),  # nothing to strip: nothing fetched
+    ],
+)
+async def test_the_bot_fetches_the_services_its_policy_names(
+    server: FakeTwitch, emote_apis: FakeEmoteApis, policy: dict[str, Any], asked: set[str]
+) -> None:
+    twitch = {"enabled": True, "channels": ["chan"], "url": server.url}
+    bot = Bot(
+        Config.model_validate(
+            {"platforms": {"twitch": {**twitch, "emote_apis": emote_apis.apis}}, "policy": policy}
+        )
+    )
+    assert bot.twitch is not None
+    task = asyncio.create_task(bot.twitch.run())
+    try:
+        async with asyncio.timeout(5):
+            while not isinstance(await bot.events.get(), Connected):
+                pass
+        await server.send(PRIVMSG.format(id="m1", text="hi"))  # after ROOMSTATE
+        async with asyncio.timeout(5):
+            while not isinstance(await bot.events.get(), ChatMessage):
+                pass
+            while asked and len(emote_apis.requests) < 2:
+                await asyncio.sleep(0.01)
+        # The fetch starts on ROOMSTATE, before the message: there is one, or none.
+        assert len(emote_tasks()) == (1 if asked else 0)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert {service for service, _, _ in emote_apis.requests} == asked
+    assert not emote_tasks()

@@ -324,7 +324,6 @@ def test_welcome_join_pong() -> None:
     assert events_of(":other!other@other.tmi.twitch.tv JOIN #somestreamer") == []
     assert one(":tmi.twitch.tv PONG tmi.twitch.tv :abc") == codec.PongReceived("abc")
     assert events_of(":tmi.twitch.tv 376 justinfan123 :>") == []
-    assert events_of("@room-id=1 :tmi.twitch.tv ROOMSTATE #c") == []
 
 
 @pytest.mark.parametrize(
@@ -335,11 +334,25 @@ def test_welcome_join_pong() -> None:
         ("@id=x :a!a@a PRIVMSG c :hi", "PRIVMSG without a #channel"),
         ("@id=x :a!a@a PRIVMSG #c", "PRIVMSG without text"),
         (":tmi.twitch.tv CLEARMSG #c :x", "CLEARMSG without target-msg-id"),
+        (":tmi.twitch.tv ROOMSTATE #c", "ROOMSTATE room-id is not a number: ''"),
+        ("@room-id=12a :tmi.twitch.tv ROOMSTATE #c", "ROOMSTATE room-id is not a number"),
+        ("@room-id=\u00b2 :tmi.twitch.tv ROOMSTATE #c", "ROOMSTATE room-id is not a number"),
+        ("@room-id=1 :tmi.twitch.tv ROOMSTATE c", "ROOMSTATE without a #channel"),
     ],
 )
 def test_bad_mapping_is_a_decode_error(line: str, error: str) -> None:
     with pytest.raises(DecodeError, match=error):
         events_of(line)
+
+
+def test_roomstate_gives_the_channel_s_room_id() -> None:
+    # The full state on join, and a later change (slow mode) with the id again.
+    full = (
+        "@emote-only=0;followers-only=-1;r9k=0;room-id=71092938;slow=0;subs-only=0"
+        " :tmi.twitch.tv ROOMSTATE #SomeStreamer"
+    )
+    assert one(full) == codec.RoomState("somestreamer", "71092938")
+    assert one("@room-id=1;slow=10 :tmi.twitch.tv ROOMSTATE #c") == codec.RoomState("c", "1")
 
 
 def test_malformed_emotes_ignored_message_kept() -> None:
