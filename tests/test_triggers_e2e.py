@@ -11,6 +11,7 @@ from engine.checkpoints import ModelFiles
 from tests.botprocess import BotProcess
 from tests.runconfig import free_port, write_run_config
 from tests.test_browser import CHROMIUM, launch_chromium
+from tests.twitch.fake_emotes import FakeEmoteApis
 from tests.twitch.fake_server import FakeTwitch
 
 TOKEN = "panel-token"
@@ -38,12 +39,13 @@ async def test_rewards_and_subs_from_chat_to_speech_and_the_panel(
     from playwright.async_api import async_playwright, expect
 
     port = free_port()
-    async with FakeTwitch() as server:
+    async with FakeTwitch() as server, FakeEmoteApis() as emote_apis:
         twitch = {
             "enabled": True,
             "channels": ["chan"],
             "url": server.url,
             "rewards": {"tts": {"id": TTS, "voice": "mei"}},
+            "emote_apis": emote_apis.apis,
         }
         config = write_run_config(
             tmp_path,
@@ -51,9 +53,21 @@ async def test_rewards_and_subs_from_chat_to_speech_and_the_panel(
             platforms={"twitch": twitch},
             web={"enabled": True, "port": port, "token": TOKEN},
             engine={"default_voice": "default"},
+            policy={"third_party_emotes": ["7tv", "bttv", "ffz"]},
         )
         bot = await BotProcess.start(config)
         await bot.until("twitch.connected")
+
+        # 7TV, BetterTTV and FrankerFaceZ emotes, fetched for the room ROOMSTATE
+        # named: an emote-only line is skipped, a mixed one read without them.
+        for service in ("7tv", "bttv", "ffz"):
+            for scope in ("global", "channel"):
+                await bot.until("emotes.loaded", service=service, scope=scope, source="network")
+        for n, line in enumerate(["catJAM KEKW", "OMEGALUL monkaS", "LULW Pog", "EZ Clap"]):
+            await server.send(VIEWER.format(id=f"e{n}", uid=100 + n, text=line))
+            assert (await bot.until("tts.filtered", msg_id=f"e{n}"))["reason"] == "empty"
+        await server.send(VIEWER.format(id="mixed", uid=110, text="KEKW that was close"))
+        await bot.until("tts.spoken", msg_id="mixed")
 
         # A mapped reward is read in its voice; an unmapped one is logged once.
         await server.send(REDEEM.format(reward=TTS, id="r1", uid=1, text="read me in mei"))
