@@ -28,6 +28,8 @@ def say(text: str, language: str) -> str:
         ("$1", "one dollar"),
         ("it was $20.50", "it was twenty dollars and fifty cents"),
         ("$0.99", "ninety nine cents"),
+        ("$05", "five dollars"),
+        ("$1,000,000,000.50", "one billion dollars and fifty cents"),
         ("$5k", "five thousand dollars"),
         ("€3 or £2.01", "three euros or two pounds and one penny"),
         ("¥30", "thirty yuan"),
@@ -275,6 +277,13 @@ def test_lexicon_mistakes_are_config_errors(yaml_text: str, error: str) -> None:
         "gg " * 1700,
         "2333" * 1250,
         "1st" * 1600,
+        "$" + "9" * 5000 + ".50",
+        "$" + "0" * 5000 + ".50",
+        "9" * 5000 + "." + "9" * 5000,
+        "9" * 4000 + ",999",
+        "#" + "9" * 5000,
+        "1" * 5000 + ":30",
+        "$" + "9" * 5000 + "k",
     ],
 )
 def test_hostile_lines_cost_time_and_words_linear_in_their_length(language: str, text: str) -> None:

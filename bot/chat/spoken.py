@@ -220,10 +220,6 @@ def _zh_number(number: str) -> str:
     return f"{words}点{_zh_digits(fraction)}" if fraction else words
 
 
-def _is_one(number: str) -> bool:
-    return number == "1"
-
-
 def _scaled(number: str, factor: int) -> str | None:
     """`number` × `factor` as plain digits, or None past the digit cap."""
     try:
@@ -237,21 +233,29 @@ def _scaled(number: str, factor: int) -> str | None:
 # --- one reader per language ----------------------------------------------------
 
 
+def _money_split(amount: str) -> tuple[str, str]:
+    """`_split`, without the leading zeros that mean nothing in an amount ("$05")."""
+    whole, fraction = _split(amount)
+    return whole.lstrip("0") or "0", fraction
+
+
 def _en_money(m: re.Match[str]) -> str:
     one, many, cent, cents, _ = _CURRENCIES[m["currency"]]
     amount = m["amount"]
     if m["magnitude"]:
         word, _factor = _MAGNITUDES[m["magnitude"].lower()]
         return f"{_en_number(amount)} {word} {many}"
-    whole, fraction = _split(amount)
-    if cent is not None and cents is not None and len(fraction) == 2:
-        parts = []
-        if int(whole) or fraction == "00":
-            parts.append(f"{_en_int(whole)} {one if whole == '1' else many}")
-        if fraction != "00":
-            parts.append(f"{_en_int(fraction.lstrip('0'))} {cent if fraction == '01' else cents}")
-        return " and ".join(parts)
-    return f"{_en_number(amount)} {one if _is_one(amount) else many}"
+    whole, fraction = _money_split(amount)
+    words = _en_int(whole, grouped="," in amount)
+    units = one if whole == "1" and not fraction else many
+    if cent is None or cents is None or len(fraction) != 2:
+        return f"{words} point {_en_digits(fraction)} {units}" if fraction else f"{words} {units}"
+    parts = []
+    if whole != "0" or fraction == "00":
+        parts.append(f"{words} {one if whole == '1' else many}")
+    if fraction != "00":
+        parts.append(f"{_en_int(fraction.lstrip('0'))} {cent if fraction == '01' else cents}")
+    return " and ".join(parts)
 
 
 def _zh_money(m: re.Match[str]) -> str:
@@ -263,7 +267,7 @@ def _zh_money(m: re.Match[str]) -> str:
         if scaled is None:
             return m[0]
         amount, grouped = scaled, True
-    whole, fraction = _split(amount)
+    whole, fraction = _money_split(amount)
     fraction = fraction.rstrip("0")
     words = _zh_int(whole, grouped)
     return (f"{words}点{_zh_digits(fraction)}" if fraction else words) + unit
@@ -317,7 +321,7 @@ def _en_read(m: re.Match[str]) -> str:
     if m["unit"]:
         one, many, _ = _UNITS[m["unit_name"].lower()]
         number = m["unit_num"]
-        unit = one if _is_one(number) else many
+        unit = one if number == "1" else many
         return f"{_en_sign(m['unit_neg'])}{_en_number(number)} {unit}"
     if m["hash"]:
         return "number " + _en_int(m["hash_num"])
