@@ -225,6 +225,101 @@ def _default_currencies() -> dict[str, Currency]:
     }
 
 
+def lexicon_key(key: str) -> str:
+    """A lexicon key as it is matched: lower case, one space between words."""
+    return " ".join(key.lower().split())
+
+
+def _number_text(value: object) -> object:
+    """A whole number as its digits ("666"); anything else as it is."""
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+def _default_lexicon() -> dict[Language, dict[str, str]]:
+    """Chat shorthand read as words, per line language (`bot.chat.spoken`)."""
+    return {
+        "en": {
+            "gg": "good game",
+            "ggs": "good games",
+            "ggez": "good game easy",
+            "wp": "well played",
+            "gl": "good luck",
+            "glhf": "good luck have fun",
+            "gl hf": "good luck have fun",
+            "ez": "easy",
+            "brb": "be right back",
+            "bbl": "be back later",
+            "afk": "away from keyboard",
+            "gtg": "got to go",
+            "g2g": "got to go",
+            "omw": "on my way",
+            "lol": "haha",
+            "lmao": "haha",
+            "lmfao": "haha",
+            "rofl": "hahaha",
+            "xd": "haha",
+            "omg": "oh my god",
+            "wtf": "what the heck",
+            "idk": "I don't know",
+            "idc": "I don't care",
+            "imo": "in my opinion",
+            "imho": "in my humble opinion",
+            "tbh": "to be honest",
+            "ngl": "not gonna lie",
+            "btw": "by the way",
+            "irl": "in real life",
+            "rn": "right now",
+            "fr": "for real",
+            "ofc": "of course",
+            "smh": "shaking my head",
+            "ikr": "I know right",
+            "jk": "just kidding",
+            "nvm": "never mind",
+            "np": "no problem",
+            "ty": "thank you",
+            "tysm": "thank you so much",
+            "tyvm": "thank you very much",
+            "thx": "thanks",
+            "pls": "please",
+            "plz": "please",
+            "gz": "congrats",
+            "grats": "congrats",
+            "ily": "I love you",
+            "hbu": "how about you",
+            "wbu": "what about you",
+            "gn": "good night",
+            "poggers": "pog",
+        },
+        "zh": {
+            "666": "六六六",
+            "233": "哈哈哈",
+            "555": "呜呜呜",
+            "88": "拜拜",
+            "886": "拜拜了",
+            "hhh": "哈哈哈",
+            "awsl": "啊我死了",
+            "yyds": "永远的神",
+            "xswl": "笑死我了",
+            "xs": "笑死",
+            "nb": "牛",
+            "tql": "太强了",
+            "dbq": "对不起",
+            "bhys": "不好意思",
+            "zqsg": "真情实感",
+            "u1s1": "有一说一",
+            "plmm": "漂亮妹妹",
+            "xjj": "小姐姐",
+            "xgg": "小哥哥",
+            "nsdd": "你说得对",
+            "srds": "虽然但是",
+            "bdjw": "不懂就问",
+            "kswl": "嗑死我了",
+            "gkd": "搞快点",
+            "yygq": "阴阳怪气",
+        },
+    }
+
+
 class PolicyConfig(_Section):
     read_mode: ReadMode = "all"
     say_prefix: str = "!say"
@@ -245,6 +340,9 @@ class PolicyConfig(_Section):
     #: Read and shown for a user whose name has a link or a blocked word, or nothing readable.
     name_fallback: str = Field("someone", min_length=1)
     replacements: list[Replacement] = Field(default_factory=list)
+    #: Chat shorthand read as words, per line language, after `replacements`; a
+    #: user's entries are merged over these (see `bot.chat.spoken`).
+    lexicon: dict[Language, dict[str, str]] = Field(default_factory=_default_lexicon)
     #: Seconds between one viewer's read messages: one account cannot take over the queue.
     cooldown_s: float = Field(5.0, ge=0)
     #: Seconds within which one viewer's identical Bilibili gifts become one line
@@ -272,6 +370,34 @@ class PolicyConfig(_Section):
         if any(not v.strip() for v in value):
             raise ValueError("entries must not be empty")
         return [v.strip() for v in value]
+
+    @field_validator("lexicon", mode="before")
+    @classmethod
+    def _numbers_as_text(cls, value: object) -> object:
+        # YAML reads an unquoted 666 as a number; in the lexicon it means the text.
+        if not isinstance(value, Mapping):
+            return value
+        return {
+            language: (
+                {_number_text(k): _number_text(v) for k, v in entries.items()}
+                if isinstance(entries, Mapping)
+                else entries
+            )
+            for language, entries in value.items()
+        }
+
+    @field_validator("lexicon")
+    @classmethod
+    def _lexicon_over_defaults(
+        cls, value: dict[Language, dict[str, str]]
+    ) -> dict[Language, dict[str, str]]:
+        merged = _default_lexicon()
+        for language, entries in value.items():
+            for key, spoken in entries.items():
+                if not key.strip():
+                    raise ValueError(f"{language}: keys must not be empty")
+                merged[language][lexicon_key(key)] = spoken
+        return merged
 
     @field_validator("min_paid")
     @classmethod

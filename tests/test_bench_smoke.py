@@ -1,5 +1,6 @@
-"""The benchmark runs, so it cannot rot: `python -m bench.engine --tiny` end to end on
-the CPU (tiny random model, stock and our eager path), as a subprocess."""
+"""The benchmarks run, so they cannot rot: `python -m bench.engine --tiny` end to end on
+the CPU (tiny random model, stock and our eager path), and `python -m bench.speech_text
+--quick`, as subprocesses."""
 
 from __future__ import annotations
 
@@ -69,3 +70,19 @@ def test_emote_strip_bench_runs_and_prints_its_figure(tmp_path: Path) -> None:
     assert result.stdout.startswith("500 emote names")
     assert "worst remove_words:" in result.stdout.splitlines()[-1]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_speech_text_bench_runs_quick(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.speech_text", "--quick"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "en: money and count" in result.stdout
+    assert "zh: ordinal, mixed" in result.stdout
+    assert '"9" x 1,600' in result.stdout

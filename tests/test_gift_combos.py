@@ -146,7 +146,10 @@ def test_router_queues_the_merged_line_through_the_gift_template() -> None:
     (item,) = bot.queue.snapshot()
     assert item.message.message_id == "gift:5555:0"
     # A Bilibili gift reads in Chinese: one of the two gift variants.
-    assert item.spoken in {"user5555送出了3元。牛哇牛哇 x30", "感谢user5555送的3元。牛哇牛哇 x30"}
+    assert item.spoken in {
+        "user5555送出了三元。牛哇牛哇 x三十",
+        "感谢user5555送的三元。牛哇牛哇 x三十",
+    }
     # Every gift has its end: 29 merged now, the line's own end when it is spoken.
     assert Counter(e["event"] for e in logs) == {outcomes.MERGED: 29}
 

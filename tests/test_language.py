@@ -74,12 +74,12 @@ def test_variants_are_picked_at_random_never_twice_in_a_row() -> None:
 def test_shipped_sets_are_complete_in_both_languages() -> None:
     pol = policy()
     sc = Paid(30, "CNY", PaidKind.SUPERCHAT)
-    assert said(pol, "加油", user_name="小明", paid=sc).spoken == "小明发了30元的醒目留言：加油"
+    assert said(pol, "加油", user_name="小明", paid=sc).spoken == "小明发了三十元的醒目留言：加油"
     assert said(pol, "go go", user_name="Bob", paid=sc).spoken == (
-        "Bob sent a super chat of 30 yuan. go go"
+        "Bob sent a super chat of thirty yuan. go go"
     )
     bits = Paid(500, "BITS", PaidKind.BITS)
-    assert said(pol, "冲", user_name="Bob", paid=bits).spoken == "Bob打赏了500比特。冲"
+    assert said(pol, "冲", user_name="Bob", paid=bits).spoken == "Bob打赏了五百比特。冲"
     for language in ("en", "zh"):
         templates = PolicyConfig().templates.of(language)
         assert all(getattr(templates, kind) for kind in templates.model_fields)
@@ -140,6 +140,48 @@ def test_currency_words_per_language() -> None:
         }
     )
     coins = Paid(5, "COINS", PaidKind.BITS)
-    assert said(pol, "冲冲冲", user_name="A", paid=coins).spoken == "A打赏了5 coins。冲冲冲"
+    assert said(pol, "冲冲冲", user_name="A", paid=coins).spoken == "A打赏了五 coins。冲冲冲"
     usd = Paid(5, "USD", PaidKind.SUPERCHAT)
-    assert said(pol, "加油", user_name="A", paid=usd).spoken == "A发了5美元的醒目留言：加油"
+    assert said(pol, "加油", user_name="A", paid=usd).spoken == "A发了五美元的醒目留言：加油"
+
+
+@pytest.mark.parametrize(
+    ("platform", "text", "spoken"),
+    [
+        (Platform.TWITCH, "gg 2 ez", "Bob says good game two easy"),
+        (Platform.TWITCH, "brb in 5 min, $5 says he wins",
+         "Bob says be right back in five minutes, five dollars says he wins"),
+        (Platform.BILIBILI, "666 第2名 yyds", "Bob说：六六六 第二名 永远的神"),
+        (Platform.BILIBILI, "3:30开播 50%", "Bob说：三点三十分开播 百分之五十"),
+        (Platform.TWITCH, "nothing to change here", "Bob says nothing to change here"),
+    ],
+)  # fmt: skip
+def test_the_policy_reads_shorthand_and_numbers_in_the_lines_language(
+    platform: Platform, text: str, spoken: str
+) -> None:
+    pol = policy(
+        templates={"en": {"chat": "{user} says {text}"}, "zh": {"chat": "{user}说：{text}"}}
+    )
+    item = said(pol, text, platform=platform, user_name="Bob")
+    assert item.spoken == spoken
+    assert item.text == text  # the panel and overlay show what was typed
+
+
+def test_a_line_the_lexicon_empties_is_not_read() -> None:
+    pol = policy(lexicon={"en": {"lol": ""}})
+    assert pol.evaluate(chat("lol LOL"), PolicyState()).reason == "empty"  # type: ignore[union-attr]
+
+
+def test_the_streamers_own_line_is_read_out_too() -> None:
+    from bot.chat.queue import SpeechQueue
+    from bot.chat.router import Router
+    from bot.config import Config
+    from bot.control import Control
+
+    config = Config()
+    queue = SpeechQueue(config.queue)
+    control = Control(config, queue, lambda: ["default"])
+    router = Router(SpeechPolicy(config.policy), control, queue, config.commands)
+    assert router.say("back in 5 min", "default").ok
+    (item,) = queue.snapshot()
+    assert item.spoken == "back in five minutes" and item.text == "back in 5 min"

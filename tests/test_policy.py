@@ -228,9 +228,9 @@ def test_minimum_paid_amounts() -> None:
 def test_templates_per_kind() -> None:
     pol = policy()
     bits = accept(pol, "go team", user_name="Bob", paid=Paid(500, "BITS", PaidKind.BITS))
-    assert bits.spoken == "Bob cheered 500 bits. go team"
+    assert bits.spoken == "Bob cheered five hundred bits. go team"
     sc = accept(pol, "加油", user_name="小明", paid=Paid(30, "CNY", PaidKind.SUPERCHAT))
-    assert sc.spoken == "小明发了30元的醒目留言：加油"  # a Chinese line reads in Chinese
+    assert sc.spoken == "小明发了三十元的醒目留言：加油"  # a Chinese line reads in Chinese
     raid = accept(pol, "", user_name="Raider", event=EventKind.RAID)
     assert raid.spoken == "Raider is raiding!"
     sub = accept(pol, "", user_name="Bob", event=EventKind.SUB)
@@ -524,4 +524,4 @@ def test_old_config_with_one_subs_currency_still_prices_every_tier() -> None:
     assert isinstance(t1, SpeakableItem) and isinstance(t3, SpeakableItem)
     assert isinstance(gift, SpeakableItem)
     assert 3 < t1.priority == t3.priority < gift.priority < 4
-    assert gift.spoken == "Fan gifted 5 subs. hype"
+    assert gift.spoken == "Fan gifted five subs. hype"

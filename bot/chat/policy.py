@@ -22,6 +22,7 @@ from bot.chat import textnorm
 from bot.chat.language import detect
 from bot.chat.mod_changes import ByName
 from bot.chat.rewards import RewardsSeen
+from bot.chat.spoken import SpeechText
 from bot.chat.users import SeenUsers, UserKey, name_keys, user_handle
 from bot.config import BlockedMatch, Currency, Language, PolicyConfig, ReadMode
 
@@ -184,6 +185,7 @@ class SpeechPolicy:
     ) -> None:
         self.config = config
         self._rng = rng or random.Random()
+        self._speech = SpeechText(config.lexicon)
         #: The variant said last, per (language, kind): never twice in a row.
         self._last_variant: dict[tuple[str, str], str] = {}
         #: Channel-point rewards by id: the streamer's name for each, and its rule.
@@ -252,6 +254,9 @@ class SpeechPolicy:
             return Drop("empty")
 
         language = self.language(message, cleaned)
+        said = self._speech.speakable(cleaned, language)
+        if not said and cleaned and paid is None and message.event is EventKind.CHAT:
+            return Drop("empty")  # every word was mapped to "" in the lexicon
         template_key = paid.kind.value if paid is not None else message.event.value
         template = self._variant(language, template_key)
         if reward is not None and reward.template is not None and paid is None:
@@ -261,9 +266,11 @@ class SpeechPolicy:
         amount = (
             self._amount_words(paid.amount, paid.currency, language) if paid is not None else ""
         )
-        spoken = _fill(template, user=user, amount=amount, text=cleaned)
+        # Numbers are read out in the text and the amount; names are said as written.
+        amount = self._speech.normalise(amount, language)
+        spoken = _fill(template, user=user, amount=amount, text=said)
         if template_key == "chat":
-            plain = _fill("{text}", user=user, amount=amount, text=cleaned)
+            plain = _fill("{text}", user=user, amount=amount, text=said)
             if not cfg.announce_user:
                 spoken = plain
         else:
@@ -284,6 +291,11 @@ class SpeechPolicy:
             user=name.shown,
             language=language,
         )
+
+    def spoken_text(self, text: str, language: Language) -> str:
+        """Cleaned text as it is said (the lexicon, then numbers), for the
+        streamer's own lines, which have no template."""
+        return self._speech.speakable(text, language)
 
     def language(self, message: ChatMessage, text: str) -> Language:
         """The platform's language, unless the line's script says otherwise."""

@@ -127,13 +127,16 @@ class Router:
             reason = cleaned.reason if isinstance(cleaned, Drop) else "empty"
             outcomes.log_outcome(outcomes.FILTERED, message, reason=reason)
             return Reply(False, f"nothing to say after filtering ({reason})")
+        language = self._policy.language(message, cleaned)
+        said = self._policy.spoken_text(cleaned, language) or cleaned
         item = SpeakableItem(
             message=message,
             text=cleaned,
-            spoken=cleaned,
-            spoken_plain=cleaned,
+            spoken=said,
+            spoken_plain=said,
             priority=float(self._policy.config.priorities.privileged),
             voice=voice,
+            language=language,
         )
         if not self._queue.push(item):
             return Reply(False, QUEUE_FULL)

@@ -79,7 +79,7 @@ async def test_a_30_gift_combo_is_one_queued_line_and_29_merged(server: FakeBili
     assert line.message.message_id == "gift:5555牛哇牛哇0000"
     assert line.message.text == "牛哇牛哇 x30"
     assert line.message.paid is not None and line.message.paid.amount == 3.0
-    assert line.spoken in {"送礼人送出了3元。牛哇牛哇 x30", "感谢送礼人送的3元。牛哇牛哇 x30"}
+    assert line.spoken in {"送礼人送出了三元。牛哇牛哇 x三十", "感谢送礼人送的三元。牛哇牛哇 x三十"}
     assert items["6666"].message.text == "牛哇牛哇 x1"
     merged = [e for e in logs if e["event"] == outcomes.MERGED]
     assert len(merged) == 29
