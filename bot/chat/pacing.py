@@ -7,8 +7,9 @@ seconds of speech waiting (`Backlog`) from the lines' lengths and a speaking
 rate it measures from the lines spoken, and answers with a `Pace`: read faster
 (up to `max_speed`) as the backlog passes `target_delay_s`; once busy (the
 backlog at `busy_backlog_s`, until it falls below half of that), leave out the
-"{user} says" announcement, cut free chat lines shorter, and take the newest
-free chat line of a level first. Separately, a free chat line older than
+"{user} says" announcement, cut free chat lines shorter, and read free chat
+newest first within a priority level (the queue keeps each viewer's own lines
+in order). Separately, a free chat line older than
 `stale_after_s` is too old to read. "Free chat" is a plain chat line from a
 viewer: never a broadcaster's or moderator's line, a paid one, a sub, gift or
 other event, or a channel-point redemption; those are never dropped here.

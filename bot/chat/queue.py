@@ -9,7 +9,8 @@ cost more code than the scan costs time. One viewer holds at most
 
 Pacing (bot/chat/pacing.py) changes two things here: a free chat line past
 `stale_after_s` expires early (`tts.expired`, reason "stale"), and while busy
-the newest free chat line of a level goes first.
+free chat is read newest first within a level (by each viewer's first waiting
+line, so a viewer's own lines keep their order).
 """
 
 from __future__ import annotations
