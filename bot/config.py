@@ -423,6 +423,30 @@ class PolicyConfig(_Section):
         return {code.upper(): cur for code, cur in value.items()}
 
 
+class PacingConfig(_Section):
+    """How a busy chat stays close to live (bot/chat/pacing.py)."""
+
+    enabled: bool = True
+    #: Seconds of speech waiting the bot aims to stay under: beyond it lines are read
+    #: at the speed that would say all of it in this time, up to `max_speed`.
+    target_delay_s: float = Field(10.0, gt=0, le=600)
+    max_speed: float = Field(1.3, ge=1.0, le=2.0)
+    #: Estimated seconds of speech waiting at which the busy measures start (they
+    #: stop below half of it).
+    busy_backlog_s: float = Field(12.0, gt=0, le=3600)
+    #: Whether chat lines keep their "{user} says" announcement when busy.
+    announce_when_busy: bool = False
+    #: Free chat lines are cut to this many characters when busy.
+    busy_max_chars: int = Field(100, gt=0, le=5000)
+    #: A free chat line older than this is too old to read (0: off).
+    stale_after_s: float = Field(15.0, ge=0)
+    #: When busy, the newest free chat line of a priority level is read first.
+    prefer_recent: bool = True
+    #: The speaking rate to start from, in characters a second (a CJK character
+    #: counts three); measured from the lines spoken after that.
+    chars_per_s: float = Field(15.0, ge=1, le=100)
+
+
 class QueueConfig(_Section):
     max_size: int = Field(50, gt=0, le=10_000)
     ttl_s: float = Field(120.0, gt=0)
@@ -430,6 +454,7 @@ class QueueConfig(_Section):
     aging_s: float = Field(60.0, ge=0)
     #: Messages one viewer may have waiting; past it their new ones are dropped (0: no cap).
     max_per_user: int = Field(3, ge=0)
+    pacing: PacingConfig = PacingConfig()
 
 
 class AudioConfig(_Section):

@@ -107,7 +107,7 @@ class Engine(Startup):
 
     def _synthesize(self, text: str, voice: Voice, job: _Job) -> Iterator[np.ndarray]:
         ref = self._reference(voice)
-        speed = voice.settings.speed
+        speed = voice.settings.speed * job.speed
         steps = voice.settings.nfe_steps or self.config.nfe_steps
         pieces = chunking.split_text(
             text, chunking.max_chunk_bytes(voice.text, voice.seconds, speed)
@@ -117,7 +117,7 @@ class Engine(Startup):
         for index, piece in enumerate(pieces):
             if job.cancel.is_set():
                 raise sampler.Cancelled
-            wave = self._chunk(ref, piece, voice, steps, job)
+            wave = self._chunk(ref, piece, voice, steps, speed, job)
             last = index == len(pieces) - 1
             wave, tail = cross_fade(tail, wave, fade, keep_tail=not last)
             if len(wave):
@@ -129,10 +129,11 @@ class Engine(Startup):
         piece: str,
         voice: Voice,
         steps: int,
+        speed: float,
         job: _Job,
     ) -> np.ndarray:
         ids = sampler.text_ids(ref.text + piece, self._vocab, torch.device(self.device))
-        frames = chunking.duration_frames(ref.frames, ref.text, piece, voice.settings.speed)
+        frames = chunking.duration_frames(ref.frames, ref.text, piece, speed)
 
         def stop() -> bool:
             self.steps_run += 1

@@ -49,6 +49,9 @@ ON_AIR, PREVIEW, _STOP = 0, 1, 2
 #: each waiting out its own stall (the engine needs a restart by then).
 MAX_STUCK_THREADS = 3
 
+#: The range of a request's `speed`: beyond it speech is no longer natural.
+MIN_SPEED, MAX_SPEED = 0.5, 2.0
+
 
 class SynthesisError(Exception):
     """One request failed (bad voice, bad text, out of memory…); the engine is fine."""
@@ -72,6 +75,8 @@ class _Job:
     abandoned: bool = False
     chunks: int = 0  # audio chunks handed over so far
     preview: bool = False  # nobody hears it on air: it yields to those who will
+    #: The request's pace, times the voice's own speed (1.3: said in 1/1.3 the time).
+    speed: float = 1.0
 
 
 class Worker:
@@ -113,12 +118,23 @@ class Worker:
         await asyncio.wrap_future(self.ready)
 
     async def stream(
-        self, text: str, voice: str, seed: int | None = None, *, preview: bool = False
+        self,
+        text: str,
+        voice: str,
+        seed: int | None = None,
+        *,
+        preview: bool = False,
+        speed: float = 1.0,
     ) -> AsyncGenerator[np.ndarray, None]:
         """Audio for `text` in `voice`, one chunk per sentence as each is ready.
-        A `preview` never delays speech on air: it waits behind it."""
+        A `preview` never delays speech on air: it waits behind it. `speed` scales
+        the voice's own pace (a busy chat is read faster)."""
+        if not MIN_SPEED <= speed <= MAX_SPEED:
+            raise ValueError(f"speed must be within {MIN_SPEED}-{MAX_SPEED}, got {speed}")
         out: asyncio.Queue[np.ndarray | BaseException | None] = asyncio.Queue()
-        job = _Job(text, voice, asyncio.get_running_loop(), out, seed=seed, preview=preview)
+        job = _Job(
+            text, voice, asyncio.get_running_loop(), out, seed=seed, preview=preview, speed=speed
+        )
         self._put(job)
         try:
             while True:

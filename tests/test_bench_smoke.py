@@ -1,5 +1,5 @@
 """The benchmarks run, so they cannot rot: `python -m bench.engine --tiny` end to end on
-the CPU (tiny random model, stock and our eager path), and `python -m bench.speech_text
+the CPU (tiny random model, stock and our eager path), and the chat benchmarks'
 --quick`, as subprocesses."""
 
 from __future__ import annotations
@@ -15,10 +15,12 @@ from bench.step_profile import category
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_bench(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def run_bench(
+    cwd: Path, *args: str, module: str = "bench.engine"
+) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run(
-        [sys.executable, "-m", "bench.engine", *args],
+        [sys.executable, "-m", module, *args],
         cwd=cwd,
         env=env,
         capture_output=True,
@@ -86,3 +88,12 @@ def test_speech_text_bench_runs_quick(tmp_path: Path) -> None:
     assert "en: money and count" in result.stdout
     assert "zh: ordinal, mixed" in result.stdout
     assert '"9" x 1,600' in result.stdout
+
+
+def test_pacing_quick_run_prints_both_rows(tmp_path: Path) -> None:
+    result = run_bench(tmp_path, "--quick", module="bench.pacing")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line.split() for line in result.stdout.splitlines() if line.lstrip().startswith("3x")]
+    assert [r[1] for r in rows] == ["off", "on"]
+    assert all(r[-1] == "yes" for r in rows)  # every message ended exactly once
+    assert list(tmp_path.iterdir()) == []

@@ -225,6 +225,12 @@ async def test_text_from_chat_stays_text_in_the_panel(tmp_path: Path) -> None:
     sock.listen()
     port = sock.getsockname()[1]
     runner = await serve(WebConfig(port=port), create_app(WebConfig(), bot), sock)
+    # The history shows what was said beside the original, as text too.
+    from bot.chat import outcomes
+
+    heard = chat("hi <i>chat</i>", message_id="s1", user_name="Ann")
+    spoken = 'Ann says hi <img src=x onerror="document.title=3">'
+    outcomes.log_outcome(outcomes.SPOKEN, heard, voice="default", text=spoken)
     try:
         async with async_playwright() as pw:
             browser = await launch_chromium(pw)
@@ -237,6 +243,12 @@ async def test_text_from_chat_stays_text_in_the_panel(tmp_path: Path) -> None:
             assert await panel.inner_text("#queue b") == hostile_user
             assert await panel.locator("#queue img").count() == 0
             assert '"><b>bold</b>' in await panel.inner_text("#queue .text")
+            said = await panel.wait_for_selector("#events .spoken-text")
+            assert said is not None
+            assert await said.inner_text() == f"said: {spoken}"
+            assert heard.text in await panel.inner_text("#events")
+            assert await panel.locator("#events img, #events i").count() == 0
+            assert await panel.title() == "iShowTTS panel"
             await button.click()  # the ✕ removes exactly that message
             await panel.wait_for_selector("#queue li.muted")
             assert len(bot.queue) == 0

@@ -1,8 +1,10 @@
-"""One account flooding chat must not take over what is read aloud.
+"""One account flooding chat must not take over what is read aloud, and a chat
+busier than speech must not push what is read further and further behind.
 
 A simulated stream on a simulated clock: the real router, policy, control and
 queue with the shipped defaults, and a speaker that takes one line every few
-seconds, as if each took that long to say.
+seconds, as if each took that long to say; for the delay, the real speaker too
+(bench/pacing.py: a simulated engine and player on a virtual clock).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from adapters.events import ChatMessage, Platform
+from bench.pacing import measure
 from bot.chat import outcomes
 from bot.chat.policy import SpeechPolicy
 from bot.chat.queue import SpeechQueue
@@ -95,3 +98,16 @@ def test_a_flooder_gets_about_a_fair_share_of_spoken_lines(tmp_path: Path) -> No
     # Every message refused or dropped still ended exactly once.
     assert set(ends.values()) == {1}
     assert len(ends) + pending == sent
+
+
+def test_chat_at_three_times_the_speaking_rate_is_read_within_twenty_seconds() -> None:
+    # Three runs of five minutes of a mixed chat (bench/pacing.py); without pacing
+    # the delay grows to the queue's TTL (p95 about 120 s).
+    result = measure({}, times=3.0, seconds=300, seeds=3)
+    assert result.once_each  # every message ended in exactly one terminal event
+    assert result.sent > 600 and len(result.delays) > result.sent * 0.4
+    delays = sorted(result.delays)
+    assert delays[int(0.95 * (len(delays) - 1))] <= 20.0
+    # Paid lines and moderators' are never dropped to keep up.
+    assert result.kept_sent > 20 and result.kept_dropped == 0
+    assert len(result.kept_delays) == result.kept_sent

@@ -13,7 +13,7 @@ from adapters.events import ChatMessage, Platform, Role
 from bot.chat import outcomes
 from bot.chat.policy import SpeakableItem
 from bot.chat.queue import SpeechQueue
-from bot.config import QueueConfig
+from bot.config import PacingConfig, QueueConfig
 from tests.factories import chat
 
 
@@ -32,7 +32,9 @@ def item(priority: float = 0, **fields: Any) -> SpeakableItem:
 
 
 def make(clock: Clock, **cfg: Any) -> SpeechQueue:
-    return SpeechQueue(QueueConfig.model_validate({"aging_s": 0, **cfg}), clock=clock)
+    """A queue without ageing or pacing (the tests of pacing turn it on)."""
+    cfg = {"aging_s": 0, "pacing": {"enabled": False}, **cfg}
+    return SpeechQueue(QueueConfig.model_validate(cfg), clock=clock)
 
 
 def ids(items: list[SpeakableItem] | tuple[SpeakableItem, ...]) -> list[str]:
@@ -232,10 +234,13 @@ class QueueMachine(RuleBasedStateMachine):
         max_size=st.integers(1, 6),
         ttl=st.sampled_from([5.0, 30.0]),
         aging=st.sampled_from([0.0, 4.0]),
+        stale=st.sampled_from([0.0, 8.0]),
     )
-    def setup(self, max_size: int, ttl: float, aging: float) -> None:
+    def setup(self, max_size: int, ttl: float, aging: float, stale: float) -> None:
         self.clock = Clock()
-        self.config = QueueConfig(max_size=max_size, ttl_s=ttl, aging_s=aging)
+        # Every line here is free chat, and too short for the queue to be busy.
+        pacing = PacingConfig(stale_after_s=stale)
+        self.config = QueueConfig(max_size=max_size, ttl_s=ttl, aging_s=aging, pacing=pacing)
         self.q = SpeechQueue(self.config, clock=self.clock)
         self._capture = capture_logs()
         self.logs = self._capture.__enter__()
@@ -304,17 +309,22 @@ class QueueMachine(RuleBasedStateMachine):
             return it.priority
         return it.priority + (self.clock.now - it.message.received) / self.config.aging_s
 
+    def too_old(self, it: SpeakableItem) -> bool:
+        age = self.clock.now - it.message.received
+        stale = self.config.pacing.stale_after_s
+        return age > self.config.ttl_s or 0 < stale < age
+
     @rule()
     def pop(self) -> None:
         live_before = self.q.snapshot()
         got = self.q.pop_nowait()
         if got is None:
-            assert all(self.clock.now - i.message.received > self.config.ttl_s for i in live_before)
+            assert all(self.too_old(i) for i in live_before)
             return
         mid = got.message.message_id
         # Never a retracted, expired or otherwise ended item.
         assert self.terminal()[mid] == 0
-        assert self.clock.now - got.message.received <= self.config.ttl_s
+        assert not self.too_old(got)
         # Highest urgency among live items; ties go to the earlier arrival.
         for other in self.q.snapshot():
             assert (self.urgency(other), -self.order[other.message.message_id]) < (

@@ -23,7 +23,15 @@ from tests.factories import chat
 
 
 @pytest.fixture
-async def rig(pulse_server: None, tiny_files: ModelFiles, tmp_path: Path) -> AsyncIterator[Any]:
+def queue_config() -> dict[str, Any]:
+    """The `queue` section of the rig's config (a test overrides it)."""
+    return {}
+
+
+@pytest.fixture
+async def rig(
+    pulse_server: None, tiny_files: ModelFiles, tmp_path: Path, queue_config: dict[str, Any]
+) -> AsyncIterator[Any]:
     voices = tmp_path / "voices"
     write_voice(voices, "default")
     config = Config.model_validate(
@@ -36,6 +44,7 @@ async def rig(pulse_server: None, tiny_files: ModelFiles, tmp_path: Path) -> Asy
                 "fault_file": str(tmp_path / "fault"),
             },
             "commands": {"state_file": str(tmp_path / "state.json")},
+            "queue": queue_config,
         }
     )
     bot = Bot(config)
@@ -71,8 +80,16 @@ async def test_spoken_with_ttfa_and_one_end_each(rig: Any) -> None:
         bot.router.handle(a)
         bot.router.handle(b)
         first = await wait_for(logs, outcomes.SPOKEN, a.message_id)
-        await wait_for(logs, outcomes.SPOKEN, b.message_id)
+        second = await wait_for(logs, outcomes.SPOKEN, b.message_id)
     assert first["ttfa_ms"] > 0 and first["audio_s"] > 0
+    # Exactly what the engine was given; a calm queue reads at the normal speed.
+    # (English chat has two template variants.)
+    assert first["text"] in {f"{a.user_name} says first message", f"{a.user_name}: first message"}
+    assert second["text"] in {
+        f"{b.user_name} says second message",
+        f"{b.user_name}: second message",
+    }
+    assert "speed" not in first
     ends = [e["msg_id"] for e in logs if e["event"] in outcomes.TERMINAL_EVENTS]
     assert ends == [a.message_id, b.message_id]
 
@@ -149,3 +166,27 @@ async def test_retraction_between_pop_and_preparation_is_honoured(rig: Any) -> N
     assert [(e["event"], e["msg_id"]) for e in logs if e["event"] in outcomes.TERMINAL_EVENTS] == [
         (outcomes.RETRACTED, item.message.message_id)
     ]
+
+
+@pytest.mark.parametrize(
+    "queue_config",
+    [{"pacing": {"busy_backlog_s": 1, "target_delay_s": 1, "busy_max_chars": 30}}],
+)
+async def test_a_busy_queue_is_read_faster_without_names_and_shorter(rig: Any) -> None:
+    bot, _ = rig
+    bot.control.pause()
+    long = "a long line from chat, with a second half that the busy queue leaves out"
+    lines = [chat("the first line, said last"), chat(long), chat("and a third line to say")]
+    with capture_logs() as logs:
+        for m in lines:
+            bot.router.handle(m)
+        bot.control.resume()
+        said = [await wait_for(logs, outcomes.SPOKEN, m.message_id) for m in lines]
+    ends = [e["msg_id"] for e in logs if e["event"] in outcomes.TERMINAL_EVENTS]
+    assert ends == [m.message_id for m in reversed(lines)]  # busy: the newest first
+    # Busy: at the top speed, without the name, free chat cut short.
+    assert (said[2]["text"], said[2]["speed"]) == ("and a third line to say", 1.3)
+    assert (said[1]["text"], said[1]["speed"]) == ("a long line from chat,", 1.3)
+    # Nothing left waiting: calm again, the name back, at the normal speed.
+    assert said[0]["text"] == f"{lines[0].user_name} says the first line, said last"
+    assert "speed" not in said[0]

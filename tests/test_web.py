@@ -218,6 +218,17 @@ async def test_server_sent_events_carry_status_and_terminal_events(client: Any) 
     r.close()
 
 
+async def test_the_event_feed_carries_what_was_said_beside_the_original(client: Any) -> None:
+    c, _ = client
+    heard = chat("hi   chat https://x.example", user_name="Ann")
+    outcomes.log_outcome(outcomes.SPOKEN, heard, voice="default", text="Ann says hi chat link")
+    r = await c.get("/api/events", headers=AUTH)
+    line = await r.content.readline()
+    (event,) = __import__("json").loads(line.decode().removeprefix("data: "))["events"]
+    assert (event["text"], event["spoken"]) == (heard.text, "Ann says hi chat link")
+    r.close()
+
+
 async def test_no_token_on_loopback_means_open_to_this_panels_own_page(tmp_path: Path) -> None:
     bot = make_bot(tmp_path)
     app = create_app(WebConfig(), bot)

@@ -3,7 +3,13 @@
 While one message plays, the next is already being synthesised, so the gap
 between messages is the playback gap, not the synthesis time. Every item it
 takes from the queue ends here in exactly one of `tts.spoken`,
-`tts.skipped` or `tts.retracted`.
+`tts.skipped` or `tts.retracted`; `tts.spoken` carries the `text` exactly as
+the engine was given it, and its `speed` when the queue's pace was not 1.
+
+Each line is prepared at the pace the queue gives when it is taken
+(bot/chat/pacing.py): faster, without its announcement or shorter when chat is
+busy. The speaking rate the pacer estimates from is measured here, from every
+line said in full.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import structlog
 from adapters.events import Platform
 from bot.audio.player import Player
 from bot.chat import outcomes
+from bot.chat.pacing import line_for
 from bot.chat.policy import SpeakableItem
 from bot.chat.queue import SpeechQueue
 from bot.control import Control
@@ -35,6 +42,9 @@ _END = object()
 class _Prepared:
     item: SpeakableItem
     voice: str
+    #: The line as the engine is given it, and the pace it is said at.
+    text: str = ""
+    speed: float = 1.0
     chunks: asyncio.Queue[object] = field(default_factory=asyncio.Queue)
     task: asyncio.Task[None] | None = None
     synth_started: float = 0.0
@@ -129,12 +139,14 @@ class Speaker:
         before = (
             self._previous_user if self._current is None else self._current.item.message.user_key
         )
-        text = item.speech(before)
-        prepared.task = asyncio.create_task(self._synthesise(prepared, text))
+        pace = self._queue.pace()
+        prepared.text = line_for(item, before, pace)
+        prepared.speed = pace.speed
+        prepared.task = asyncio.create_task(self._synthesise(prepared))
         return prepared
 
-    async def _synthesise(self, prepared: _Prepared, text: str) -> None:
-        stream = self._engine.stream(text, prepared.voice)
+    async def _synthesise(self, prepared: _Prepared) -> None:
+        stream = self._engine.stream(prepared.text, prepared.voice, speed=prepared.speed)
         prepared.synth_started = time.monotonic()
         try:
             async for chunk in stream:
@@ -204,14 +216,19 @@ class Speaker:
         else:
             first = self._player.first_sample_time(utt)
             ttfa = (first - item.message.received) * 1000 if first is not None else None
+            audio_s = samples / SAMPLE_RATE
+            paced = {"speed": prepared.speed} if prepared.speed != 1.0 else {}
             outcomes.log_outcome(
                 outcomes.SPOKEN,
                 item.message,
                 voice=prepared.voice,
-                audio_s=round(samples / SAMPLE_RATE, 3),
+                text=prepared.text,
+                audio_s=round(audio_s, 3),
                 ttfa_ms=round(ttfa, 1) if ttfa is not None else None,
                 synth_s=round(prepared.synth_s, 3) if prepared.synth_s is not None else None,
+                **paced,
             )
+            self._queue.pacer.observe(prepared.text, audio_s, prepared.speed)
             self._queue.done(item)
             self._previous_user = item.message.user_key
         self._player.forget(utt)

@@ -6,21 +6,32 @@ The queue is a plain dict scanned per operation: it is bounded (`max_size`,
 at most 10,000), and ageing plus retraction by user make a heap's invariants
 cost more code than the scan costs time. One viewer holds at most
 `max_per_user` items, so a flood cannot take every turn.
+
+Pacing (bot/chat/pacing.py) changes two things here: a free chat line past
+`stale_after_s` expires early (`tts.expired`, reason "stale"), and while busy
+free chat is read newest first within a level (by each viewer's first waiting
+line, so a viewer's own lines keep their order).
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import structlog
+
 from adapters.events import Platform
 from bot.chat import outcomes
+from bot.chat.pacing import Pace, Pacer, is_free_chat
 from bot.chat.policy import PRIVILEGED_ROLES, SpeakableItem
 from bot.chat.users import same_account
 from bot.config import QueueConfig
+
+log = structlog.get_logger()
 
 Key = tuple[Platform, str]
 
@@ -52,6 +63,7 @@ class SpeechQueue:
         self._in_flight: dict[Key, SpeakableItem] = {}
         self._seq = 0
         self._ready = asyncio.Event()
+        self.pacer = Pacer(config.pacing)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -115,7 +127,8 @@ class SpeechQueue:
         if not self._entries:
             return None
         now = self._clock()
-        best = max(self._entries.values(), key=lambda e: (self._urgency(e, now), -e.seq))
+        order = self._order(now, self.pace())
+        best = max(self._entries.values(), key=order)
         del self._entries[best.item.key]
         self._in_flight[best.item.key] = best.item
         return best.item
@@ -138,18 +151,38 @@ class SpeechQueue:
         self._in_flight.pop(item.key, None)
 
     def expire(self) -> int:
-        """Drop every item older than the TTL; the count dropped."""
+        """Drop every item older than the TTL, and every free chat line too old to
+        read (pacing's `stale_after_s`); the count dropped."""
         now = self._clock()
-        stale = [
-            e.item
-            for e in self._entries.values()
-            if now - e.item.message.received > self.config.ttl_s
-        ]
-        for item in stale:
+        gone = 0
+        for entry in list(self._entries.values()):
+            item = entry.item
+            age = now - item.message.received
+            if age > self.config.ttl_s:
+                fields: dict[str, object] = {}
+            elif self.pacer.is_stale(item, age):
+                fields = {"reason": "stale"}
+            else:
+                continue
             del self._entries[item.key]
-            age = round(now - item.message.received, 3)
-            outcomes.log_outcome(outcomes.EXPIRED, item.message, age_s=age)
-        return len(stale)
+            outcomes.log_outcome(outcomes.EXPIRED, item.message, age_s=round(age, 3), **fields)
+            gone += 1
+        return gone
+
+    def pace(self) -> Pace:
+        """The pace for the next line, from what waits now; logs when busy starts
+        (`queue.busy`) and ends (`queue.calm`)."""
+        backlog = self.pacer.backlog(e.item for e in self._entries.values())
+        was_busy = self.pacer.busy
+        pace = self.pacer.decide(backlog)
+        if pace.busy != was_busy:
+            log.info(
+                "queue.busy" if pace.busy else "queue.calm",
+                backlog_s=round(backlog.seconds, 1),
+                waiting=backlog.items,
+                speed=pace.speed,
+            )
+        return pace
 
     def retract(self, platform: Platform, message_ids: frozenset[str]) -> RetractResult:
         return self._retract(
@@ -185,14 +218,41 @@ class SpeechQueue:
 
     def snapshot(self) -> list[SpeakableItem]:
         """Pending items in the order they would be popped now."""
-        now = self._clock()
-        ordered = sorted(self._entries.values(), key=lambda e: (-self._urgency(e, now), e.seq))
+        order = self._order(self._clock(), self.pace())
+        ordered = sorted(self._entries.values(), key=order, reverse=True)
         return [e.item for e in ordered]
 
     def _retract(self, predicate: Callable[[SpeakableItem], bool], reason: str) -> RetractResult:
         removed = self.remove_where(predicate, outcomes.RETRACTED, reason)
         hit = tuple(i for i in self._in_flight.values() if predicate(i))
         return RetractResult(tuple(removed), hit)
+
+    def _order(self, now: float, pace: Pace) -> Callable[[_Entry], tuple[float, ...]]:
+        """The sort key of the pop order, highest first: urgency, then arrival.
+
+        When the pace prefers recent lines, within a level (ageing counted in whole
+        levels) the lines pacing may not drop go first, in arrival order; then free
+        chat, the viewer whose waiting line is newest first. A viewer's own lines
+        keep their order, so one who writes fastest does not always have the
+        newest line."""
+        if not pace.prefer_recent:
+            return lambda e: (self._urgency(e, now), -e.seq)
+        first_waiting: dict[Key, int] = {}
+        for e in self._entries.values():
+            if is_free_chat(e.item):
+                user = e.item.message.user_key
+                first_waiting[user] = min(e.seq, first_waiting.get(user, e.seq))
+
+        def recent_first(entry: _Entry) -> tuple[float, ...]:
+            level = entry.item.priority
+            if self.config.aging_s > 0:
+                waited = max(0.0, now - entry.item.message.received)
+                level += math.floor(waited / self.config.aging_s)
+            if is_free_chat(entry.item):
+                return (level, 0, first_waiting[entry.item.message.user_key], -entry.seq)
+            return (level, 1, -entry.seq, 0)
+
+        return recent_first
 
     def _urgency(self, entry: _Entry, now: float) -> float:
         if self.config.aging_s <= 0:

@@ -150,6 +150,8 @@ class Feed:
                 "id": f"{message.platform.value}:{message.message_id}",
                 "user": self._clean_name(message.user_name),
                 "text": "" if event == outcomes.FILTERED else message.text[:200],
+                # What was said (template, clean-up, pacing): beside the original.
+                "spoken": str(fields.get("text") or "")[:400] if event == outcomes.SPOKEN else "",
                 "reason": fields.get("reason"),
                 "voice": fields.get("voice"),
                 "at": time.time(),

@@ -48,6 +48,15 @@ async def test_output_length_follows_the_duration_rule(engine: Engine) -> None:
     assert abs(len(chunk) - frames * HOP_LENGTH) <= HOP_LENGTH
 
 
+async def test_a_faster_request_is_shorter_by_its_speed(engine: Engine) -> None:
+    text = "A single sentence of chat read at two paces"
+    (normal,) = await collect(engine, text)
+    (fast,) = [c async for c in engine.stream(text, "alice", seed=1, speed=1.3)]
+    assert abs(len(fast) / len(normal) - 1 / 1.3) < 0.03
+    with pytest.raises(ValueError, match="speed"):
+        await anext(engine.stream(text, "alice", speed=5.0))
+
+
 async def test_chunks_are_cross_faded(engine: Engine) -> None:
     text = "First sentence here. Second sentence there."
     joined = np.concatenate(await collect(engine, text))
