@@ -159,6 +159,7 @@ class BilibiliOpenClient:
                 message=exc.message,
                 request_id=exc.request_id,
                 stopped=False,
+                hint=exc.hint,
             )
             return Ended(f"start refused: {exc}")
         except (aiohttp.ClientError, OpenReplyError, TimeoutError) as exc:

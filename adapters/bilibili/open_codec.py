@@ -4,7 +4,7 @@ as events.
 
 A session (the platform calls it a game) is started with the streamer's
 identity code and the developer's app id; it names the room, its anchor and a
-WebSocket with the same packet framing as the web path (`codec.decode_frame`),
+WebSocket with the same packet framing as the web path (`codec.FrameCodec`),
 whose auth packet body is the opaque `auth_body` the start reply gave. Users
 are identified by `open_id`: unique per app, unrelated to the web path's uid.
 """
@@ -58,14 +58,15 @@ STOP_CODES: Final = frozenset(
 )
 #: The session is not (or no longer) running: a heartbeat or an end says so.
 SESSION_GONE_CODES: Final = frozenset({7000, 7003})
-#: A start refused because the room's sessions are taken (7002: a session
-#: already runs; 7010: the app's limit of sessions per room) or the last one is
-#: still being closed (7001): a held session expires a minute after its last
-#: heartbeat, so these are retried.
-BUSY_CODES: Final = frozenset({7001, 7002, 7010})
-
-#: What to check for each refusal that stops the client.
+#: What each refusal means for the streamer: what to check, or why it is retried.
+#: A start is refused while the room's sessions are taken (7002: one already
+#: runs; 7010: the app's limit of sessions in one room) or the last one is still
+#: being closed (7001); a held session expires a minute after its last heartbeat.
+BUSY_HINT: Final = "the room's sessions are taken; retrying until the held one expires"
 HINTS: Final = {
+    7001: BUSY_HINT,
+    7002: BUSY_HINT,
+    7010: BUSY_HINT,
     7007: (
         "check the identity code (ISHOWTTS_BILIBILI_CODE): the streamer's 身份码 "
         "from https://play-live.bilibili.com/"
@@ -78,6 +79,7 @@ HINTS: Final = {
     8002: "check app_id (ISHOWTTS_BILIBILI_APP_ID): the project id from the developer console",
 }
 DEFAULT_HINT: Final = "check identity_code, app_id, access_key_id and access_key_secret"
+RETRY_HINT: Final = "retried with backoff"
 
 #: Guard levels by name, for the line read aloud.
 GUARD_NAMES: Final = {1: "总督", 2: "提督", 3: "舰长"}
@@ -114,7 +116,7 @@ class OpenApiError(Exception):
 
     @property
     def hint(self) -> str:
-        return HINTS.get(self.code, DEFAULT_HINT)
+        return HINTS.get(self.code, DEFAULT_HINT if self.stops else RETRY_HINT)
 
 
 @dataclass(frozen=True, slots=True)

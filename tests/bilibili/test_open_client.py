@@ -218,6 +218,7 @@ async def test_without_a_record_a_held_session_is_waited_out(
     busy = [e for e in logs if e["event"] == "bilibili.open_failed"]
     assert busy and all(e["code"] == 7002 and e["stopped"] is False for e in busy)
     assert all(e["log_level"] == "warning" for e in busy)
+    assert busy[0]["hint"] == "the room's sessions are taken; retrying until the held one expires"
     assert server.paths().count("start") == len(busy) + 1
 
 
