@@ -14,6 +14,7 @@ from typing import Any, Protocol, TypeVar
 import structlog
 
 from adapters.bilibili.client import BilibiliClient
+from adapters.bilibili.open_client import BilibiliOpenClient
 from adapters.events import ChatEvent, ChatMessage, Disconnected, Platform
 from adapters.reconnect import Backoff, describe
 from adapters.twitch.client import TwitchClient
@@ -76,20 +77,20 @@ class Bot:
             if config.platforms.twitch.enabled
             else None
         )
-        self.bilibili = (
-            BilibiliClient(config.platforms.bilibili, self.events)
-            if config.platforms.bilibili.enabled
-            else None
-        )
+        bilibili = config.platforms.bilibili
+        self.bilibili: BilibiliClient | BilibiliOpenClient | None = None
+        if bilibili.enabled:
+            client = BilibiliOpenClient if bilibili.mode == "open" else BilibiliClient
+            self.bilibili = client(bilibili, self.events)
 
     def reply(self, message: ChatMessage, reply: Reply) -> None:
         """Answer a chat command in the chat it came from, where that is possible."""
         if message.platform is Platform.TWITCH and self.twitch is not None:
             self.twitch.reply(message, reply.text)
 
-    def adapters(self) -> dict[str, TwitchClient | BilibiliClient]:
+    def adapters(self) -> dict[str, TwitchClient | BilibiliClient | BilibiliOpenClient]:
         """The configured platform clients, by platform name."""
-        clients: dict[str, TwitchClient | BilibiliClient] = {}
+        clients: dict[str, TwitchClient | BilibiliClient | BilibiliOpenClient] = {}
         if self.twitch is not None:
             clients["twitch"] = self.twitch
         if self.bilibili is not None:

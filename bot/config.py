@@ -30,7 +30,7 @@ from pydantic import (
     model_validator,
 )
 
-from adapters.bilibili.config import BilibiliConfig
+from adapters.bilibili.config import OPEN_SETTINGS, BilibiliConfig
 from adapters.config import template
 from adapters.events import EventKind, PaidKind, Role
 from adapters.twitch.config import TwitchConfig
@@ -47,6 +47,7 @@ SECRET_ENV_VARS: dict[str, tuple[str, ...]] = {
     "ISHOWTTS_TWITCH_TOKEN": ("platforms", "twitch", "token"),
     "ISHOWTTS_TWITCH_NICK": ("platforms", "twitch", "nick"),
     "ISHOWTTS_BILIBILI_COOKIE": ("platforms", "bilibili", "cookie"),
+    **{var: ("platforms", "bilibili", key) for key, var in OPEN_SETTINGS.items()},
     "ISHOWTTS_WEB_TOKEN": ("web", "token"),
 }
 

@@ -10,6 +10,7 @@ stale lock) in the user's cache folder.
 from __future__ import annotations
 
 import errno
+import hashlib
 import socket
 import sys
 from pathlib import Path
@@ -66,8 +67,13 @@ class ChannelLocks:
         self._names: list[str] = []
         if platforms.twitch.enabled:
             self._names += [f"twitch-{c}" for c in platforms.twitch.channels]
-        if platforms.bilibili.enabled:
-            self._names.append(f"bilibili-{platforms.bilibili.room_id}")
+        bilibili = platforms.bilibili
+        if bilibili.enabled and bilibili.mode == "open":
+            # The room is known only once a session starts: the code stands for it.
+            code = bilibili.identity_code.get_secret_value().encode()
+            self._names.append(f"bilibili-code-{hashlib.sha256(code).hexdigest()[:12]}")
+        elif bilibili.enabled:
+            self._names.append(f"bilibili-{bilibili.room_id}")
         self._held: list[FileLock] = []
 
     def acquire(self) -> None:

@@ -282,3 +282,37 @@ def test_values_beside_secrets_are_still_shown() -> None:
     assert error_lines("platforms:\n  twitch:\n    nick: [a]\n") == [
         "config error: platforms.twitch.nick: must be text, got ['a']"
     ]
+
+
+def test_open_mode_names_each_missing_setting_and_its_variable() -> None:
+    text = "platforms:\n  bilibili: {enabled: true, mode: open, app_id: 7}\n"
+    assert error_lines(text) == [
+        "config error: platforms.bilibili.mode: open needs identity_code (or "
+        "ISHOWTTS_BILIBILI_CODE), access_key_id (or ISHOWTTS_BILIBILI_ACCESS_KEY_ID), "
+        "access_key_secret (or ISHOWTTS_BILIBILI_ACCESS_KEY_SECRET)"
+    ]
+
+
+def test_open_mode_from_the_environment_needs_no_room_id() -> None:
+    config = parse_config(
+        "platforms:\n  bilibili: {enabled: true, mode: open}\n",
+        environ={
+            "ISHOWTTS_BILIBILI_CODE": "C8AB6X2LKZ4QP",
+            "ISHOWTTS_BILIBILI_APP_ID": "1650000000001",
+            "ISHOWTTS_BILIBILI_ACCESS_KEY_ID": "key-id",
+            "ISHOWTTS_BILIBILI_ACCESS_KEY_SECRET": "key-secret",
+        },
+    )
+    bilibili = config.platforms.bilibili
+    assert (bilibili.mode, bilibili.room_id, bilibili.app_id) == ("open", 0, 1650000000001)
+    assert bilibili.identity_code.get_secret_value() == "C8AB6X2LKZ4QP"
+    dumped = repr(config) + str(config.model_dump(mode="json"))
+    assert not any(s in dumped for s in ("C8AB6X2LKZ4QP", "key-id", "key-secret"))
+
+
+@pytest.mark.parametrize("key", ["identity_code", "access_key_id", "access_key_secret"])
+def test_open_platform_secrets_are_never_echoed(key: str) -> None:
+    (line,) = error_lines(f"platforms:\n  bilibili:\n    {key}: [abc123secret]\n")
+    assert line == (
+        f"config error: platforms.bilibili.{key}: must be text, got a list (value hidden: secret)"
+    )

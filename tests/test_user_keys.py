@@ -13,7 +13,8 @@ from typing import Any
 from structlog.testing import capture_logs
 
 from adapters.bilibili.codec import BilibiliCodec
-from adapters.events import ChatMessage, Retraction, Role
+from adapters.bilibili.open_codec import OpenLiveCodec
+from adapters.events import ChatMessage, Platform, Retraction, Role
 from bot.chat import outcomes
 from bot.chat.policy import SpeakableItem, SpeechPolicy
 from bot.chat.queue import SpeechQueue
@@ -21,6 +22,7 @@ from bot.chat.router import Router
 from bot.config import Config
 from bot.control import Control
 from tests.bilibili import fixtures as fx
+from tests.bilibili import open_fixtures as ofx
 from tests.factories import RecordingSpeaker, chat
 
 MOD = frozenset({Role.MODERATOR})
@@ -191,3 +193,31 @@ def test_a_ban_seen_by_an_anonymous_session_retracts_the_masked_danmaku(tmp_path
     assert [(e["event"], e["msg_id"]) for e in logs] == [(outcomes.RETRACTED, banned.message_id)]
     assert [i.message.message_id for i in bot.queue.snapshot()] == [other.message_id]
     assert [tuple(i.text for i in items or ()) for items, _ in speaker.cuts] == [("more spam",)]
+
+
+def test_open_platform_viewers_are_keyed_by_open_id(tmp_path: Path) -> None:
+    bot = Bot(tmp_path)
+    decoder = OpenLiveCodec(fx.ROOM, ofx.ANCHOR_OPEN_ID)
+
+    def danmaku(text: str, open_id: str, name: str) -> ChatMessage:
+        doc = ofx.danmaku(text, msg_id=f"o{next(bot._ids)}", open_id=open_id, uname=name)
+        event = decoder.command_event(doc, received=time.monotonic())
+        assert isinstance(event, ChatMessage)
+        return event
+
+    troll = danmaku("spam", "open-troll", "捣乱的")
+    assert troll.user_key == (Platform.BILIBILI, "open-troll")
+    bot.say(troll)
+    bot.say(danmaku("hi", "open-fan", "粉丝"))
+    assert bot.command("!tts mute bilibili:捣乱的").startswith("muted that user")
+    assert bot.command("!tts nick 粉丝 小粉") == "nickname saved"
+    # A new name does not escape the mute; the nickname follows the account.
+    assert bot.say(danmaku("again", "open-troll", "改名了")) == "muted"
+    fan = bot.say(danmaku("你好", "open-fan", "新名字"))
+    assert isinstance(fan, SpeakableItem) and fan.spoken.startswith("小粉")
+    # Someone else taking the name gets neither (the web path's uid included).
+    other = bot.say(bot.danmaku("你好", 4242, "粉丝"))
+    assert isinstance(other, SpeakableItem) and not other.spoken.startswith("小粉")
+    bot.control.flush()
+    saved = json.loads(bot.state_file.read_text(encoding="utf-8"))
+    assert list(saved["muted"]) == ["bilibili:open-troll"]

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.cookies import CookieError, SimpleCookie
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import structlog
@@ -34,6 +34,8 @@ RECEIVE_TIMEOUT_S = 35.0
 AUTH_TIMEOUT_S = 10.0
 HTTP_TIMEOUT_S = 10.0
 DEFAULT_BACKOFF = Backoff()
+
+E = TypeVar("E")
 
 
 class BootstrapError(Exception):
@@ -233,29 +235,19 @@ class BilibiliClient:
         heartbeats: asyncio.Task[None] | None = None
         try:
             while True:
-                limit = self._receive_timeout_s if heartbeats else self._auth_timeout_s
-                try:
-                    async with asyncio.timeout(limit):
-                        frame = await ws.recv()
-                except TimeoutError:
-                    what = "data" if heartbeats else "the auth reply"
-                    raise StaleConnectionError(f"no {what} within {limit:g} s") from None
-                if isinstance(frame, str):
-                    log.info("bilibili.text_frame_ignored", length=len(frame))
-                    continue
-                received = time.monotonic()
-                if codec.is_heavy(frame):
-                    # Inflating a batch can take milliseconds (a bomb, up to the
-                    # frame's budget): off the loop, awaited here so order holds.
-                    events = await asyncio.to_thread(decoder.feed, frame, received)
+                if heartbeats:
+                    frame = await next_frame(ws, self._receive_timeout_s, "data")
                 else:
-                    events = decoder.feed(frame, received)
+                    frame = await next_frame(ws, self._auth_timeout_s, "the auth reply")
+                if frame is None:
+                    continue
+                events = await decode(decoder.feed, frame)
                 for event in events:
                     if isinstance(event, codec.AuthReply):
                         if event.code != 0:
                             raise AuthRejectedError(f"code {event.code}")
                         if heartbeats is None:
-                            heartbeats = asyncio.create_task(self._heartbeat_loop(ws))
+                            heartbeats = asyncio.create_task(heartbeat_loop(ws, self._heartbeat_s))
                             await self._up(room)
                     else:
                         await self._handle(event)
@@ -287,13 +279,39 @@ class BilibiliClient:
             self._reported_commands.add(name)
             log.info("bilibili.unknown_command", cmd=name)
 
-    async def _heartbeat_loop(self, ws: ClientConnection) -> None:
-        while True:
-            try:
-                await ws.send(codec.heartbeat_packet())
-            except WebSocketException:
-                return  # the receive loop sees the close and reconnects
-            await asyncio.sleep(self._heartbeat_s)
+
+async def next_frame(ws: ClientConnection, limit_s: float, waiting_for: str) -> bytes | None:
+    """The next binary frame (None for a text frame, logged and skipped);
+    StaleConnectionError when nothing comes within `limit_s`."""
+    try:
+        async with asyncio.timeout(limit_s):
+            frame = await ws.recv()
+    except TimeoutError:
+        raise StaleConnectionError(f"no {waiting_for} within {limit_s:g} s") from None
+    if isinstance(frame, str):
+        log.info("bilibili.text_frame_ignored", length=len(frame))
+        return None
+    return frame
+
+
+async def decode(feed: Callable[[bytes, float], list[E]], frame: bytes) -> list[E]:
+    """One frame through a codec's `feed`; a heavy one off the loop."""
+    received = time.monotonic()
+    if codec.is_heavy(frame):
+        # Inflating a batch can take milliseconds (a bomb, up to the frame's
+        # budget): off the loop, awaited here so order holds.
+        return await asyncio.to_thread(feed, frame, received)
+    return feed(frame, received)
+
+
+async def heartbeat_loop(ws: ClientConnection, period_s: float) -> None:
+    """The socket's heartbeat packet every `period_s`, until the socket closes."""
+    while True:
+        try:
+            await ws.send(codec.heartbeat_packet())
+        except WebSocketException:
+            return  # the receive loop sees the close and reconnects
+        await asyncio.sleep(period_s)
 
 
 def _parse_cookie(raw: str) -> dict[str, str]:

@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import accumulate
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import brotli
 
@@ -168,6 +168,11 @@ class DecodeFailed:
 
 BilibiliEvent = ChatEvent | AuthReply | HeartbeatReply | LoginNotice | DecodeFailed
 
+#: What a codec makes of a command.
+E = TypeVar("E")
+#: What every frame may hold besides commands.
+FrameEvent = AuthReply | HeartbeatReply | DecodeFailed
+
 
 def encode_packet(op: int, body: bytes = b"", ver: int = VER_RAW, seq: int = 1) -> bytes:
     return HEADER.pack(HEADER_LEN + len(body), HEADER_LEN, ver, op, seq) + body
@@ -285,20 +290,15 @@ def _inflate(body: bytes, ver: int, budget: FrameBudget) -> bytes:
     return inflated
 
 
-class BilibiliCodec:
-    """Frames from one room's connection → events."""
+class FrameCodec(Generic[E]):
+    """Frames → events: the framing, heartbeat and auth replies here; what each
+    op-5 JSON command means is the subclass's `command_event`."""
 
-    def __init__(self, room_id: int, owner_uid: int = 0) -> None:
-        self.channel = str(room_id)
-        self.owner_uid = owner_uid
-        #: Commands not understood, by name: logged once each by the client.
-        self.unknown_commands: Counter[str] = Counter()
-
-    def feed(self, frame: bytes, received: float) -> list[BilibiliEvent]:
+    def feed(self, frame: bytes, received: float) -> list[E | FrameEvent]:
         """Decode one WebSocket frame. The codec's one boundary: a packet that
         provokes any exception (a bug, beyond what DecodeError names) costs
         that packet only; one escaping the framing costs the rest of the frame."""
-        events: list[BilibiliEvent] = []
+        events: list[E | FrameEvent] = []
         try:
             for packet in split_packets(frame):
                 if isinstance(packet, DecodeFailed):
@@ -318,7 +318,9 @@ class BilibiliCodec:
             events.append(DecodeFailed(_unexpected(exc) + "; the rest of the frame is dropped"))
         return events
 
-    def _packet_event(self, packet: Packet, received: float) -> BilibiliEvent | None:
+    def _packet_event(
+        self, packet: Packet, received: float
+    ) -> E | AuthReply | HeartbeatReply | None:
         if packet.op == OP_HEARTBEAT_REPLY:
             if len(packet.body) < 4:
                 raise DecodeError("short heartbeat reply")
@@ -331,6 +333,19 @@ class BilibiliCodec:
                 raise DecodeError(f"unknown protocol version {packet.ver}")
             return self.command_event(_json(packet.body), received)
         return None  # other ops carry nothing for us
+
+    def command_event(self, doc: dict[str, Any], received: float) -> E | None:
+        raise NotImplementedError
+
+
+class BilibiliCodec(FrameCodec[BilibiliEvent]):
+    """Frames from one room's connection → events."""
+
+    def __init__(self, room_id: int, owner_uid: int = 0) -> None:
+        self.channel = str(room_id)
+        self.owner_uid = owner_uid
+        #: Commands not understood, by name: logged once each by the client.
+        self.unknown_commands: Counter[str] = Counter()
 
     def command_event(self, doc: dict[str, Any], received: float) -> BilibiliEvent | None:
         """One op-5 JSON command → event (None: ignored)."""
