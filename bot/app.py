@@ -22,7 +22,7 @@ from bot.chat import outcomes
 from bot.chat.policy import SpeechPolicy
 from bot.chat.queue import SpeechQueue
 from bot.chat.router import Router
-from bot.config import Config, WebConfig
+from bot.config import NO_DEVICE, Config, WebConfig
 from bot.control import Control, Reply
 from bot.instance import AlreadyRunning, ChannelLocks, bind_panel
 from bot.lag import LagProbe
@@ -104,7 +104,12 @@ def panel_url(config: WebConfig) -> str:
 
 
 async def _start_web(
-    config: Config, bot: Bot, speaker: Any, engine: Any, sock: socket.socket | None
+    config: Config,
+    bot: Bot,
+    speaker: Any,
+    engine: Any,
+    sock: socket.socket | None,
+    audio: Any = None,
 ) -> Any:
     """The panel is a convenience: if it cannot start, the bot still speaks."""
     if sock is None:
@@ -112,7 +117,8 @@ async def _start_web(
     from bot.panel.web import create_app, serve
 
     try:
-        return await serve(config.web, create_app(config.web, bot, speaker, engine), sock)
+        app = create_app(config.web, bot, speaker, engine, audio=audio)
+        return await serve(config.web, app, sock)
     except OSError as exc:
         log.error("web.cannot_start", error=str(exc), port=config.web.port)
         return None
@@ -227,7 +233,7 @@ def default_voice(config: Config, voices: VoiceLibrary) -> tuple[str, str | None
 
 def start_up_problems(config: Config, voices: VoiceLibrary) -> list[str]:
     """What `ishowtts run` refuses to start with that can be seen before the model
-    is fetched: the voice and the output device."""
+    is fetched: the voice and the output device (none: no device to look for)."""
     from bot.audio.player import AudioDeviceError, find_output_device
     from engine.voices import VoiceError
 
@@ -236,6 +242,13 @@ def start_up_problems(config: Config, voices: VoiceLibrary) -> list[str]:
         default_voice(config, voices)
     except (VoiceError, OSError) as exc:
         problems.append(str(exc))
+    if config.audio.output_device == NO_DEVICE:  # the browser pages' audio only
+        if not config.web.enabled:
+            problems.append(
+                "audio.output_device is none but web.enabled is false: the speech would go "
+                "nowhere (the overlay's browser audio needs the panel)"
+            )
+        return problems
     try:
         find_output_device(config.audio.output_device)
     except (AudioDeviceError, OSError) as exc:
@@ -329,7 +342,7 @@ async def _run(config: Config, stop: asyncio.Event, locks: ChannelLocks) -> int:
     player = Player(config.audio)
     speaker = Speaker(bot.queue, engine, player, bot.control)
     enabled = list(bot.adapters())
-    panel = await _start_web(config, bot, speaker, engine, panel_socket)
+    panel = await _start_web(config, bot, speaker, engine, panel_socket, player.broadcast)
     try:
         async with asyncio.TaskGroup() as tasks:
             player_task = tasks.create_task(player.run())

@@ -458,14 +458,26 @@ class QueueConfig(_Section):
     pacing: PacingConfig = PacingConfig()
 
 
+#: `audio.output_device` for no device at all: the speech goes to browser pages only.
+NO_DEVICE = "none"
+
+
 class AudioConfig(_Section):
-    #: Device name (or part of it) or index as `ishowtts devices` lists; null = system default.
+    #: Device name (or part of it) or index as `ishowtts devices` lists; null = system
+    #: default; "none": no device (the OBS overlay's browser audio only).
     output_device: str | int | None = None
     volume: int = Field(80, ge=0, le=100)
     fade_in_ms: float = Field(5.0, ge=0, le=1000)
     fade_out_ms: float = Field(15.0, ge=0, le=1000)
     target_lufs: float = Field(-18.0, ge=-70, le=0)
     peak_ceiling_db: float = Field(-1.0, ge=-60, le=0)
+
+    @field_validator("output_device")
+    @classmethod
+    def _no_device(cls, value: str | int | None) -> str | int | None:
+        if isinstance(value, str) and value.strip().casefold() == NO_DEVICE:
+            return NO_DEVICE
+        return value
 
 
 class WebConfig(_Section):

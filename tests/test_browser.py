@@ -22,11 +22,15 @@ TOKEN = "panel-token"
 VIEWER = "@id={id};user-id=9;display-name=Viewer :viewer!v@v PRIVMSG #chan :{text}"
 
 
-async def launch_chromium(pw: Any) -> Any:
-    """Debian's Chromium, headless, with nothing that reaches out to the network."""
+async def launch_chromium(pw: Any, sound: bool = False) -> Any:
+    """Debian's Chromium, headless, with nothing that reaches out to the network.
+
+    With `sound`, pages play to the sound server (the test one, as the player
+    tests use) without a click first, as an OBS browser source does; else muted."""
     return await pw.chromium.launch(
         executable_path=CHROMIUM,
         headless=True,
+        ignore_default_args=["--mute-audio"] if sound else None,
         args=[
             "--no-sandbox",
             "--disable-gpu",
@@ -34,6 +38,7 @@ async def launch_chromium(pw: Any) -> Any:
             "--disable-component-update",
             "--disable-sync",
             "--no-first-run",
+            *(["--autoplay-policy=no-user-gesture-required"] if sound else []),
         ],
     )
 

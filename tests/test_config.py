@@ -316,3 +316,32 @@ def test_open_platform_secrets_are_never_echoed(key: str) -> None:
     assert line == (
         f"config error: platforms.bilibili.{key}: must be text, got a list (value hidden: secret)"
     )
+
+
+def test_output_device_none_is_no_device_and_needs_the_panel(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # No device to look for (the overlay's browser audio only): `run` and
+    # `check-config` accept it, as long as the panel serves the overlay.
+    import bot.audio.player
+    from bot.cli import main
+    from tests.runconfig import free_port
+
+    def no_lookup(_: object) -> None:
+        raise AssertionError("looked for an output device")
+
+    monkeypatch.setattr(bot.audio.player, "find_output_device", no_lookup)
+    assert parse_config("audio: {output_device: none}\n", environ={}).audio.output_device == "none"
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "platforms: {twitch: {enabled: true, channels: [me]}}\n"
+        f"audio: {{output_device: None}}\nweb: {{port: {free_port()}}}\n"
+    )
+    assert main(["check-config", str(path)]) == 0, capsys.readouterr().out
+    path.write_text(
+        "platforms: {twitch: {enabled: true, channels: [me]}}\n"
+        "audio: {output_device: none}\nweb: {enabled: false}\n"
+    )
+    assert main(["check-config", str(path)]) == 1
+    (warning,) = [line for line in capsys.readouterr().out.splitlines() if "warning:" in line]
+    assert "audio.output_device is none but web.enabled is false" in warning

@@ -72,6 +72,32 @@ async def test_no_clicks_at_start_skip_and_volume_change(player: Player) -> None
     assert blocks[:-2].min() < 0.5 * blocks.max()
 
 
+async def test_browser_pages_get_what_the_device_plays(player: Player) -> None:
+    # The overlay's audio (bot/audio/browser.py) beside the device: the same
+    # loudness, limiter and fade-in, sample for sample; the device's pause and
+    # volume go along as messages.
+    from bot.audio.browser import decode_audio
+
+    page = player.broadcast.listen()
+    assert page is not None
+    capture = SinkCapture()
+    utt = await play(player, [tone(0.5, amplitude=2.0), tone(0.5, amplitude=2.0)])
+    await asyncio.wait_for(player.wait_done(utt), 5)
+    got = capture.stop()
+    frames = []
+    while page.queued_bytes:
+        item = await page.get()
+        if isinstance(item, bytes):
+            frames.append(decode_audio(item)[2])
+    sent = np.concatenate(frames)
+    start, end = active_span(got)
+    assert len(sent) == pytest.approx(end - start, abs=RATE * 0.005)
+    assert loudness.loudness_lufs(sent, RATE) == pytest.approx(
+        loudness.loudness_lufs(got[start:end], RATE), abs=0.1
+    )
+    assert np.abs(sent).max() == pytest.approx(np.abs(got).max(), abs=1e-3)
+
+
 @pytest.mark.parametrize("player", [{"target_lufs": 0.0}], indirect=True)
 async def test_hot_clip_is_limited_to_minus_1_dbfs(player: Player) -> None:
     capture = SinkCapture()

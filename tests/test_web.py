@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -256,3 +257,36 @@ async def test_synthesize_returns_a_wav(tmp_path: Path, tiny_files: ModelFiles) 
             assert rate == 24000 and len(audio) > 2400
     finally:
         engine.close()
+
+
+async def test_the_event_streams_tell_of_a_lines_end_at_once(
+    client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Not at the next periodic push: a skipped line leaves the overlay at once.
+    # The overlay's stream names only how lines ended, by id: no text, nothing filtered.
+    import json
+
+    from bot.panel import web
+    from bot.panel.web import overlay_token
+
+    monkeypatch.setattr(web, "PUSH_INTERVAL_S", 30.0)
+    c, bot = client
+    bot.router.handle(chat("waiting here", message_id="w1"))
+    panel = await c.get("/api/events", headers=AUTH)
+    overlay = await c.get(f"/api/events?token={overlay_token(TOKEN)}")
+
+    async def next_push(stream: Any) -> dict[str, Any]:
+        line = await asyncio.wait_for(stream.content.readline(), 2)
+        await stream.content.readline()  # the blank line after each event
+        return dict(json.loads(line.decode().removeprefix("data: ")))
+
+    for stream in (panel, overlay):
+        await next_push(stream)
+    bot.router.handle(chat("!not for reading", message_id="f1"))  # filtered
+    assert (await next_push(panel))["events"][0]["event"] == "tts.filtered"
+    assert (await next_push(overlay))["events"] == []
+    assert (await c.delete("/api/queue/twitch:w1", headers=AUTH)).status == 200
+    assert (await next_push(panel))["events"][0]["text"] == "waiting here"
+    assert (await next_push(overlay))["events"] == [{"id": "twitch:w1", "event": "tts.skipped"}]
+    panel.close()
+    overlay.close()

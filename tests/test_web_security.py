@@ -24,7 +24,15 @@ from bot.app import Bot
 from bot.audio.player import Player
 from bot.audio.speaker import Speaker
 from bot.config import WebConfig
-from bot.panel.web import MAX_SAY_CHARS, THROTTLE_KEY, create_app, overlay_token, serve
+from bot.panel.web import (
+    MAX_SAY_CHARS,
+    REFUSED_OVERLAY,
+    THROTTLE_KEY,
+    create_app,
+    overlay_token,
+    page_policy,
+    serve,
+)
 from engine.checkpoints import ModelFiles
 from engine.synth import Engine
 from tests.factories import chat
@@ -189,12 +197,16 @@ async def test_the_overlay_token_shows_captions_and_nothing_else(locked_panel: A
     assert read_only and read_only != TOKEN
     # The panel (full token) hands out the overlay's URL, which carries only the read-only one.
     r = await c.get("/api/overlay", headers={"Authorization": f"Bearer {TOKEN}"})
-    assert (await r.json()) == {"url": f"/overlay?token={read_only}"}
+    assert (await r.json()) == {
+        "url": f"/overlay?token={read_only}",
+        "audio_url": f"/overlay?token={read_only}&audio=1",
+    }
     page = await c.get(f"/overlay?token={read_only}")
     assert page.status == 200 and "caption" in await page.text()
     events = await c.get(f"/api/events?token={read_only}")
     payload = json.loads((await events.content.readline()).decode().removeprefix("data: "))
-    assert payload == {"status": {"now_playing": None}, "events": []}
+    # What is on air, whether paused, and how lines ended (ids only): never the queue.
+    assert payload == {"status": {"now_playing": None, "paused": False}, "events": []}
     events.close()
     as_query = {"params": {"token": read_only}}
     as_header = {"headers": {"Authorization": f"Bearer {read_only}", **own_origin(c)}}
@@ -209,6 +221,37 @@ async def test_the_overlay_token_shows_captions_and_nothing_else(locked_panel: A
         r = await c.post("/api/volume", json={"volume": 100}, **how)  # type: ignore[arg-type]
         assert r.status == 403
     assert not bot.control.paused and bot.control.volume != 100 and len(bot.queue) == 1
+
+
+async def test_a_refused_overlay_is_an_empty_transparent_page(locked_panel: Any) -> None:
+    # OBS puts on air whatever page it gets: never a login form, never an error text.
+    c, _ = locked_panel
+    link = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate"}
+    cases = [
+        ({}, {}, 401, "no_token"),
+        ({"token": "guess-1"}, {}, 401, "wrong_token"),
+        ({"token": overlay_token(TOKEN)}, {"Host": "evil.example"}, 421, "host"),
+        ({"token": overlay_token(TOKEN)}, link, 403, "cross_site"),
+        *[({"token": f"guess-{n}"}, {}, 401, "wrong_token") for n in range(2, 6)],
+        ({"token": overlay_token(TOKEN)}, {}, 429, "locked_out"),  # after 5 wrong ones
+    ]
+    with capture_logs() as logs:
+        for params, headers, status, _ in cases:
+            r = await c.get("/overlay", params=params, headers=headers, allow_redirects=False)
+            assert r.status == status, (params, headers)
+            assert await r.text() == REFUSED_OVERLAY
+            assert r.headers["Content-Security-Policy"] == page_policy(REFUSED_OVERLAY)
+            assert r.headers["Cache-Control"] == "no-store"
+    assert "<form" not in REFUSED_OVERLAY and "<input" not in REFUSED_OVERLAY
+    refused = [e for e in logs if e["event"] == "web.overlay_refused"]
+    # Each reason once (a flood is counted, not logged line by line); never a token.
+    assert [e["reason"] for e in refused] == [
+        "no_token", "wrong_token", "host", "cross_site", "locked_out",
+    ]  # fmt: skip
+    assert all(e["path"] == "/overlay" for e in refused)
+    assert "guess" not in json.dumps(logs) and overlay_token(TOKEN) not in json.dumps(logs)
+    # The panel's own pages still go to the login form.
+    assert (await c.get("/", allow_redirects=False)).headers["Location"] == "/login"
 
 
 async def test_wrong_tokens_lock_the_address_out_for_longer_each_time(locked_panel: Any) -> None:
@@ -258,7 +301,11 @@ async def test_pages_allow_their_own_inline_code_only_and_no_framing(open_panel:
         policy = r.headers["Content-Security-Policy"]
         (script,) = re.findall(r"<script>(.*?)</script>", html, flags=re.S)
         digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
-        assert f"script-src 'sha256-{digest}';" in policy
+        (sources,) = re.findall(r"script-src ([^;]*);", policy)
+        # The overlay also loads its audio worklet from the panel ('self'); nothing else.
+        assert (
+            sources == f"'self' 'sha256-{digest}'" if path == "/overlay" else f"'sha256-{digest}'"
+        )
         assert "default-src 'self'" in policy and "frame-ancestors 'none'" in policy
         assert "unsafe-inline" not in policy
         assert not re.search(r"\sstyle=|\son[a-z]+=", html)  # nothing inline the policy would block

@@ -6,6 +6,12 @@ The callback never blocks and never invents sound: an underrun plays silence.
 Skips, pauses and stops fade out over a few milliseconds; volume changes ramp.
 A device that fails or disappears is reopened with backoff; what is buffered
 waits meanwhile.
+
+Every shaped chunk also goes to the browser pages listening (`broadcast`,
+bot/audio/browser.py), with the pause, volume and skips they apply themselves.
+With `audio.output_device: none` there is no device: a clock on the loop pulls
+the buffer at the output rate instead, so what waits on playback (the speaker's
+`wait_done`, `first_sample_time`) keeps the pace of the pages' audio.
 """
 
 from __future__ import annotations
@@ -24,7 +30,8 @@ import structlog
 from adapters.reconnect import Backoff, describe
 from bot.audio import loudness
 from bot.audio.alsa import route_alsa_errors
-from bot.config import AudioConfig
+from bot.audio.browser import Broadcast
+from bot.config import NO_DEVICE, AudioConfig
 from engine.audio import SAMPLE_RATE, resample
 
 log = structlog.get_logger()
@@ -37,6 +44,10 @@ VOLUME_RAMP_S = 0.05
 #: A pause at least this long before a device check and reopen.
 DEVICE_POLL_S = 0.1
 DEVICE_BACKOFF = Backoff(base_s=0.5, cap_s=10.0, jitter_s=0.2, stable_s=5.0)
+#: How often the clock pulls the buffer when there is no device.
+CLOCK_TICK_S = 0.01
+#: Most the clock catches up at once after the loop was held up.
+CLOCK_MAX_CATCH_UP_S = 1.0
 
 
 class AudioDeviceError(Exception):
@@ -114,11 +125,20 @@ class Player:
         self._stream: Any = None
         self._closing = False
         self.opened = asyncio.Event()
+        self.broadcast = Broadcast(
+            self._pending,
+            rate=self.rate,
+            volume=self._volume_target,
+            fade_out_ms=config.fade_out_ms,
+        )
 
     # asyncio side --------------------------------------------------------------
     async def run(self) -> None:
         """Keep the device open until `close`; reopen it when it fails."""
         self._loop = asyncio.get_running_loop()
+        if self.config.output_device == NO_DEVICE:
+            await self._run_clock()
+            return
         attempt = 0
         while not self._closing:
             opened_at = None
@@ -169,9 +189,11 @@ class Player:
                 return
             self._blocks.append(_Block(utt, shaped, last))
             self._buffered += len(shaped)
+        self.broadcast.audio(utt, shaped, self.rate)
 
     def finish(self, utt: int) -> None:
         """No more chunks for this utterance: it is done once what is queued has played."""
+        self.broadcast.end(utt)
         with self._lock:
             for block in reversed(self._blocks):
                 if block.utt == utt:
@@ -184,6 +206,7 @@ class Player:
         with self._lock:
             if utt in self._utts and not self._utts[utt].done.is_set():
                 self._cut_requests.add(utt)
+        self.broadcast.cut(utt)
 
     async def wait_done(self, utt: int) -> None:
         state = self._utts.get(utt)
@@ -199,19 +222,51 @@ class Player:
 
     def set_paused(self, paused: bool) -> None:
         self._pause_target = 0.0 if paused else 1.0
+        self.broadcast.pause(paused)
 
     def set_volume(self, volume: float) -> None:
         self._volume_target = min(1.0, max(0.0, volume))
+        self.broadcast.set_volume(self._volume_target)
 
     async def close(self) -> None:
         """Fade out whatever plays, then close the device."""
         with self._lock:
-            for block in self._blocks:
-                self._cut_requests.add(block.utt)
+            cut = {block.utt for block in self._blocks}
+            self._cut_requests |= cut
+        for utt in cut:
+            self.broadcast.cut(utt)
         await asyncio.sleep(self.config.fade_out_ms / 1000 + 0.15)
         self._closing = True
         self._close_stream()
         log.info("audio.closed", device=self.device_name)
+
+    def _pending(self, utt: int) -> np.ndarray:
+        """What is still to play of `utt` (nothing once it is being cut)."""
+        with self._lock:
+            if utt in self._cut_requests:
+                return np.zeros(0, dtype=np.float32)
+            parts = [b.samples[b.offset :] for b in self._blocks if b.utt == utt]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+
+    # no device: the clock -------------------------------------------------------------
+    async def _run_clock(self) -> None:
+        """Pull the buffer at the output rate, as a device's callback would, and
+        drop the samples: the pages play them."""
+        self.rate = self.broadcast.rate = PREFERRED_RATE
+        self.channels, self.device_name = 1, NO_DEVICE
+        log.info("audio.opened", device=NO_DEVICE, rate=self.rate, channels=1)
+        self.opened.set()
+        started = time.monotonic()
+        pulled = 0
+        while not self._closing:
+            due = int((time.monotonic() - started) * self.rate) - pulled
+            if due > CLOCK_MAX_CATCH_UP_S * self.rate:  # the loop was held up: skip ahead
+                pulled += due - int(CLOCK_MAX_CATCH_UP_S * self.rate)
+                due = int(CLOCK_MAX_CATCH_UP_S * self.rate)
+            if due > 0:
+                self._callback(np.empty((due, 1), dtype=np.float32), due, None, None)
+                pulled += due
+            await asyncio.sleep(CLOCK_TICK_S)
 
     # shaping (worker thread) --------------------------------------------------------
     def _shape(self, state: _Utterance, chunk: np.ndarray) -> np.ndarray:
@@ -240,7 +295,7 @@ class Player:
             rate = PREFERRED_RATE
         except Exception:
             rate = int(info["default_samplerate"])
-        self.rate = rate
+        self.rate = self.broadcast.rate = rate
         self.channels = min(2, int(info["max_output_channels"]))
         self.device_name = str(info["name"])
         stream = sd.OutputStream(

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import structlog
 
-from adapters.events import Platform
+from adapters.events import ChatMessage, EventKind, Platform
 from bot.audio.player import Player
 from bot.chat import outcomes
 from bot.chat.pacing import line_for
@@ -54,6 +54,17 @@ class _Prepared:
     #: Set when cut: (terminal event, reason).
     ended: tuple[str, str] | None = None
     utt: int | None = None
+
+
+def line_kind(message: ChatMessage) -> str:
+    """What kind of line it is, for the overlay's style: the paid kind (bits,
+    superchat, gift, guard, sub), else the event (sub, raid, gift, guard), else
+    "reward" for a channel-point redemption, else "chat"."""
+    if message.paid is not None:
+        return message.paid.kind.value
+    if message.event is not EventKind.CHAT:
+        return message.event.value
+    return "reward" if message.reward_id else "chat"
 
 
 class PreviewBusy(Exception):
@@ -119,6 +130,8 @@ class Speaker:
             "platform": message.platform.value,
             "user": p.item.user,
             "text": p.item.text,
+            "kind": line_kind(message),
+            "spoken": p.item.spoken,
             "voice": p.voice,
             "elapsed_s": round(time.monotonic() - p.playing_since, 2),
             "audio_s": round(p.audio_s, 2),

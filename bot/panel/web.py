@@ -12,7 +12,9 @@ take `application/json` only.
 When a token is configured, every route but the login form needs it (as a
 Bearer header, the session cookie the login form sets, or `?token=`). The OBS
 overlay takes a read-only token of its own, derived from the panel's
-(`overlay_token`): its URL shows captions and nothing else. Wrong tokens are
+(`overlay_token`): its URL shows captions (and plays the speech, bot/panel/audio_feed.py)
+and nothing else. An overlay refused for any reason is an empty transparent page,
+never a login form or an error text: OBS would put either on air. Wrong tokens are
 counted per client address; after a few, that address waits longer each time.
 """
 
@@ -20,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import functools
 import hashlib
 import hmac
@@ -44,12 +45,15 @@ from bot.chat import outcomes
 from bot.chat.router import QUEUE_FULL
 from bot.config import WebConfig
 from bot.control import Reply
+from bot.panel import audio_feed
+from bot.panel.audio_feed import AUDIO_KEY
 from bot.panel.metrics import CONTENT_TYPE, Metrics
 from engine.audio import SAMPLE_RATE
 from engine.config import VOICE_NAME
 
 if TYPE_CHECKING:  # the app assembles these; the panel only uses them
     from bot.app import Bot
+    from bot.audio.browser import Broadcast
     from bot.audio.speaker import Speaker
     from engine.synth import Engine
 
@@ -84,6 +88,14 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 #: Responses without a policy of their own (JSON, the login form) load nothing.
 DEFAULT_CSP = "default-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 _HOST = re.compile(r"(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9.-]+))(?::[0-9]{1,5})?")
+#: What a refused overlay shows: nothing, on a transparent page.
+REFUSED_OVERLAY = (
+    '<!doctype html><html><head><meta charset="utf-8"><title>iShowTTS overlay</title>'
+    "<style>html, body { background: transparent; margin: 0; }</style></head><body></body></html>"
+)
+#: Terminal events the overlay is told of (ids only): whether the line it shows
+#: was read to the end (the caption lingers) or cut (it goes at once).
+OVERLAY_EVENTS = frozenset({outcomes.SPOKEN, outcomes.SKIPPED, outcomes.RETRACTED})
 
 
 def overlay_token(token: str) -> str:
@@ -136,7 +148,13 @@ class Feed:
         self._clean_name = clean_name
         self.events: deque[dict[str, Any]] = deque(maxlen=RECENT_EVENTS)
         self.seq = 0
+        self._changed = asyncio.Event()
         outcomes.add_listener(self._on_outcome)
+
+    async def changed(self) -> None:
+        """Until the next terminal event (the pages are told at once: a skipped
+        line leaves the overlay then, not at the next push)."""
+        await self._changed.wait()
 
     def close(self) -> None:
         outcomes.remove_listener(self._on_outcome)
@@ -157,14 +175,21 @@ class Feed:
                 "at": time.time(),
             }
         )
+        self._changed.set()
+        self._changed = asyncio.Event()
 
     def since(self, seq: int) -> list[dict[str, Any]]:
         return [e for e in self.events if e["seq"] > seq]
 
 
 def create_app(
-    config: WebConfig, bot: Bot, speaker: Speaker | None = None, engine: Engine | None = None
+    config: WebConfig,
+    bot: Bot,
+    speaker: Speaker | None = None,
+    engine: Engine | None = None,
+    audio: Broadcast | None = None,
 ) -> web.Application:
+    """The app; `audio`: the player's broadcast, for the overlay's `?audio=1`."""
     token = config.token.get_secret_value()
     throttle = LoginThrottle()
     app = web.Application(
@@ -176,9 +201,12 @@ def create_app(
     app[FEED_KEY] = Feed(lambda name: str(bot.policy.clean_name(name).shown))
     app[STOPPING_KEY] = asyncio.Event()
     app[THROTTLE_KEY] = throttle
+    app[AUDIO_KEY] = audio
 
     async def shutdown(app: web.Application) -> None:
         app[STOPPING_KEY].set()
+        if audio is not None:
+            audio.close()  # open audio sockets end, so none holds up the exit
 
     async def cleanup(app: web.Application) -> None:
         app[METRICS_KEY].close()
@@ -199,6 +227,8 @@ def create_app(
             web.get("/api/queue", _queue),
             web.delete("/api/queue/{id}", _remove),
             web.get("/api/events", functools.partial(_events, everything=True)),
+            web.get("/api/audio", audio_feed.audio_socket),
+            web.get(audio_feed.WORKLET_PATH, audio_feed.worklet()),
             web.post("/api/skip", _action("skip")),
             web.post("/api/pause", _action("pause")),
             web.post("/api/resume", _action("resume")),
@@ -252,12 +282,16 @@ def _guard(config: WebConfig, token: str, throttle: LoginThrottle) -> Any:
     overlay_routes: dict[tuple[str, str], Any] = {
         ("GET", "/overlay"): _page("overlay.html"),
         ("GET", "/api/events"): functools.partial(_events, everything=False),
+        ("GET", "/api/audio"): audio_feed.audio_socket,
+        ("GET", audio_feed.WORKLET_PATH): audio_feed.worklet(),
     }
 
     @web.middleware
     async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
         host = request.headers.get(hdrs.HOST, "")
         if not _allowed_host(config, host):
+            if _is_overlay_page(request):
+                return refusals.overlay(request, 421, "host")
             return refusals.refuse(
                 request,
                 421,
@@ -266,9 +300,12 @@ def _guard(config: WebConfig, token: str, throttle: LoginThrottle) -> Any:
                 "or add the name to web.allowed_hosts",
             )
         if _from_another_site(request):
+            if _is_overlay_page(request):
+                return refusals.overlay(request, 403, "cross_site")
             return refusals.refuse(request, 403, "cross_site", "requests from other sites refused")
-        unsafe = request.method not in SAFE_METHODS
-        checked = await _check_token(request, token, read_only, throttle)
+        # A WebSocket is no simple request either: browsers open one from any site.
+        unsafe = request.method not in SAFE_METHODS or _is_websocket(request)
+        checked = await _check_token(request, token, read_only, throttle, refusals)
         if isinstance(checked, web.StreamResponse):
             return checked
         scope, by_header = checked
@@ -299,19 +336,27 @@ def _guard(config: WebConfig, token: str, throttle: LoginThrottle) -> Any:
 
 
 async def _check_token(
-    request: web.Request, token: str, read_only: str, throttle: LoginThrottle
+    request: web.Request,
+    token: str,
+    read_only: str,
+    throttle: LoginThrottle,
+    refusals: _Refusals,
 ) -> tuple[str, bool] | web.StreamResponse:
     """("full" or "overlay", whether the token came in the Authorization header),
-    or the response for a request without a right token."""
+    or the response for a request without a right token (for the overlay page,
+    an empty transparent one)."""
     if not token:
         return "full", False
     if request.path == "/login":
         return "none", False
     page = request.method == "GET" and not request.path.startswith(("/api/", "/metrics"))
+    overlay = _is_overlay_page(request)
     if request.headers.get("Sec-Fetch-Site") in ("cross-site", "same-site"):
         # A link followed here from another site's page (all else from there is
         # refused already): its tokens are never read, so such a page can neither
         # guess nor lock this address (the streamer's browser, OBS) out.
+        if overlay:
+            return refusals.overlay(request, 403, "cross_site")
         raise web.HTTPFound("/login")
     header = request.headers.get(hdrs.AUTHORIZATION, "")
     given, via = "", ""
@@ -324,12 +369,16 @@ async def _check_token(
             given, via = value, source
             break
     if not given:
+        if overlay:
+            return refusals.overlay(request, 401, "no_token")
         if page:
             raise web.HTTPFound("/login")
         return _bad("token required", 401)
     address = request.remote or "unknown"
     wait = throttle.retry_after(address)
     if wait:
+        if overlay:
+            return refusals.overlay(request, 429, "locked_out")
         return _locked_out(request, wait)
     if _equal(given, token):
         throttle.succeeded(address)
@@ -338,6 +387,8 @@ async def _check_token(
         return "overlay", False
     failures, lockout = throttle.failed(address)
     log.warning("web.login_failed", client=address, via=via, failures=failures, locked_s=lockout)
+    if overlay:
+        return refusals.overlay(request, 401, "wrong_token")
     response = web.HTTPFound("/login") if page else _bad("wrong token", 401)
     if via == "cookie":  # a stale session is counted once, not on every request
         response.del_cookie(COOKIE)
@@ -385,6 +436,14 @@ def _from_another_site(request: web.Request) -> bool:
     return not (navigation and request.method == "GET")
 
 
+def _is_overlay_page(request: web.Request) -> bool:
+    return request.method in ("GET", "HEAD") and request.path == "/overlay"
+
+
+def _is_websocket(request: web.Request) -> bool:
+    return request.headers.get(hdrs.UPGRADE, "").lower() == "websocket"
+
+
 def _same_origin(request: web.Request) -> bool:
     origin = request.headers.get(hdrs.ORIGIN, "").lower()
     host = request.headers.get(hdrs.HOST, "").lower()
@@ -400,24 +459,42 @@ class _Refusals:
         self._unlogged: dict[str, int] = {}
 
     def refuse(self, request: web.Request, status: int, reason: str, message: str) -> web.Response:
+        self._log("web.refused", request, reason)
+        if request.path.startswith("/api/"):
+            return _bad(message, status)
+        return web.Response(status=status, text=message, content_type="text/plain")
+
+    def overlay(self, request: web.Request, status: int, reason: str) -> web.Response:
+        """The overlay refused: an empty transparent page (OBS shows whatever it gets),
+        logged as `web.overlay_refused` with the reason and never the token."""
+        self._log("web.overlay_refused", request, reason)
+        return web.Response(
+            status=status,
+            text=REFUSED_OVERLAY,
+            content_type="text/html",
+            headers={
+                "Content-Security-Policy": page_policy(REFUSED_OVERLAY),
+                "Cache-Control": "no-store",
+            },
+        )
+
+    def _log(self, event: str, request: web.Request, reason: str) -> None:
+        key = f"{event}:{reason}"
         now = time.monotonic()
-        if now - self._last.get(reason, -REFUSAL_LOG_EVERY_S) >= REFUSAL_LOG_EVERY_S:
-            self._last[reason] = now
+        if now - self._last.get(key, -REFUSAL_LOG_EVERY_S) >= REFUSAL_LOG_EVERY_S:
+            self._last[key] = now
             log.warning(
-                "web.refused",
+                event,
                 reason=reason,
                 method=request.method,
                 path=request.path[:100],
                 client=request.remote,
                 host=request.headers.get(hdrs.HOST, "")[:100],
                 origin=request.headers.get(hdrs.ORIGIN, "")[:100],
-                unlogged=self._unlogged.pop(reason, 0),
+                unlogged=self._unlogged.pop(key, 0),
             )
         else:
-            self._unlogged[reason] = self._unlogged.get(reason, 0) + 1
-        if request.path.startswith("/api/"):
-            return _bad(message, status)
-        return web.Response(status=status, text=message, content_type="text/plain")
+            self._unlogged[key] = self._unlogged.get(key, 0) + 1
 
 
 async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
@@ -433,7 +510,8 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
 @functools.cache
 def _page(name: str) -> Any:
     html = resources.files("bot.panel").joinpath("static", name).read_text(encoding="utf-8")
-    policy = page_policy(html)
+    # The overlay loads its audio worklet, a script of ours, by URL.
+    policy = page_policy(html, own_scripts=name == "overlay.html")
 
     async def page(_: web.Request) -> web.Response:
         return web.Response(
@@ -443,18 +521,20 @@ def _page(name: str) -> Any:
     return page
 
 
-def page_policy(html: str) -> str:
+def page_policy(html: str, own_scripts: bool = False) -> str:
     """The page's Content-Security-Policy: its own inline script and style, by hash
-    (nothing else inline runs, whatever text a viewer manages to slip in), and
-    audio from blob: URLs (the voice preview)."""
+    (nothing else inline runs, whatever text a viewer manages to slip in), scripts
+    served by the panel itself where `own_scripts` (the overlay's audio worklet),
+    and audio from blob: URLs (the voice preview)."""
 
-    def hashes(tag: str) -> str:
+    def hashes(tag: str, *sources: str) -> str:
         bodies = re.findall(rf"<{tag}>(.*?)</{tag}>", html, flags=re.S)
         digests = (base64.b64encode(hashlib.sha256(b.encode()).digest()).decode() for b in bodies)
-        return " ".join(f"'sha256-{d}'" for d in digests) or "'none'"
+        return " ".join([*sources, *(f"'sha256-{d}'" for d in digests)]) or "'none'"
 
+    scripts = hashes("script", *(["'self'"] if own_scripts else []))
     return (
-        f"default-src 'self'; script-src {hashes('script')}; style-src {hashes('style')}; "
+        f"default-src 'self'; script-src {scripts}; style-src {hashes('style')}; "
         "media-src 'self' blob:; object-src 'none'; base-uri 'none'; form-action 'self'; "
         "frame-ancestors 'none'"
     )
@@ -494,11 +574,14 @@ def _login(token: str, throttle: LoginThrottle) -> Any:
 
 
 def _overlay_url(token: str) -> Any:
-    """Where OBS should point its browser source: the overlay with its read-only token."""
+    """Where OBS should point its browser source: the overlay with its read-only
+    token; `audio_url` also plays the speech in the page."""
     read_only = overlay_token(token)
+    overlay = f"/overlay?token={read_only}" if token else "/overlay"
+    with_audio = f"{overlay}{'&' if token else '?'}audio=1"
 
     async def url(_: web.Request) -> web.Response:
-        return web.json_response({"url": f"/overlay?token={read_only}" if token else "/overlay"})
+        return web.json_response({"url": overlay, "audio_url": with_audio})
 
     return url
 
@@ -586,6 +669,18 @@ async def _remove(request: web.Request) -> web.Response:
     return _reply(reply)
 
 
+def _overlay_snapshot(request: web.Request, new: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the overlay is told: what is on air, whether paused, and which lines
+    ended how (ids only)."""
+    snapshot = _snapshot(request)
+    return {
+        "status": {"now_playing": snapshot["now_playing"], "paused": snapshot["paused"]},
+        "events": [
+            {"id": e["id"], "event": e["event"]} for e in new if e["event"] in OVERLAY_EVENTS
+        ],
+    }
+
+
 async def _events(request: web.Request, everything: bool) -> web.StreamResponse:
     """Server-sent events: a status snapshot plus new terminal events, continuously;
     with the overlay's token (not `everything`), only what is on air now."""
@@ -604,12 +699,17 @@ async def _events(request: web.Request, everything: bool) -> web.StreamResponse:
             if everything:
                 payload = json.dumps({"status": _snapshot(request), "events": new})
             else:
-                playing = _snapshot(request)["now_playing"]
-                payload = json.dumps({"status": {"now_playing": playing}, "events": []})
+                payload = json.dumps(_overlay_snapshot(request, new))
             await response.write(f"data: {payload}\n\n".encode())
             # The stream ends when the bot stops, so an open page never holds up the exit.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), PUSH_INTERVAL_S)
+            waits = [asyncio.ensure_future(stopping.wait()), asyncio.ensure_future(feed.changed())]
+            try:
+                await asyncio.wait(
+                    waits, timeout=PUSH_INTERVAL_S, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                for wait in waits:
+                    wait.cancel()
     except (ConnectionResetError, asyncio.CancelledError):
         pass
     return response
