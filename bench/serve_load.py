@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import logging
 import random
@@ -214,7 +215,8 @@ async def main(args: argparse.Namespace) -> list[dict[str, Any]]:
                     print(json.dumps(ceiling), flush=True)
         finally:
             engine.close()
-            del engine
+            del engine  # its graphs and pool must not count in the next engine's peak
+            gc.collect()
             if device == "cuda":
                 torch.cuda.empty_cache()
     print("summary:", flush=True)

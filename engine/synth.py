@@ -221,18 +221,25 @@ class Engine(Startup):
         request with the same number of sampling steps, in one batch; requests
         waiting are taken in between, up to `engine.batch.max_size`. A request's
         first chunk comes from the first step it is in."""
-        lines = self._open(jobs)
-        while lines:
-            if not self._serving():  # the watchdog gave up on this thread
-                return
-            room = self.config.batch.max_size - len(lines)
-            if room > 0:
-                lines += self._open(self._take_on_air(room))
-            # Requests of another step count wait a step, then go first.
-            group = [ln for ln in lines if ln.steps == lines[0].steps]
-            self._batch_step(group, lines)
-            lines = [ln for ln in lines if ln not in group] + group
-            lines = [ln for ln in lines if not ln.ended]
+        lines: list[_Line] = []
+        try:
+            lines = self._open(jobs)
+            while lines:
+                if not self._serving():  # the watchdog gave up on this thread
+                    return
+                room = self.config.batch.max_size - len(lines)
+                if room > 0:
+                    lines += self._open(self._take_on_air(room))
+                # Requests of another step count wait a step, then go first.
+                group = [ln for ln in lines if ln.steps == lines[0].steps]
+                self._batch_step(group, lines)
+                lines = [ln for ln in lines if ln not in group] + group
+                lines = [ln for ln in lines if not ln.ended]
+        except Exception as exc:  # a fault of ours: its requests fail, not the thread
+            for line in lines:
+                if not line.ended:
+                    line.ended = True
+                    self._end(line.job, exc)
 
     def _open(self, jobs: list[_Job]) -> list[_Line]:
         """The jobs admitted to the batch, ready to run (a bad voice fails its own job)."""

@@ -153,6 +153,19 @@ async def test_a_cancelled_request_leaves_the_batch_and_the_rest_is_unchanged(
     assert [e["voice"] for e in logs if e["event"] == "engine.cancelled"] == ["alice"]
 
 
+async def test_a_request_given_up_while_it_waited_takes_no_step(batching: Engine) -> None:
+    first = batching.stream(FIVE, "alice", seed=1)
+    with capture_logs() as logs:
+        await anext(first)
+        waiting = asyncio.ensure_future(collect(batching, "Nobody hears this.", seed=2))
+        await asyncio.sleep(0)  # queued behind the running batch
+        waiting.cancel()  # its listener leaves before it starts
+        rest = [c async for c in first]
+    assert len(rest) == 4
+    assert [e["size"] for e in logs if e["event"] == "engine.batched"] == [1] * 5
+    assert len([e for e in logs if e["event"] == "engine.cancelled"]) == 1
+
+
 async def test_requests_with_different_step_counts_never_share_a_batch(
     batching: Engine, engine: Engine, voices_dir: Path
 ) -> None:
@@ -183,6 +196,24 @@ async def test_a_bad_voice_fails_its_own_request_only(batching: Engine) -> None:
     assert isinstance(results[2], list) and len(results[2]) == 1
     assert [e["size"] for e in logs if e["event"] == "engine.batched"] == [2]
     assert batching.errors == 1
+
+
+async def test_a_fault_in_the_batch_code_fails_its_requests_not_the_engine(
+    batching: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    step = Engine._batch_step
+
+    def broken(self: Engine, group: list[Any], running: list[Any]) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(Engine, "_batch_step", broken)
+    async with asyncio.timeout(30):
+        results = await asyncio.gather(
+            collect(batching, "One."), collect(batching, "Two."), return_exceptions=True
+        )
+        assert all(isinstance(r, SynthesisError) and "a bug" in str(r) for r in results)
+        monkeypatch.setattr(Engine, "_batch_step", step)
+        assert len(await collect(batching, "Three.")) == 1
 
 
 async def test_previews_still_wait_behind_batched_speech_on_air(

@@ -261,5 +261,6 @@ async def test_a_batching_engine_records_every_batch_size_at_start_and_none_on_a
             assert np.abs(got - want).max() <= 0.1 * np.abs(want).max()
     finally:
         engine.close()
-        dit.uncompile_regions(engine._model.transformer)
+        if engine._model is not None:
+            dit.uncompile_regions(engine._model.transformer)
         torch._dynamo.reset()
