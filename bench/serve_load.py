@@ -220,9 +220,26 @@ async def main(args: argparse.Namespace) -> list[dict[str, Any]]:
             if device == "cuda":
                 torch.cuda.empty_cache()
     print("summary:", flush=True)
+    # One bot back to back: every request alone, the same lines on each engine.
+    lone = {r["batch"]: r["first_ms_p50"] for r in records
+            if r["event"] == "load" and r["load"] == "flood" and r["n"] == 1}  # fmt: skip
+    if 1 in lone and len(lone) > 1 and None not in lone.values():
+        for size, first in lone.items():
+            if size > 1:
+                overhead = {"event": "lone_overhead", "batch": size, "window_ms": args.window_ms,
+                            "first_ms_p50_delta": round(first - lone[1], 1)}  # fmt: skip
+                records.append(overhead)
+                print(json.dumps(overhead), flush=True)
     for record in records:
         if record["event"] == "load":
             print(row(record), flush=True)
+        elif record["event"] == "lone_overhead":
+            print(
+                f"a lone request (N=1, back to back), B={record['batch']} against B=1: "
+                f"first audio p50 {record['first_ms_p50_delta']:+.1f} ms "
+                f"(window {record['window_ms']} ms)",
+                flush=True,
+            )
         else:
             rates_text = ", ".join(
                 f"B={k}: {v} lines/s" for k, v in record["sample_batch_lines_per_s"].items()
