@@ -207,7 +207,7 @@ async def main(args: argparse.Namespace) -> list[dict[str, Any]]:
             if size > 1:
                 # What the same batches reach without the engine's thread and streams.
                 for lines, texts in (("flood", FLOOD), ("chat", CHAT)):
-                    rates = batch_throughput(engine, (1, size), texts=texts)
+                    rates = batch_throughput(engine, (1, size), 1 if args.tiny else 3, texts)
                     per_s = {str(k): v for k, v in rates.items()}
                     ceiling = {"event": "ceiling", "batch": size, "lines": lines,
                                "sample_batch_lines_per_s": per_s}  # fmt: skip
