@@ -351,9 +351,10 @@ FLOOD = ["Thanks for the follow, welcome in!", "gg", "lol that was so close", "h
 
 
 def batch_throughput(
-    engine: Engine, sizes: tuple[int, ...] = (1, 4, 16), reps: int = 3
+    engine: Engine, sizes: tuple[int, ...] = (1, 4, 16), reps: int = 3, texts: list[str] = FLOOD
 ) -> dict[int, float]:
-    """Short lines per second (sampling + decoding) when B wait and go in one batch."""
+    """Lines per second (sampling + decoding) when B wait and go in one batch; the
+    short lines of a flood unless `texts` says."""
     model, runner, decoder = engine._model, engine._runner, engine._decoder
     ref = engine._reference(engine.voices.get("ref"))
     device = torch.device(engine.device)
@@ -361,7 +362,7 @@ def batch_throughput(
     for size in sizes:
         lines = []
         for i in range(size):
-            text = FLOOD[i % len(FLOOD)]
+            text = texts[i % len(texts)]
             ids = sampler.text_ids(ref.text + text, engine._vocab, device)
             frames = chunking.duration_frames(ref.frames, ref.text, text)
             lines.append(sampler.Line(ref.mel, ids, frames, seed=i))

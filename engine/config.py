@@ -30,6 +30,15 @@ class ArchConfig(_Section):
     conv_layers: int = Field(4, ge=0)
 
 
+class BatchConfig(_Section):
+    """Requests of several clients served as one batch (`ishowtts serve`)."""
+
+    #: At most this many requests in one batch; 1 serves them one at a time.
+    max_size: int = Field(1, ge=1, le=64)
+    #: How long the first request waits for others to join its batch.
+    window_ms: float = Field(3.0, ge=0, le=50)
+
+
 class EngineConfig(_Section):
     model_path: UserPath | None = None
     vocab_path: UserPath | None = None
@@ -48,6 +57,7 @@ class EngineConfig(_Section):
     #: A synthesis with no sampling progress for this long is abandoned (its
     #: message skipped) and a fresh inference thread serves the rest.
     stall_timeout_s: float = Field(30.0, ge=0.5, le=3600)
+    batch: BatchConfig = BatchConfig()
     #: Test-only: see engine/faults.py. null in real use.
     fault_file: UserPath | None = None
     arch: ArchConfig = ArchConfig()

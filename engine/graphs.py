@@ -4,7 +4,9 @@ A guided DiT step launches hundreds of small kernels; launched one by one
 from Python the GPU mostly waits. Captured once as a CUDA graph and replayed,
 the step costs what its kernels cost. Graphs need fixed shapes, so lengths
 are padded up to a multiple of `bucket` frames (the padding is masked out,
-see `engine.dit`) and one graph is captured per bucket, on first use. Works
+see `engine.dit`) and one graph is captured per bucket, on first use; batches
+of several requests are padded likewise to a few sizes (`sampler.padded_rows`),
+with graphs of their own. Works
 with or without torch.compile underneath, and needs no Triton. The request's
 text embedding (eight small ConvNeXt blocks, twice) is a graph of its own:
 launched op by op it costs the host several times what the GPU needs.
@@ -27,7 +29,7 @@ import structlog
 import torch
 
 from engine import dit
-from engine.sampler import EagerSteps, StepInputs
+from engine.sampler import EagerSteps, StepInputs, padded_rows
 
 log = structlog.get_logger()
 
@@ -94,8 +96,10 @@ class GraphSteps:
     """Replays captured graphs: the text embedding once per request, then one
     graph per sampling step (see module docstring)."""
 
-    def __init__(self, bucket: int = BUCKET_FRAMES) -> None:
+    def __init__(self, bucket: int = BUCKET_FRAMES, max_rows: int = 1) -> None:
+        """`max_rows`: the largest batch of requests (`engine.batch.max_size`)."""
         self._bucket = bucket
+        self._max_rows = max_rows
         #: By (batch, length, guidance).
         self._graphs: dict[tuple[int, int, float], _Graph | None] = {}
         self._recorder = Recorder()
@@ -108,8 +112,16 @@ class GraphSteps:
     def bucket(self) -> int:
         return self._bucket
 
+    @property
+    def batch_sizes(self) -> list[int]:
+        """Every batch size `rows` pads to, each with graphs of its own."""
+        return sorted({self.rows(n) for n in range(1, self._max_rows + 1)})
+
     def length(self, frames: int) -> int:
         return self._eager.length(frames)
+
+    def rows(self, lines: int) -> int:
+        return padded_rows(lines, self._max_rows)
 
     def embed(self, transformer: Any, text: torch.Tensor, cfg_strength: float) -> None:
         graph = self._graphs.get((text.shape[0], text.shape[1], cfg_strength))

@@ -50,6 +50,14 @@ def padded_length(frames: int, bucket: int) -> int:
     return -(-frames // bucket) * bucket
 
 
+def padded_rows(lines: int, largest: int) -> int:
+    """`lines` rounded up to a power of two, but not past `largest` (the batch
+    sizes graphs are recorded at: a few sizes, not one per count of lines)."""
+    if lines >= largest:
+        return lines
+    return min(1 << (lines - 1).bit_length(), largest)
+
+
 @dataclass
 class StepInputs:
     """One request's inputs, padded to the runner's length: noise x (batch, length,
@@ -90,6 +98,10 @@ class Steps(Protocol):
         """The (padded) sequence length this runner computes `frames` frames at."""
         ...
 
+    def rows(self, lines: int) -> int:
+        """The (padded) batch size this runner computes `lines` lines at."""
+        ...
+
     def embed(self, transformer: Any, text: torch.Tensor, cfg_strength: float) -> None:
         """Starts embedding the request's text ids (padded to the runner's length),
         before its other inputs exist: the GPU embeds while the host prepares the
@@ -128,6 +140,9 @@ class EagerSteps:
 
     def length(self, frames: int) -> int:
         return padded_length(frames, self._bucket)
+
+    def rows(self, lines: int) -> int:
+        return lines
 
     def embed(self, transformer: Any, text: torch.Tensor, cfg_strength: float) -> None:
         self._local.embedded = (text, dit.text_embeds(transformer, text))
@@ -209,9 +224,12 @@ def sample_batch(
     kernels: Kernels = EAGER,
 ) -> list[torch.Tensor]:
     """Several lines in one batch, padded to a common length (the padding masked
-    out): each result equals that line sampled alone."""
+    out) and to the runner's batch size (copies of the last line, whose results
+    are dropped): each result equals that line sampled alone."""
     runner = runner or EagerSteps()
     transformer = dit.prepare(model.transformer)
+    wanted = len(lines)
+    lines = lines + [lines[-1]] * (runner.rows(wanted) - wanted)
     durations = [max(ln.duration, max(ln.text.shape[1], ln.cond.shape[1]) + 1) for ln in lines]
     length = runner.length(max(durations))
     # The text first: the GPU embeds it while the host prepares the rest.
@@ -248,5 +266,5 @@ def sample_batch(
         x = runner.result()
     return [
         torch.cat((line.cond, x[row : row + 1, line.cond.shape[1] : duration]), dim=1)
-        for row, (line, duration) in enumerate(zip(lines, durations, strict=True))
+        for row, (line, duration) in enumerate(zip(lines[:wanted], durations[:wanted], strict=True))
     ]

@@ -246,7 +246,7 @@ class Startup(Worker):
         """Run with `chosen` from the next request on: a fresh graph runner when it
         records graphs (those recorded so far may have run other kernels)."""
         if chosen.graphs:
-            self._runner = graphs.GraphSteps()
+            self._runner = graphs.GraphSteps(max_rows=self.config.batch.max_size)
             if not isinstance(self._decoder, vocoder.GraphVocoder):
                 self._decoder = vocoder.GraphVocoder(self._vocoder)
         else:
@@ -309,24 +309,24 @@ class Startup(Worker):
         return phases
 
     def _capture_graphs(self, runner: graphs.GraphSteps) -> None:
-        """One graph per length a chat line can take, so none is recorded on air."""
+        """One graph per length a chat line can take, and per batch size where
+        requests are batched (`engine.batch`), so none is recorded on air."""
         longest = int(chunking.MAX_TOTAL_SECONDS * SAMPLE_RATE / HOP_LENGTH)
         cond = torch.zeros(1, 1, self._model.num_channels, device=self.device, dtype=self.dtype)
         text = torch.zeros(1, 1, dtype=torch.long, device=self.device)
         for frames in range(runner.bucket, runner.length(longest) + 1, runner.bucket):
             if isinstance(self._decoder, vocoder.GraphVocoder):
                 self._decoder.capture(frames, self.device)
-            sampler.sample(
-                self._model,
-                cond,
-                text,
-                frames,
-                steps=1,
-                cfg_strength=self.config.cfg_strength,
-                sway=self.config.sway_sampling,
-                runner=runner,
-                kernels=self.kernels,
-            )
+            for rows in runner.batch_sizes:
+                sampler.sample_batch(
+                    self._model,
+                    [sampler.Line(cond, text, frames)] * rows,
+                    steps=1,
+                    cfg_strength=self.config.cfg_strength,
+                    sway=self.config.sway_sampling,
+                    runner=runner,
+                    kernels=self.kernels,
+                )
 
 
 def _is_compile_error(exc: Exception) -> bool:

@@ -9,15 +9,22 @@ Speech for the air comes first: a preview (`stream(..., preview=True)`, the
 panel's preview button) waits behind every on-air request, and on-air requests
 that arrive while a preview runs are served between its sentences.
 
+With `engine.batch.max_size` above 1 (a server speaking for many channels),
+on-air requests that arrive together are served as one batch: the first one
+waits at most `engine.batch.window_ms` for others to join, and requests that
+arrive while a batch runs join it between two of its sentences. Previews are
+never batched.
+
 A watchdog thread guards against a synthesis that never returns (a wedged
 driver, a pathological input): after `engine.stall_timeout_s` without a
-sampling step it logs `engine.stalled`, fails that request with
-`SynthesisStalled`, and hands the job queue to a fresh inference thread. The
-stuck thread is left to finish on its own (Python cannot kill a thread); its
-output is discarded.
+sampling step it logs `engine.stalled`, fails that request (every request of
+a stuck batch) with `SynthesisStalled`, and hands the job queue to a fresh
+inference thread. The stuck thread is left to finish on its own (Python cannot
+kill a thread); its output is discarded.
 
 `Worker` is the engine's base: the engine (engine/synth.py) says how it starts
-(`_start_up`) and how it serves one job (`_run`).
+(`_start_up`), how it serves one job (`_run`) and how a batch of them
+(`_run_batch`).
 """
 
 from __future__ import annotations
@@ -95,6 +102,9 @@ class Worker:
         #: The thread serving jobs now; the watchdog replaces it when it sticks.
         self._worker = self._thread
         self._job: _Job | None = None  # the current worker's job
+        #: The current worker's batched jobs (`engine.batch`), in the order they came.
+        self._batch: list[_Job] = []
+        self._replacements = itertools.count(1)  # names the watchdog's fresh threads
         self._stuck: list[threading.Thread] = []
         self._lock = threading.Lock()
         self._closing = threading.Event()
@@ -105,6 +115,11 @@ class Worker:
 
     def _run(self, job: _Job) -> None:
         """Serve one job: its audio, then None, or its error, through `_emit`."""
+        raise NotImplementedError
+
+    def _run_batch(self, jobs: list[_Job]) -> None:
+        """Serve on-air jobs together (admitted with `_admit`, more taken with
+        `_take_on_air` while they run), each ended through `_emit` and `_release`."""
         raise NotImplementedError
 
     def _bind(self) -> None:
@@ -162,6 +177,10 @@ class Worker:
         rank = _STOP if job is None else PREVIEW if job.preview else ON_AIR
         self._jobs.put((rank, next(self._order), job))
 
+    @property
+    def _batching(self) -> bool:
+        return self.config.batch.max_size > 1
+
     # inference thread ---------------------------------------------------------
     def _main(self) -> None:
         try:
@@ -181,9 +200,18 @@ class Worker:
             with self._lock:
                 if self._worker is not me:
                     return
-            _, _, job = self._jobs.get()
+            rank, _, job = self._jobs.get()
             if job is None:
                 return
+            if rank == ON_AIR:
+                self._serve_on_air(job)
+            else:
+                self._serve_one(job)
+
+    def _serve_on_air(self, job: _Job) -> None:
+        if self._batching:
+            self._serve_batch(job)
+        else:
             self._serve_one(job)
 
     def _serve_one(self, job: _Job) -> None:
@@ -192,14 +220,98 @@ class Worker:
             self._job = job
             stuck = sum(t.is_alive() for t in self._stuck)
         if stuck >= MAX_STUCK_THREADS:
-            self.errors += 1
-            log.error("engine.error", voice=job.voice, text_len=len(job.text), error="stuck")
-            self._emit(job, SynthesisError(f"the engine is stuck ({stuck} syntheses hung)"))
+            self._fail_stuck(job, stuck)
         else:
             self._run(job)
         with self._lock:
             if self._job is job:
                 self._job = None
+
+    def _fail_stuck(self, job: _Job, stuck: int) -> None:
+        self.errors += 1
+        log.error("engine.error", voice=job.voice, text_len=len(job.text), error="stuck")
+        self._emit(job, SynthesisError(f"the engine is stuck ({stuck} syntheses hung)"))
+
+    def _serve_batch(self, first: _Job) -> None:
+        with self._lock:
+            # A preview paused for this batch is not watched while the batch runs.
+            self._job = None
+        self._run_batch(self._gather(first))
+
+    def _gather(self, first: _Job) -> list[_Job]:
+        """`first` and the on-air jobs that come within `engine.batch.window_ms` of
+        taking it, up to `engine.batch.max_size`: the wait ends at the window's
+        end or when the batch is full, whichever is first."""
+        batch = self.config.batch
+        started = time.monotonic()
+        deadline = started + batch.window_ms / 1000
+        jobs = [first]
+        while len(jobs) < batch.max_size:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                entry = self._jobs.get(timeout=remaining)
+            except queue.Empty:
+                break
+            rank, _, job = entry
+            if rank != ON_AIR or job is None:
+                self._jobs.put(entry)  # same rank and number: it keeps its place
+                break
+            jobs.append(job)
+        log.debug(
+            "engine.gathered",
+            jobs=len(jobs),
+            waited_ms=round((time.monotonic() - started) * 1000, 3),
+            window_ms=batch.window_ms,
+        )
+        return jobs
+
+    def _take_on_air(self, limit: int) -> list[_Job]:
+        """Up to `limit` on-air jobs waiting now, without waiting for more; none
+        for a thread the watchdog replaced, or once the engine is closing."""
+        jobs: list[_Job] = []
+        with self._lock:
+            if self._worker is not threading.current_thread() or self._closing.is_set():
+                return jobs
+            while len(jobs) < limit:
+                try:
+                    entry = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                rank, _, job = entry
+                if rank != ON_AIR or job is None:
+                    self._jobs.put(entry)
+                    break
+                jobs.append(job)
+        return jobs
+
+    def _admit(self, job: _Job) -> bool:
+        """Take `job` into the running batch, where the watchdog sees it; False
+        where it failed at once instead (too many stuck threads)."""
+        with self._lock:
+            if self._worker is not threading.current_thread():
+                self._put(job)  # for the thread that serves the queue now
+                return False
+            job.progress_at = time.monotonic()
+            stuck = sum(t.is_alive() for t in self._stuck)
+            if stuck < MAX_STUCK_THREADS:
+                self._batch.append(job)
+                return True
+        self._fail_stuck(job, stuck)
+        return False
+
+    def _release(self, job: _Job) -> None:
+        """`job` has ended: out of the running batch."""
+        with self._lock:
+            if job in self._batch:
+                self._batch.remove(job)
+
+    def _serving(self) -> bool:
+        """Whether the calling thread still serves the queue (the watchdog may
+        have handed it to a fresh one)."""
+        with self._lock:
+            return self._worker is threading.current_thread()
 
     def _serve_on_air_first(self, preview: _Job) -> None:
         """Between a preview's sentences: serve the on-air requests waiting behind it,
@@ -217,7 +329,7 @@ class Worker:
             if rank != ON_AIR or job is None:
                 self._jobs.put(entry)  # same rank and number: it keeps its place
                 return
-            self._serve_one(job)
+            self._serve_on_air(job)
             with self._lock:
                 if self._worker is not me:
                     # That request stuck and a fresh thread took the queue: the
@@ -233,32 +345,36 @@ class Worker:
         limit = self.config.stall_timeout_s
         while not self._closing.wait(min(1.0, limit / 4)):
             with self._lock:
-                job = self._job
-                if job is None or job.progress_at is None:
+                jobs = ([self._job] if self._job is not None else []) + self._batch
+                times = [job.progress_at for job in jobs if job.progress_at is not None]
+                if not times:
                     continue
-                idle = time.monotonic() - job.progress_at
+                idle = time.monotonic() - max(times)
                 if idle >= limit:
-                    self._abandon(job, idle)
+                    self._abandon(jobs, idle)
 
-    def _abandon(self, job: _Job, idle: float) -> None:
-        """Fail the stuck request and start a fresh thread on the queue (lock held)."""
-        job.abandoned = True
-        job.cancel.set()
-        self.errors += 1
-        self.stalls += 1
+    def _abandon(self, jobs: list[_Job], idle: float) -> None:
+        """Fail the stuck requests (one, or a batch) and start a fresh thread on the
+        queue (lock held)."""
         self._stuck = [t for t in self._stuck if t.is_alive()]
         self._stuck.append(self._worker)
-        log.error(
-            "engine.stalled",
-            voice=job.voice,
-            text_len=len(job.text),
-            stalled_s=round(idle, 1),
-            stuck_threads=len(self._stuck),
-        )
-        _deliver(job, SynthesisStalled(f"no progress for {idle:.0f} s; request abandoned"))
+        for job in jobs:
+            job.abandoned = True
+            job.cancel.set()
+            self.errors += 1
+            self.stalls += 1
+            log.error(
+                "engine.stalled",
+                voice=job.voice,
+                text_len=len(job.text),
+                stalled_s=round(idle, 1),
+                stuck_threads=len(self._stuck),
+            )
+            _deliver(job, SynthesisStalled(f"no progress for {idle:.0f} s; request abandoned"))
         self._job = None
+        self._batch = []
         self._worker = threading.Thread(
-            target=self._serve, name=f"ishowtts-engine-{self.stalls}", daemon=True
+            target=self._serve, name=f"ishowtts-engine-{next(self._replacements)}", daemon=True
         )
         self._worker.start()
 

@@ -97,3 +97,19 @@ def test_pacing_quick_run_prints_both_rows(tmp_path: Path) -> None:
     assert [r[1] for r in rows] == ["off", "on"]
     assert all(r[-1] == "yes" for r in rows)  # every message ended exactly once
     assert list(tmp_path.iterdir()) == []
+
+
+def test_serve_load_tiny_run_prints_each_load_and_the_ceiling(tmp_path: Path) -> None:
+    result = run_bench(tmp_path, "--tiny", module="bench.serve_load")
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    loads = [r for r in records if r["event"] == "load"]
+    assert [(r["batch"], r["load"], r["n"]) for r in loads] == [(2, "paced", 2), (2, "flood", 2)]
+    for r in loads:
+        assert r["lines"] > 0 and r["errors"] == 0 and r["lines_per_s"] > 0
+        assert 0 < r["first_ms_p50"] <= r["first_ms_p99"]
+        assert 1 <= r["batch_mean"] <= r["batch_max"] <= 2
+    ceilings = [r for r in records if r["event"] == "ceiling"]
+    assert [r["lines"] for r in ceilings] == ["flood", "chat"]
+    assert "B=2   flood N=2 " in result.stdout.split("summary:")[1]
+    assert list(tmp_path.iterdir()) == []

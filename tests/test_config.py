@@ -88,6 +88,7 @@ def test_wrong_types(text: str, expected: str) -> None:
             "engine:\n  device: gpu\n",
             "engine.device: must be auto, cpu, mps, cuda or cuda:N, got 'gpu'",
         ),
+        ("engine:\n  batch: {max_size: 0}\n", "engine.batch.max_size: must be >= 1, got 0"),
         (
             "engine:\n  default_voice: ../../etc/passwd\n",
             "engine.default_voice: must be a voice file name without extension, "

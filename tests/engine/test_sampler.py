@@ -422,3 +422,49 @@ def test_epss_schedule_for_nfe_8_is_not_uniform() -> None:
     assert t.tolist() == pytest.approx([0, 2 / 32, 4 / 32, 6 / 32, 8 / 32, 16 / 32, 24 / 32, 1])
     u = sampler.timesteps(8, 0.0, torch.device("cpu"), torch.float32)
     assert u.tolist() == pytest.approx([i / 8 for i in range(9)])
+
+
+def test_batches_are_padded_to_a_few_sizes() -> None:
+    from engine import graphs
+
+    assert [sampler.padded_rows(n, 16) for n in range(1, 17)] == ([1, 2, 4, 4] + [8] * 4 + [16] * 8)
+    assert [sampler.padded_rows(n, 12) for n in (5, 9, 12)] == [8, 12, 12]
+    # The sizes the graphs are recorded for at start-up: none beyond one request by default.
+    assert graphs.GraphSteps().batch_sizes == [1]
+    assert graphs.GraphSteps(max_rows=16).batch_sizes == [1, 2, 4, 8, 16]
+    assert graphs.GraphSteps(max_rows=6).batch_sizes == [1, 2, 4, 6]
+    assert graphs.GraphSteps(max_rows=6).rows(3) == 4
+    assert sampler.EagerSteps().rows(3) == 3
+
+
+def test_rows_padded_to_the_runners_batch_size_change_no_line(
+    model: object, tiny_files: ModelFiles
+) -> None:
+    # A runner that records graphs runs a batch at one of a few sizes: three lines
+    # as four rows, the fourth a copy whose result is dropped.
+    sizes: list[int] = []
+
+    class Padded(sampler.EagerSteps):
+        def rows(self, lines: int) -> int:
+            return sampler.padded_rows(lines, 8)
+
+        def start(self, inputs: sampler.StepInputs) -> None:
+            sizes.append(inputs.x.shape[0])
+            super().start(inputs)
+
+    vocab = read_vocab(tiny_files.vocab)
+    torch.manual_seed(9)
+    cond = model.mel_spec(torch.randn(1, 24000) * 0.1).permute(0, 2, 1)  # type: ignore[attr-defined]
+    lines = [
+        sampler.Line(cond, sampler.text_ids(text, vocab, torch.device("cpu")), frames, seed)
+        for text, frames, seed in (("One.", 120, 1), ("Two lines.", 150, 2), ("三", 100, 3))
+    ]
+    kwargs = {"steps": 4, "cfg_strength": 2.0, "sway": -1.0}
+    runner = Padded()
+    padded = sampler.sample_batch(model, lines, runner=runner, **kwargs)  # type: ignore[arg-type]
+    plain = sampler.sample_batch(model, lines, **kwargs)  # type: ignore[arg-type]
+    assert sizes == [4]
+    assert len(padded) == 3
+    for a, b in zip(padded, plain, strict=True):
+        assert a.shape == b.shape
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)

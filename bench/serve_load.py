@@ -1,0 +1,283 @@
+"""Many channels on one GPU: N simulated bots against one engine that batches.
+
+One engine in this process, as `ishowtts serve` runs it, with
+`engine.batch.max_size` = B; N bots as asyncio tasks, each sending short chat
+lines (8-15 words) through `engine.stream`, alternating two voices (a 7 s and
+a 5 s reference), under two loads for a fixed time: paced (one line every 3-5
+s a bot, a busy channel) and flood (each bot's next line right after its last
+one finished: the engine's capacity). For each engine, load and N it prints
+lines/s, first audio p50/p99 (request to first chunk on the host), the batch
+sizes the engine ran (mean, max), how busy the engine's thread was in batched
+steps, and peak GPU memory; then the in-process ceiling, `sampler.sample_batch`
+at B = 1 and at the engine's B, with the benchmark's flood lines
+(`bench.engine.batch_throughput`, the figure FINDINGS.md cites) and with
+these chat lines. The engine with B = 1 is today's one-at-a-time engine: the
+reference for what batching changes, lone-request overhead included.
+
+In-process only: the server (`engine/serve.py`) calls `engine.stream` per
+client request, so its figures add the wire's cost to these.
+
+Run on the GPU (the F5TTS_v1_Base and Vocos shapes with random weights, fp16,
+compiled + CUDA graphs, NFE 8; about 6 minutes):
+    python -m bench.serve_load [--n 1,4,16,64] [--batch 1,16] [--seconds 10]
+Check the script on the CPU (tiny random model, one engine with B = 2, two bots;
+its figures mean nothing):
+    python -m bench.serve_load --tiny
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import logging
+import random
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import structlog
+import torch
+
+from bench.engine import FLOOD, NFE, batch_throughput, sync, write_model
+from engine.config import BatchConfig, EngineConfig
+from engine.synth import Engine, SynthesisError
+from engine.voices import VoiceLibrary
+from tests.engine.tiny import write_voice
+
+#: Chat lines of 8-15 words, as viewers type them.
+CHAT = [
+    "that was the cleanest clutch I have seen all week honestly",
+    "can you try the other route through the castle next time",
+    "hello from Brazil, first time catching the stream live, love it",
+    "no way he missed that shot from two feet away lol",
+    "what settings are you using for the mouse sensitivity right now",
+    "chat is moving so fast nobody will notice I like trains",
+    "please do the boss fight again but without any healing items",
+    "just got here, did I miss the giveaway or is it later",
+    "the music on this stream is always so good, what playlist",
+    "remember to drink some water and stretch your back a little",
+    "I bet fifty points he dies before reaching the checkpoint",
+    "good luck on the speedrun today, you have got this one",
+    "is the new patch out yet or are we still on the old one",
+    "my cat just walked across the keyboard and sent this message",
+    "how long have you been streaming today, it feels like hours",
+    "that jump was absolutely insane, clip it before it is gone",
+]
+SECOND_VOICE_TEXT = "Thanks for watching everyone, see you all tomorrow at the same time."
+LOADS = ("paced", "flood")
+
+
+@dataclass(frozen=True, slots=True)
+class Said:
+    first_s: float  # request to first chunk
+    total_s: float
+
+
+async def bot(
+    engine: Engine,
+    voice: str,
+    load: str,
+    deadline: float,
+    period: tuple[float, float],
+    rng: random.Random,
+    said: list[Said],
+    errors: list[str],
+) -> None:
+    """One channel's bot: a line at a time, paced or back to back, until `deadline`."""
+    loop = asyncio.get_running_loop()
+    if load == "paced":  # the bots' first lines spread over the first period
+        await asyncio.sleep(rng.uniform(0, period[0]))
+    while loop.time() < deadline:
+        started = loop.time()
+        first = None
+        try:
+            async for _ in engine.stream(rng.choice(CHAT), voice):
+                if first is None:
+                    first = loop.time() - started
+        except SynthesisError as exc:
+            errors.append(str(exc))
+            continue
+        said.append(Said(first or 0.0, loop.time() - started))
+        if load == "paced":
+            wait = started + rng.uniform(*period) - loop.time()
+            if wait > 0:
+                await asyncio.sleep(min(wait, max(0.0, deadline - loop.time())))
+
+
+async def run_load(
+    engine: Engine, n: int, load: str, seconds: float, period: tuple[float, float]
+) -> dict[str, Any]:
+    """N bots under `load` for `seconds`; what they measured and what the engine ran."""
+    cuda = engine.device.startswith("cuda")
+    if cuda:
+        sync()
+        torch.cuda.reset_peak_memory_stats()
+    sizes_before, busy_before = Counter(engine.batch_sizes), engine.batch_busy_s
+    said: list[Said] = []
+    errors: list[str] = []
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    deadline = started + seconds
+    voices = ("ref", "ref_b")
+    await asyncio.gather(
+        *(
+            bot(engine, voices[i % 2], load, deadline, period, random.Random(i), said, errors)
+            for i in range(n)
+        )
+    )
+    wall = loop.time() - started
+    sizes = engine.batch_sizes - sizes_before
+    steps = sum(sizes.values())
+    firsts = np.array([s.first_s for s in said]) * 1000
+    record: dict[str, Any] = {
+        "event": "load",
+        "batch": engine.config.batch.max_size,
+        "load": load,
+        "n": n,
+        "lines": len(said),
+        "errors": len(errors),
+        "seconds": round(wall, 2),
+        "lines_per_s": round(len(said) / wall, 1),
+        "first_ms_p50": round(float(np.percentile(firsts, 50)), 1) if len(said) else None,
+        "first_ms_p99": round(float(np.percentile(firsts, 99)), 1) if len(said) else None,
+        "total_ms_p50": round(float(np.median([s.total_s for s in said])) * 1000, 1)
+        if said
+        else None,
+        # Batched steps only (B > 1): how many requests each step sampled together.
+        "batch_mean": round(sum(k * v for k, v in sizes.items()) / steps, 2) if steps else None,
+        "batch_max": max(sizes) if steps else None,
+        "busy": round((engine.batch_busy_s - busy_before) / wall, 2) if steps else None,
+    }
+    if cuda:
+        sync()
+        record["gpu_peak_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    return record
+
+
+def row(r: dict[str, Any]) -> str:
+    def ms(value: float | None) -> str:
+        return "-" if value is None else f"{value:.0f} ms"
+
+    batch = "-" if r["batch_mean"] is None else f"{r['batch_mean']:.1f}/{r['batch_max']}"
+    busy = "-" if r["busy"] is None else f"{r['busy'] * 100:.0f} %"
+    memory = f"{r['gpu_peak_gb']:.2f} GB" if "gpu_peak_gb" in r else "-"
+    return (
+        f"B={r['batch']:<3} {r['load']:<5} N={r['n']:<3} {r['lines_per_s']:6.1f} lines/s  "
+        f"first audio p50 {ms(r['first_ms_p50']):>7} p99 {ms(r['first_ms_p99']):>7}  "
+        f"batch {batch:>8}  busy {busy:>5}  GPU peak {memory}  errors {r['errors']}"
+    )
+
+
+async def main(args: argparse.Namespace) -> list[dict[str, Any]]:
+    device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
+    root = Path(tempfile.mkdtemp(prefix="bench-serve-"))
+    files, arch = write_model(root, args.tiny)
+    write_voice(root / "voices", "ref_b", SECOND_VOICE_TEXT, seconds=5.0)
+    gpu = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+    setup = {"event": "setup", "device": device, "gpu": gpu, "torch": torch.__version__,
+             "nfe": NFE, "window_ms": args.window_ms, "seconds": args.seconds}  # fmt: skip
+    print(json.dumps(setup), flush=True)
+    records: list[dict[str, Any]] = []
+    for size in args.batch:
+        batch = BatchConfig(max_size=size, window_ms=args.window_ms)
+        config = EngineConfig(device=device, nfe_steps=NFE, arch=arch, batch=batch)
+        engine = Engine(config, VoiceLibrary(root / "voices"), files)
+        started = time.perf_counter()
+        engine.start()
+        await engine.wait_ready()
+        ready = {"event": "engine", "batch": size, "path": str(engine.kernels),
+                 "startup_s": round(time.perf_counter() - started, 1)}  # fmt: skip
+        if device == "cuda":
+            sync()
+            ready["ready_gb"] = round(torch.cuda.memory_allocated() / 2**30, 2)
+        print(json.dumps(ready), flush=True)
+        try:
+            for n in args.n:
+                for load in LOADS:
+                    record = await run_load(engine, n, load, args.seconds, args.period)
+                    records.append(record)
+                    print(json.dumps(record), flush=True)
+                    print(row(record), flush=True)
+            if size > 1:
+                # What the same batches reach without the engine's thread and streams.
+                for lines, texts in (("flood", FLOOD), ("chat", CHAT)):
+                    rates = batch_throughput(engine, (1, size), 1 if args.tiny else 3, texts)
+                    per_s = {str(k): v for k, v in rates.items()}
+                    ceiling = {"event": "ceiling", "batch": size, "lines": lines,
+                               "sample_batch_lines_per_s": per_s}  # fmt: skip
+                    records.append(ceiling)
+                    print(json.dumps(ceiling), flush=True)
+        finally:
+            engine.close()
+            del engine  # its graphs and pool must not count in the next engine's peak
+            gc.collect()
+            if device == "cuda":
+                torch.cuda.empty_cache()
+    print("summary:", flush=True)
+    # One bot back to back: every request alone, the same lines on each engine.
+    lone = {r["batch"]: r["first_ms_p50"] for r in records
+            if r["event"] == "load" and r["load"] == "flood" and r["n"] == 1}  # fmt: skip
+    if 1 in lone and len(lone) > 1 and None not in lone.values():
+        for size, first in lone.items():
+            if size > 1:
+                overhead = {"event": "lone_overhead", "batch": size, "window_ms": args.window_ms,
+                            "first_ms_p50_delta": round(first - lone[1], 1)}  # fmt: skip
+                records.append(overhead)
+                print(json.dumps(overhead), flush=True)
+    for record in records:
+        if record["event"] == "load":
+            print(row(record), flush=True)
+        elif record["event"] == "lone_overhead":
+            print(
+                f"a lone request (N=1, back to back), B={record['batch']} against B=1: "
+                f"first audio p50 {record['first_ms_p50_delta']:+.1f} ms "
+                f"(window {record['window_ms']} ms)",
+                flush=True,
+            )
+        else:
+            rates_text = ", ".join(
+                f"B={k}: {v} lines/s" for k, v in record["sample_batch_lines_per_s"].items()
+            )
+            print(
+                f"ceiling, sample_batch in process, {record['lines']} lines: {rates_text}",
+                flush=True,
+            )
+    return records
+
+
+def numbers(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part]
+
+
+def pair(text: str) -> tuple[float, float]:
+    low, high = (float(part) for part in text.split(","))
+    return low, high
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n", type=numbers, help="bots, e.g. 1,4,16,64 (the default)")
+    parser.add_argument(
+        "--batch", type=numbers, help="engine.batch.max_size of each engine (default: 1,16)"
+    )
+    parser.add_argument("--window-ms", type=float, default=3.0, help="engine.batch.window_ms")
+    parser.add_argument("--seconds", type=float, help="each load's duration (default: 10)")
+    parser.add_argument(
+        "--period", type=pair, help="paced bots: seconds between lines (default: 3,5)"
+    )
+    parser.add_argument("--tiny", action="store_true", help="tiny model: checks the script on CPU")
+    args = parser.parse_args()
+    # The engine's per-step debug lines and start-up notes would bury the figures.
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    # --tiny: one small run, a check of the script (a line takes about a second there).
+    args.n = args.n or ([2] if args.tiny else [1, 4, 16, 64])
+    args.batch = args.batch or ([2] if args.tiny else [1, 16])
+    args.seconds = args.seconds or (0.5 if args.tiny else 10.0)
+    args.period = args.period or ((0.2, 0.4) if args.tiny else (3.0, 5.0))
+    asyncio.run(main(args))
