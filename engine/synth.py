@@ -108,7 +108,7 @@ class Engine(Startup):
     def _synthesize(self, text: str, voice: Voice, job: _Job) -> Iterator[np.ndarray]:
         ref = self._reference(voice)
         speed = voice.settings.speed * job.speed
-        steps = voice.settings.nfe_steps or self.config.nfe_steps
+        steps = job.steps or voice.settings.nfe_steps or self.config.nfe_steps
         pieces = chunking.split_text(
             text, chunking.max_chunk_bytes(voice.text, voice.seconds, speed)
         )

@@ -552,6 +552,8 @@ def _snapshot(request: web.Request) -> dict[str, Any]:
         "queue": len(bot.queue),
         "muted": [bot.policy.clean_name(name).shown for name in control.muted_list()],
         "connections": {p.value: up for p, up in control.connections.items()},
+        # "local", or an engine server's "up" / "unavailable" (engine.url).
+        "engine": speaker.engine_state if speaker is not None else None,
         "rewards": [
             {"id": r.reward_id, "name": r.name, "example": r.example, "count": r.count}
             for r in control.policy_state.rewards.listed()
