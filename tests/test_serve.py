@@ -604,6 +604,11 @@ async def test_the_panel_previews_through_the_server_and_shows_its_state(
                 assert rate == 24_000 and len(audio) > 0
             status = await (await panel.get("/api/status", headers=auth)).json()
             assert status["engine"] == "unavailable"
+            preview = await panel.post(
+                "/api/synthesize", json={"text": "A preview.", "voice": "mei"}, headers=auth
+            )
+            assert preview.status == 503
+            assert "is unavailable" in (await preview.json())["error"]
             metrics = await (await panel.get("/metrics", headers=auth)).text()
             assert "ishowtts_engine_up 0.0" in metrics
 

@@ -45,6 +45,7 @@ from bot.chat.router import QUEUE_FULL
 from bot.config import WebConfig
 from bot.control import Reply
 from bot.panel.metrics import CONTENT_TYPE, Metrics
+from bot.remote_engine import EngineUnavailable
 from engine.audio import SAMPLE_RATE
 from engine.config import VOICE_NAME
 
@@ -700,6 +701,8 @@ async def _synthesize(request: web.Request) -> web.StreamResponse:
             status=429,
             headers={hdrs.RETRY_AFTER: "1"},
         )
+    except EngineUnavailable as exc:  # engine.url: the engine server is out of reach
+        return _bad(str(exc), status=503)
     buffer = io.BytesIO()
 
     def encode() -> None:
