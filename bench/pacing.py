@@ -133,6 +133,7 @@ class SimulatedEngine(Engine):
         *,
         preview: bool = False,
         speed: float = 1.0,
+        steps: int | None = None,
     ) -> AsyncGenerator[np.ndarray, None]:
         audio_s = speech_units(text) / SPEAKING_CHARS_PER_S / speed
         await asyncio.sleep(FIRST_AUDIO_S + REAL_TIME_FACTOR * audio_s)

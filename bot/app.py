@@ -9,7 +9,7 @@ import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import structlog
 
@@ -27,8 +27,12 @@ from bot.control import Control, Reply
 from bot.instance import AlreadyRunning, ChannelLocks, bind_panel
 from bot.lag import LagProbe
 from bot.logs import progress, tell_user
+from bot.remote_engine import EngineRefused, RemoteEngine, RemoteVoices
 from bot.signals import StopOnSignal
-from engine.voices import VoiceLibrary
+from engine.voices import VoiceError, VoiceLibrary
+
+if TYPE_CHECKING:  # imported where it starts: a bot with engine.url never loads torch
+    from engine.synth import Engine
 
 log = structlog.get_logger()
 
@@ -61,7 +65,10 @@ class Bot:
         self.events: asyncio.Queue[ChatEvent] = asyncio.Queue(maxsize=EVENT_QUEUE_SIZE)
         self.queue = SpeechQueue(config.queue)
         self.lag = LagProbe()
-        self.voices = VoiceLibrary(config.engine.voices_dir)
+        #: The voices to speak with: the folder's, or an engine server's (engine.url).
+        self.voices: VoiceLibrary | RemoteVoices = (
+            RemoteVoices() if config.engine.url else VoiceLibrary(config.engine.voices_dir)
+        )
         self.control = Control(config, self.queue, self.voices.names)
         own = [config.platforms.twitch.nick] if config.platforms.twitch.nick else []
         self.policy = SpeechPolicy(
@@ -231,15 +238,16 @@ def default_voice(config: Config, voices: VoiceLibrary) -> tuple[str, str | None
     return choose_default_voice(voices, config.engine.default_voice, "zh" if chinese else "en")
 
 
-def start_up_problems(config: Config, voices: VoiceLibrary) -> list[str]:
+def start_up_problems(config: Config, voices: VoiceLibrary | RemoteVoices) -> list[str]:
     """What `ishowtts run` refuses to start with that can be seen before the model
-    is fetched: the voice and the output device (none: no device to look for)."""
+    is fetched: the voice (an engine server's are checked once it answers) and the
+    output device (none: no device to look for)."""
     from bot.audio.player import AudioDeviceError, find_output_device
-    from engine.voices import VoiceError
 
     problems: list[str] = []
     try:
-        default_voice(config, voices)
+        if isinstance(voices, VoiceLibrary) and config.engine.url is None:
+            default_voice(config, voices)
     except (VoiceError, OSError) as exc:
         problems.append(str(exc))
     if config.audio.output_device == NO_DEVICE:  # the browser pages' audio only
@@ -279,18 +287,75 @@ async def run_bot(config: Config) -> int:
         signals.uninstall()
 
 
+async def _start_engine(
+    config: Config, bot: Bot, voices: VoiceLibrary, stop: asyncio.Event
+) -> Engine | int:
+    """The model loaded here and warmed up: the engine, or the exit code."""
+    from engine.checkpoints import CheckpointError, resolve_files
+    from engine.synth import Engine
+
+    try:
+        # The model files last: a first run downloads them.
+        finished, files = await _unless_stopped(
+            stop, _in_daemon_thread(lambda: resolve_files(config.engine))
+        )
+    except (CheckpointError, OSError) as exc:
+        return _refuse([str(exc)], bot)
+    if not finished or files is None:
+        return 0
+
+    engine = Engine(config.engine, voices, files, progress=progress)
+    engine.start()
+    log.info("bot.warming_up", device=engine.device)
+    try:
+        finished, _ = await _unless_stopped(stop, engine.wait_ready())
+    except Exception as exc:  # a bad checkpoint, or the GPU failing at warm-up
+        log.error("bot.cannot_start", error=str(exc))
+        tell_user(f"start-up error: {exc}")
+        await asyncio.to_thread(engine.close, ENGINE_STOP_WAIT_S)
+        return EXIT_STARTUP
+    if not finished:
+        await asyncio.to_thread(engine.close, ENGINE_STOP_WAIT_S)
+        return 0
+    return engine
+
+
+async def _connect_engine(
+    config: Config, bot: Bot, voices: RemoteVoices, stop: asyncio.Event
+) -> RemoteEngine | int:
+    """No model here: an engine server's client, once the server has answered (it
+    is waited for while it cannot be reached), with the default voice chosen from
+    the server's; or the exit code."""
+    local = VoiceLibrary(config.engine.voices_dir, builtins=False)
+    engine = RemoteEngine(config.engine, voices, local_voices=local)
+    engine.start()
+    log.info("bot.connecting_engine", url=engine.url)
+    progress(f"connecting to the engine server at {engine.url}…")
+    try:
+        finished, _ = await _unless_stopped(stop, engine.wait_ready())
+        if finished:
+            bot.control.voice, why = voices.choose_default(config.engine.default_voice)
+            if why is not None:
+                log.info("bot.default_voice", voice=bot.control.voice, reason=why)
+    except (EngineRefused, VoiceError) as exc:
+        await engine.aclose()
+        return _refuse([f"engine server {engine.url}: {exc}"], bot)
+    if not finished:
+        await engine.aclose()
+        return 0
+    return engine
+
+
 async def _run(config: Config, stop: asyncio.Event, locks: ChannelLocks) -> int:
     from bot.audio.player import Player
     from bot.audio.speaker import Speaker
-    from engine.checkpoints import CheckpointError, resolve_files
-    from engine.synth import Engine
 
     started = time.perf_counter()
     bot = Bot(config)
     # Every problem that can be seen before the model is fetched is told at once,
     # so that a streamer setting up fixes them in one go, not one per restart.
     problems = start_up_problems(config, bot.voices)
-    if not problems:
+    if not problems and isinstance(bot.voices, VoiceLibrary):
         bot.control.voice, why = default_voice(config, bot.voices)
         if why is not None:
             log.info("bot.default_voice", voice=bot.control.voice, reason=why)
@@ -308,36 +373,16 @@ async def _run(config: Config, stop: asyncio.Event, locks: ChannelLocks) -> int:
         if panel_socket is not None:
             panel_socket.close()
         return _refuse(problems, bot)
-    try:
-        # The model files last: a first run downloads them.
-        finished, files = await _unless_stopped(
-            stop, _in_daemon_thread(lambda: resolve_files(config.engine))
-        )
-    except (CheckpointError, OSError) as exc:
-        finished, files = True, None
-        problems.append(str(exc))
-    if problems or not finished or files is None:
+    started_engine = (
+        await _connect_engine(config, bot, bot.voices, stop)
+        if isinstance(bot.voices, RemoteVoices)
+        else await _start_engine(config, bot, bot.voices, stop)
+    )
+    if isinstance(started_engine, int):
         if panel_socket is not None:
             panel_socket.close()
-        return _refuse(problems, bot) if problems else 0
-
-    engine = Engine(config.engine, bot.voices, files, progress=progress)
-    engine.start()
-    log.info("bot.warming_up", device=engine.device)
-    try:
-        finished, _ = await _unless_stopped(stop, engine.wait_ready())
-    except Exception as exc:  # a bad checkpoint, or the GPU failing at warm-up
-        log.error("bot.cannot_start", error=str(exc))
-        tell_user(f"start-up error: {exc}")
-        await asyncio.to_thread(engine.close, ENGINE_STOP_WAIT_S)
-        if panel_socket is not None:
-            panel_socket.close()
-        return EXIT_STARTUP
-    if not finished:
-        await asyncio.to_thread(engine.close, ENGINE_STOP_WAIT_S)
-        if panel_socket is not None:
-            panel_socket.close()
-        return 0
+        return started_engine
+    engine: Engine | RemoteEngine = started_engine
 
     player = Player(config.audio)
     speaker = Speaker(bot.queue, engine, player, bot.control)

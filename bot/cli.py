@@ -8,14 +8,21 @@ import contextlib
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import NoReturn
 
 import numpy as np
 import yaml
 
-from bot.config import DEFAULT_CONFIG_PATH, CommandLine, Config, ConfigError, load_config
+from bot.config import (
+    DEFAULT_CONFIG_PATH,
+    CommandLine,
+    Config,
+    ConfigError,
+    load_config,
+    with_serve_address,
+)
 from bot.logs import configure_logging, flush_logs, tell_user
 from engine.voices import VoiceError, VoiceLibrary
 
@@ -55,6 +62,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     say.add_argument("--out", type=Path, default=Path("out.wav"))
     say.add_argument("--seed", type=int, default=None, help="fixed seed, repeatable output")
     say.add_argument("--config", type=Path, default=None, help=CONFIG_HELP)
+    serve = sub.add_parser(
+        "serve", help="run the speech engine as a service for bots on other machines"
+    )
+    serve.add_argument("--config", type=Path, default=None, help=CONFIG_HELP)
+    serve.add_argument("--host", help="address to listen on (default: serve.host)")
+    serve.add_argument("--port", type=int, help="port to listen on (default: serve.port)")
     sub.add_parser("devices", help="list audio output devices")
     rewards = sub.add_parser(
         "rewards", help="how to map Twitch channel-point rewards, and the rewards mapped"
@@ -71,6 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _voices(args.config)
         case "say":
             return _say(args.config, args.text, args.voice, args.out, args.seed)
+        case "serve":
+            return _serve(args.config, args.host, args.port)
         case "devices":
             return _devices()
         case "rewards":
@@ -98,6 +113,23 @@ def _run(path: Path | None, command_line: CommandLine) -> int:
     from bot.app import run_bot
 
     return asyncio.run(run_bot(config))
+
+
+def _serve(path: Path | None, host: str | None, port: int | None) -> int:
+    config = _load(path)
+    if config is None:
+        return EXIT_CONFIG
+    given = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
+    if given:
+        try:
+            config = with_serve_address(config, **given)
+        except ConfigError as exc:
+            tell_user(str(exc))
+            return EXIT_CONFIG
+    configure_logging(config.logging.level, config.logging.format)
+    from bot.serve import serve_engine
+
+    return asyncio.run(serve_engine(config))
 
 
 def _check_config(path: Path | None, show: bool) -> int:
@@ -225,10 +257,10 @@ def _say(path: Path, text: str, voice: str | None, out: Path, seed: int | None) 
     if config is None:
         return EXIT_CONFIG
     configure_logging(config.logging.level, config.logging.format)
-    import soundfile as sf
+    if config.engine.url is not None:
+        return _say_remote(config, text, voice, out, seed)
 
     from bot.app import default_voice
-    from engine.audio import SAMPLE_RATE
     from engine.checkpoints import CheckpointError, resolve_files
     from engine.synth import Engine, SynthesisError
 
@@ -255,13 +287,7 @@ def _say(path: Path, text: str, voice: str | None, out: Path, seed: int | None) 
 
     async def synthesise() -> list[np.ndarray]:
         await engine.wait_ready()
-        started = time.perf_counter()
-        chunks = [c async for c in engine.stream(text, name, seed)]
-        elapsed = time.perf_counter() - started
-        seconds = sum(len(c) for c in chunks) / SAMPLE_RATE
-        rtf = elapsed / seconds if seconds else 0.0
-        print(f"{seconds:.2f} s of audio in {elapsed:.2f} s (real-time factor {rtf:.3f})")
-        return chunks
+        return await _timed(engine.stream(text, name, seed))
 
     engine.start()
     try:
@@ -271,6 +297,61 @@ def _say(path: Path, text: str, voice: str | None, out: Path, seed: int | None) 
         return 1
     finally:
         engine.close()
+    return _write_wav(out, chunks)
+
+
+def _say_remote(config: Config, text: str, voice: str | None, out: Path, seed: int | None) -> int:
+    """`say` through the engine server at engine.url (no model loaded here)."""
+    from bot.remote_engine import EngineRefused, EngineUnavailable, RemoteEngine
+    from engine.worker import SynthesisError
+
+    async def synthesise() -> list[np.ndarray] | int:
+        engine = RemoteEngine(config.engine)
+        engine.start()
+        try:
+            async with asyncio.timeout(30):
+                await engine.wait_ready()
+            try:
+                name = voice or engine.voices.choose_default(config.engine.default_voice)[0]
+            except VoiceError as exc:
+                tell_user(f"voice error: {exc}")
+                return EXIT_CONFIG
+            if name not in engine.voices.names():
+                have = ", ".join(engine.voices.names()) or "none"
+                tell_user(f"voice error: no voice {name!r} on the engine server (have: {have})")
+                return EXIT_CONFIG
+            return await _timed(engine.stream(text, name, seed))
+        except TimeoutError:
+            raise EngineUnavailable(f"no answer from {engine.url} within 30 s") from None
+        finally:
+            await engine.aclose()
+
+    try:
+        chunks = asyncio.run(synthesise())
+    except (EngineRefused, SynthesisError) as exc:
+        tell_user(f"engine error: {exc}")
+        return 1
+    return chunks if isinstance(chunks, int) else _write_wav(out, chunks)
+
+
+async def _timed(stream: AsyncIterator[np.ndarray]) -> list[np.ndarray]:
+    """A whole synthesis, and a line saying how fast it was."""
+    from engine.audio import SAMPLE_RATE
+
+    started = time.perf_counter()
+    chunks = [c async for c in stream]
+    elapsed = time.perf_counter() - started
+    seconds = sum(len(c) for c in chunks) / SAMPLE_RATE
+    rtf = elapsed / seconds if seconds else 0.0
+    print(f"{seconds:.2f} s of audio in {elapsed:.2f} s (real-time factor {rtf:.3f})")
+    return chunks
+
+
+def _write_wav(out: Path, chunks: list[np.ndarray]) -> int:
+    import soundfile as sf
+
+    from engine.audio import SAMPLE_RATE
+
     audio = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
     sf.write(str(out), audio, SAMPLE_RATE, subtype="FLOAT")
     print(f"wrote {out}")

@@ -7,7 +7,6 @@ mistake into one `config error: <key path>: <what is allowed>` line per problem.
 from __future__ import annotations
 
 import difflib
-import ipaddress
 import os
 import re
 import types
@@ -35,7 +34,7 @@ from adapters.config import template
 from adapters.events import EventKind, PaidKind, Role
 from adapters.twitch.config import TwitchConfig
 from adapters.twitch.emotes import SERVICES, Service
-from engine.config import EngineConfig, UserPath
+from engine.config import EngineConfig, ServeConfig, UserPath, is_loopback
 
 DEFAULT_CONFIG_PATH = Path("config") / "ishowtts.yaml"
 #: Where mod changes were kept before the per-user data folder; still used if present.
@@ -49,6 +48,8 @@ SECRET_ENV_VARS: dict[str, tuple[str, ...]] = {
     "ISHOWTTS_BILIBILI_COOKIE": ("platforms", "bilibili", "cookie"),
     **{var: ("platforms", "bilibili", key) for key, var in OPEN_SETTINGS.items()},
     "ISHOWTTS_WEB_TOKEN": ("web", "token"),
+    "ISHOWTTS_ENGINE_TOKEN": ("engine", "token"),
+    "ISHOWTTS_SERVE_TOKEN": ("serve", "token"),
 }
 
 #: Chat commands under the `!tts` prefix; permissions are keyed by these names.
@@ -500,7 +501,7 @@ class WebConfig(_Section):
     @property
     def on_loopback(self) -> bool:
         """Whether only this machine can reach the panel."""
-        return _is_loopback(self.host)
+        return is_loopback(self.host)
 
     @model_validator(mode="after")
     def _token_off_loopback(self) -> WebConfig:
@@ -510,15 +511,6 @@ class WebConfig(_Section):
                 "(set web.token or ISHOWTTS_WEB_TOKEN)"
             )
         return self
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class LoggingConfig(_Section):
@@ -583,6 +575,7 @@ class Config(_Section):
     engine: EngineConfig = EngineConfig()
     audio: AudioConfig = AudioConfig()
     web: WebConfig = WebConfig()
+    serve: ServeConfig = ServeConfig()
     logging: LoggingConfig = LoggingConfig()
     commands: CommandsConfig = CommandsConfig()
 
@@ -613,6 +606,18 @@ def load_config(
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([f"config error: {path}: cannot read ({exc})"]) from None
     return parse_config(text, environ=environ, source=str(path), command_line=command_line)
+
+
+def with_serve_address(config: Config, **address: Any) -> Config:
+    """`config` with `ishowtts serve --host/--port` over serve.host and serve.port,
+    checked as the file's values are (ConfigError)."""
+    try:
+        serve = ServeConfig.model_validate({**config.serve.model_dump(), **address})
+    except ValidationError as exc:
+        raise ConfigError(
+            [format_error({**err, "loc": ("serve", *err["loc"])}) for err in exc.errors()]
+        ) from None
+    return config.model_copy(update={"serve": serve})
 
 
 def parse_config(

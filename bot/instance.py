@@ -27,8 +27,19 @@ class AlreadyRunning(Exception):
 
 def bind_panel(config: WebConfig) -> socket.socket:
     """A listening socket on the panel's address, or AlreadyRunning / OSError."""
-    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
-    infos = socket.getaddrinfo(config.host, config.port, family, socket.SOCK_STREAM)
+    return bind_port(
+        config.host,
+        config.port,
+        f"web panel port {config.port} on {config.host} is already in use: is another "
+        "ishowtts running? Stop it, or set web.port to a free port",
+    )
+
+
+def bind_port(host: str, port: int, in_use: str) -> socket.socket:
+    """A listening socket on `host`:`port`; AlreadyRunning (saying `in_use`) where
+    another process holds the port, OSError for anything else."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    infos = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)
     sock = socket.socket(infos[0][0], socket.SOCK_STREAM)
     try:
         if sys.platform == "win32":
@@ -47,10 +58,7 @@ def bind_panel(config: WebConfig) -> socket.socket:
             10048,  # WSAEADDRINUSE
             10013,  # WSAEACCES: held exclusively by another process
         ):
-            raise AlreadyRunning(
-                f"web panel port {config.port} on {config.host} is already in use: is another "
-                "ishowtts running? Stop it, or set web.port to a free port"
-            ) from None
+            raise AlreadyRunning(in_use) from None
         raise
     return sock
 

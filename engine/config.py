@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 
 #: A path from the config: `~` means the user's home, as in a shell.
 UserPath = Annotated[Path, AfterValidator(Path.expanduser)]
 
 #: A voice is a file stem in voices/: no separators, so no path can escape it.
 VOICE_NAME = re.compile(r"[\w-]{1,64}")
+
+#: Where an engine server (`ishowtts serve`) takes its WebSocket, when engine.url names no path.
+SERVE_PATH = "/ws"
 
 
 class _Section(BaseModel):
@@ -61,6 +74,14 @@ class EngineConfig(_Section):
     #: Test-only: see engine/faults.py. null in real use.
     fault_file: UserPath | None = None
     arch: ArchConfig = ArchConfig()
+    #: An engine server (`ishowtts serve`) to speak through instead of loading the
+    #: model here: ws://host:port or wss://… (http:// and https:// mean the same).
+    url: str | None = None
+    #: The engine server's token (serve.token on that machine).
+    token: SecretStr = SecretStr("")
+    #: How the server sends audio: float32 (exact, 96 KB a second of speech) or
+    #: int16 (half of that, for a thin link).
+    wire_format: Literal["float32", "int16"] = "float32"
 
     @field_validator("device")
     @classmethod
@@ -75,3 +96,66 @@ class EngineConfig(_Section):
         if not VOICE_NAME.fullmatch(value):
             raise ValueError(f"must be a voice file name without extension, got {value!r}")
         return value
+
+    @field_validator("url")
+    @classmethod
+    def _server_url(cls, value: str | None) -> str | None:
+        return None if value is None else engine_endpoint(value)
+
+
+def engine_endpoint(url: str) -> str:
+    """An engine server's address as the WebSocket to open: ws:// or wss://, its
+    path (SERVE_PATH when it names none); ValueError says what is wrong."""
+    problem = f"must be an engine server address like ws://gpu-box:8766, got {url!r}"
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port  # ValueError when it is not a number 0-65535
+    except ValueError:
+        raise ValueError(problem) from None
+    scheme = {"ws": "ws", "http": "ws", "wss": "wss", "https": "wss"}.get(parts.scheme.lower())
+    if scheme is None or not parts.hostname or parts.username or parts.password:
+        raise ValueError(problem)
+    if parts.query or parts.fragment or port == 0 or re.search(r"\s", url.strip()):
+        raise ValueError(problem)
+    path = parts.path if parts.path not in ("", "/") else SERVE_PATH
+    return f"{scheme}://{parts.netloc}{path}"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether an address to listen on is reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class ServeConfig(_Section):
+    """`ishowtts serve`: the engine as a network service (engine/serve.py)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8766, ge=1, le=65535)
+    #: Required where the server listens beyond this machine.
+    token: SecretStr = SecretStr("")
+    #: Connections at once; more are refused (`busy`).
+    max_clients: int = Field(16, ge=1, le=10_000)
+    #: Requests (lines, voice lists, uploads) per minute from one client address,
+    #: with `burst` of them at once.
+    requests_per_minute: int = Field(120, ge=1, le=1_000_000)
+    burst: int = Field(20, ge=1, le=100_000)
+    #: The longest line a client may ask for, in characters.
+    max_text_chars: int = Field(1000, ge=1, le=100_000)
+    #: The largest voice clip a client may upload, in bytes.
+    max_upload_bytes: int = Field(10_000_000, ge=1024, le=1_000_000_000)
+    #: Whether an upload may replace a voice the server has (the client must ask too).
+    allow_replace: bool = False
+
+    @model_validator(mode="after")
+    def _token_off_loopback(self) -> ServeConfig:
+        if not is_loopback(self.host) and not self.token.get_secret_value():
+            raise ValueError(
+                f"token: listening on {self.host} (not loopback) needs a token "
+                "(set serve.token or ISHOWTTS_SERVE_TOKEN)"
+            )
+        return self

@@ -153,7 +153,7 @@ class Engine(Startup):
             voice,
             self._reference(voice),
             chunking.split_text(text, chunking.max_chunk_bytes(voice.text, voice.seconds, speed)),
-            steps=voice.settings.nfe_steps or self.config.nfe_steps,
+            steps=job.steps or voice.settings.nfe_steps or self.config.nfe_steps,
             speed=speed,
             fade=int(self.config.cross_fade_ms / 1000 * SAMPLE_RATE),
         )

@@ -84,12 +84,17 @@ class _Job:
     preview: bool = False  # nobody hears it on air: it yields to those who will
     #: The request's pace, times the voice's own speed (1.3: said in 1/1.3 the time).
     speed: float = 1.0
+    #: Sampling steps for this request; None: the voice's, else engine.nfe_steps.
+    steps: int | None = None
 
 
 class Worker:
     """The inference thread that serves the job queue, and the watchdog over it."""
 
     config: EngineConfig
+    #: Where requests are served: here, in this process (an engine server's client
+    #: says "up" or "unavailable").
+    state = "local"
 
     def __init__(self) -> None:
         self.ready: Future[None] = Future()
@@ -132,6 +137,9 @@ class Worker:
         """Until the model is loaded (and warmed up); raises if loading failed."""
         await asyncio.wrap_future(self.ready)
 
+    async def wait_available(self) -> None:
+        """Until a request can be served: at once, in this process."""
+
     async def stream(
         self,
         text: str,
@@ -140,16 +148,19 @@ class Worker:
         *,
         preview: bool = False,
         speed: float = 1.0,
+        steps: int | None = None,
     ) -> AsyncGenerator[np.ndarray, None]:
         """Audio for `text` in `voice`, one chunk per sentence as each is ready.
         A `preview` never delays speech on air: it waits behind it. `speed` scales
-        the voice's own pace (a busy chat is read faster)."""
+        the voice's own pace (a busy chat is read faster); `steps` overrides the
+        sampling steps."""
         if not MIN_SPEED <= speed <= MAX_SPEED:
             raise ValueError(f"speed must be within {MIN_SPEED}-{MAX_SPEED}, got {speed}")
         out: asyncio.Queue[np.ndarray | BaseException | None] = asyncio.Queue()
         job = _Job(
             text, voice, asyncio.get_running_loop(), out, seed=seed, preview=preview, speed=speed
         )
+        job.steps = steps
         self._put(job)
         try:
             while True:

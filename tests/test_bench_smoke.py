@@ -112,4 +112,15 @@ def test_serve_load_tiny_run_prints_each_load_and_the_ceiling(tmp_path: Path) ->
     ceilings = [r for r in records if r["event"] == "ceiling"]
     assert [r["lines"] for r in ceilings] == ["flood", "chat"]
     assert "B=2   flood N=2 " in result.stdout.split("summary:")[1]
+
+
+def test_serve_latency_tiny_run_prints_its_figures(tmp_path: Path) -> None:
+    result = run_bench(tmp_path, "--tiny", "--runs", "2", module="bench.serve_latency")
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = next(json.loads(line) for line in result.stdout.splitlines() if '"summary"' in line)
+    assert summary["runs"] == 2 and summary["same_audio"] is True
+    assert 0 < summary["wire_ms_median"] < summary["remote_ms_median"]
+    last = result.stdout.splitlines()[-1]
+    assert last.startswith("first audio, cpu (eager), short line, 2 runs: in-process ")
+    assert "the wire's own share: median" in last
     assert list(tmp_path.iterdir()) == []

@@ -138,6 +138,30 @@ def test_wrong_types(text: str, expected: str) -> None:
             "(set web.token or ISHOWTTS_WEB_TOKEN)",
         ),
         (
+            "serve:\n  host: 0.0.0.0\n",
+            "serve.token: listening on 0.0.0.0 (not loopback) needs a token "
+            "(set serve.token or ISHOWTTS_SERVE_TOKEN)",
+        ),
+        (
+            "engine:\n  url: 'ftp://gpu-box:8766'\n",
+            "engine.url: must be an engine server address like ws://gpu-box:8766, "
+            "got 'ftp://gpu-box:8766'",
+        ),
+        (
+            "engine:\n  url: 'ws://user:pw@gpu-box:8766'\n",
+            "engine.url: must be an engine server address like ws://gpu-box:8766, "
+            "got 'ws://user:pw@gpu-box:8766'",
+        ),
+        (
+            "engine:\n  url: 'ws://gpu-box:99999'\n",
+            "engine.url: must be an engine server address like ws://gpu-box:8766, "
+            "got 'ws://gpu-box:99999'",
+        ),
+        (
+            "engine:\n  wire_format: mp3\n",
+            "engine.wire_format: must be one of 'float32' or 'int16', got 'mp3'",
+        ),
+        (
             "policy:\n  templates: {chat: '{user} {msg}'}\n",
             "policy.templates.en.chat: unknown placeholder {msg}; "
             "allowed: {amount}, {text}, {user}",
@@ -218,6 +242,32 @@ def test_secrets_from_environment_override_file() -> None:
     assert config.platforms.twitch.nick == "mybot"
     assert config.platforms.bilibili.cookie.get_secret_value() == "SESSDATA=x"
     assert config.web.token.get_secret_value() == "hunter2"
+
+
+def test_engine_server_tokens_from_environment() -> None:
+    config = parse_config(
+        "serve: {host: 0.0.0.0}\nengine: {url: 'ws://gpu-box:8766'}\n",
+        environ={"ISHOWTTS_SERVE_TOKEN": "srv-s3cret", "ISHOWTTS_ENGINE_TOKEN": "cli-s3cret"},
+    )
+    assert config.serve.token.get_secret_value() == "srv-s3cret"
+    assert config.engine.token.get_secret_value() == "cli-s3cret"
+    assert "s3cret" not in repr(config)
+
+
+@pytest.mark.parametrize(
+    ("given", "endpoint"),
+    [
+        ("ws://gpu-box:8766", "ws://gpu-box:8766/ws"),
+        ("ws://gpu-box:8766/", "ws://gpu-box:8766/ws"),
+        ("http://192.168.1.20:8766", "ws://192.168.1.20:8766/ws"),
+        ("https://tts.example.com", "wss://tts.example.com/ws"),
+        ("wss://tts.example.com/engine", "wss://tts.example.com/engine"),
+        ("ws://[::1]:8766", "ws://[::1]:8766/ws"),
+    ],
+)
+def test_engine_url_is_the_websocket_to_open(given: str, endpoint: str) -> None:
+    config = parse_config(f"engine: {{url: '{given}'}}\n", environ={})
+    assert config.engine.url == endpoint
 
 
 def test_empty_environment_variable_is_ignored() -> None:

@@ -17,8 +17,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import structlog
@@ -30,12 +31,40 @@ from bot.chat.pacing import line_for
 from bot.chat.policy import SpeakableItem
 from bot.chat.queue import SpeechQueue
 from bot.control import Control
+from bot.remote_engine import EngineUnavailable
 from engine.audio import SAMPLE_RATE
-from engine.synth import Engine, SynthesisStalled
+from engine.worker import SynthesisStalled
 
 log = structlog.get_logger()
 
 _END = object()
+
+
+class VoiceNames(Protocol):
+    def names(self) -> list[str]: ...
+
+
+class SpeechEngine(Protocol):
+    """What the speaker asks of an engine: the local one (engine/synth.py) or an
+    engine server's client (bot/remote_engine.py)."""
+
+    @property
+    def voices(self) -> VoiceNames: ...
+
+    @property
+    def state(self) -> str: ...
+
+    async def wait_available(self) -> None: ...
+
+    def stream(
+        self,
+        text: str,
+        voice: str,
+        seed: int | None = None,
+        *,
+        preview: bool = False,
+        speed: float = 1.0,
+    ) -> AsyncGenerator[np.ndarray, None]: ...
 
 
 @dataclass
@@ -73,7 +102,7 @@ class PreviewBusy(Exception):
 
 class Speaker:
     def __init__(
-        self, queue: SpeechQueue, engine: Engine, player: Player, control: Control
+        self, queue: SpeechQueue, engine: SpeechEngine, player: Player, control: Control
     ) -> None:
         self._queue = queue
         self._engine = engine
@@ -106,6 +135,9 @@ class Speaker:
                 self._next = None
                 if prepared is None:
                     await self._queue.wait_ready()
+                    # An engine server out of reach: what waits stays queued (its TTL
+                    # still counts) until the engine is back.
+                    await self._engine.wait_available()
                     # Paused meanwhile: what waits is chosen at resume, by priority
                     # then, not by which line came first during the pause.
                     item = None if self._control.paused else self._queue.pop_nowait()
@@ -183,11 +215,7 @@ class Speaker:
                 if chunk is _END:
                     break
                 if isinstance(chunk, Exception):
-                    stalled = isinstance(chunk, SynthesisStalled)
-                    prepared.ended = (
-                        outcomes.SKIPPED,
-                        "engine_stalled" if stalled else "engine_error",
-                    )
+                    prepared.ended = (outcomes.SKIPPED, _skip_reason(chunk))
                     break
                 assert isinstance(chunk, np.ndarray)
                 await self._player.write(utt, chunk)
@@ -200,7 +228,7 @@ class Speaker:
             done = asyncio.create_task(self._player.wait_done(utt))
             # Synthesis of this item is over: prepare the next while this one plays.
             if self._next is None and prepared.ended is None and not self._control.paused:
-                lookahead = asyncio.create_task(self._queue.get())
+                lookahead = asyncio.create_task(self._take_when_available())
                 await asyncio.wait({done, lookahead}, return_when=asyncio.FIRST_COMPLETED)
                 if lookahead.done():
                     self._next = self._prepare(lookahead.result())
@@ -246,6 +274,19 @@ class Speaker:
             self._previous_user = item.message.user_key
         self._player.forget(utt)
 
+    async def _take_when_available(self) -> SpeakableItem:
+        """The next item, taken only while the engine can make it."""
+        while True:
+            await self._engine.wait_available()
+            await self._queue.wait_ready()
+            if self._engine.state != "unavailable":
+                return await self._queue.get()
+
+    @property
+    def engine_state(self) -> str:
+        """ "local", or an engine server's "up" / "unavailable" (the panel shows it)."""
+        return self._engine.state
+
     def _end(self, prepared: _Prepared, event: str, reason: str) -> None:
         if prepared.task is not None:
             prepared.task.cancel()
@@ -281,3 +322,12 @@ class Speaker:
                 self._end(p, event, reason)
             cut = True
         return cut
+
+
+def _skip_reason(error: Exception) -> str:
+    """Why a line the engine could not make was skipped (`tts.skipped`'s reason)."""
+    if isinstance(error, EngineUnavailable):
+        return "engine_unavailable"
+    if isinstance(error, SynthesisStalled):
+        return "engine_stalled"
+    return "engine_error"

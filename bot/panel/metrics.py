@@ -107,6 +107,14 @@ class _StateCollector(Collector):
         )
         stalls.add_metric([], getattr(self._engine, "stalls", 0))
         yield stalls
+        engine_up = GaugeMetricFamily(
+            "ishowtts_engine_up",
+            "1 while the engine can take requests (always, in this process; an engine "
+            "server while it is connected)",
+        )
+        down = getattr(self._engine, "state", "local") == "unavailable"
+        engine_up.add_metric([], 0.0 if down else 1.0)
+        yield engine_up
         if self._lag is not None:
             lag = GaugeMetricFamily(
                 "ishowtts_loop_lag_seconds",

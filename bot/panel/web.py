@@ -48,6 +48,7 @@ from bot.control import Reply
 from bot.panel import audio_feed
 from bot.panel.audio_feed import AUDIO_KEY
 from bot.panel.metrics import CONTENT_TYPE, Metrics
+from bot.remote_engine import EngineUnavailable
 from engine.audio import SAMPLE_RATE
 from engine.config import VOICE_NAME
 
@@ -635,6 +636,8 @@ def _snapshot(request: web.Request) -> dict[str, Any]:
         "queue": len(bot.queue),
         "muted": [bot.policy.clean_name(name).shown for name in control.muted_list()],
         "connections": {p.value: up for p, up in control.connections.items()},
+        # "local", or an engine server's "up" / "unavailable" (engine.url).
+        "engine": speaker.engine_state if speaker is not None else None,
         "rewards": [
             {"id": r.reward_id, "name": r.name, "example": r.example, "count": r.count}
             for r in control.policy_state.rewards.listed()
@@ -798,6 +801,8 @@ async def _synthesize(request: web.Request) -> web.StreamResponse:
             status=429,
             headers={hdrs.RETRY_AFTER: "1"},
         )
+    except EngineUnavailable as exc:  # engine.url: the engine server is out of reach
+        return _bad(str(exc), status=503)
     buffer = io.BytesIO()
 
     def encode() -> None:

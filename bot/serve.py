@@ -1,0 +1,98 @@
+"""`ishowtts serve`: the engine loaded once, as `ishowtts run` loads it (the same
+config keys, start-up, warm-up and `engine.ready`), and served to bots on other
+machines (engine/serve.py) until Ctrl-C (or SIGTERM/SIGBREAK)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import structlog
+
+from bot.app import ENGINE_STOP_WAIT_S, EXIT_STARTUP, _in_daemon_thread, _unless_stopped
+from bot.config import Config
+from bot.instance import AlreadyRunning, bind_port
+from bot.logs import progress, tell_user
+from bot.signals import StopOnSignal
+from engine.voices import VoiceError, VoiceLibrary, choose_default_voice
+
+log = structlog.get_logger()
+
+
+async def serve_engine(config: Config) -> int:
+    """0 on a clean stop, 2 when start-up cannot go on."""
+    stop = asyncio.Event()
+    signals = StopOnSignal(asyncio.get_running_loop(), stop)
+    signals.install()
+    try:
+        return await _serve(config, stop)
+    finally:
+        signals.uninstall()
+
+
+def _cannot_start(problem: str) -> int:
+    log.error("serve.cannot_start", error=problem)
+    tell_user(f"start-up error: {problem}")
+    return EXIT_STARTUP
+
+
+async def _serve(config: Config, stop: asyncio.Event) -> int:
+    from engine.checkpoints import CheckpointError, resolve_files
+    from engine.serve import EngineServer
+    from engine.synth import Engine
+
+    started = time.perf_counter()
+    if config.engine.url is not None:
+        return _cannot_start(
+            f"engine.url is set ({config.engine.url}): that config is a bot's, which "
+            "speaks through a server; the server loads the model itself (leave engine.url unset)"
+        )
+    voices = VoiceLibrary(config.engine.voices_dir)
+    try:
+        # For clients that set no voice of their own: the server's, as the bot picks it.
+        default, why = choose_default_voice(voices, config.engine.default_voice, "en")
+    except (VoiceError, OSError) as exc:
+        return _cannot_start(str(exc))
+    if why is not None:
+        log.info("serve.default_voice", voice=default, reason=why)
+    serve = config.serve
+    try:
+        # Held from the first second, so a second server is told before it loads a model.
+        sock = bind_port(
+            serve.host,
+            serve.port,
+            f"port {serve.port} on {serve.host} is already in use: is another ishowtts serve "
+            "running? Stop it, or set serve.port (or --port) to a free port",
+        )
+    except (AlreadyRunning, OSError) as exc:
+        return _cannot_start(str(exc))
+    try:
+        try:
+            finished, files = await _unless_stopped(
+                stop, _in_daemon_thread(lambda: resolve_files(config.engine))
+            )
+        except (CheckpointError, OSError) as exc:
+            return _cannot_start(str(exc))
+        if not finished or files is None:
+            return 0
+        engine = Engine(config.engine, voices, files, progress=progress)
+        engine.start()
+        try:
+            try:
+                finished, _ = await _unless_stopped(stop, engine.wait_ready())
+            except Exception as exc:  # a bad checkpoint, or the GPU failing at warm-up
+                return _cannot_start(str(exc))
+            if not finished:
+                return 0
+            server = EngineServer(engine, voices, serve, default_voice=default)
+            url = await server.start(sock)
+            progress(f"serving the engine at {url} in {time.perf_counter() - started:.1f} s")
+            progress("(bots connect with engine.url; Ctrl-C stops)")
+            await stop.wait()
+            await server.close()
+            log.info("serve.stopped")
+            return 0
+        finally:
+            await asyncio.to_thread(engine.close, ENGINE_STOP_WAIT_S)
+    finally:
+        sock.close()
