@@ -25,6 +25,7 @@ voice's unless the server allows replacing and the client asks to.
 from __future__ import annotations
 
 import asyncio
+import collections
 import hmac
 import os
 import socket
@@ -37,7 +38,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 import yaml
-from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, hdrs, web
 
 from engine import wire
 from engine.audio import SAMPLE_RATE
@@ -54,6 +55,9 @@ log = structlog.get_logger()
 HEARTBEAT_S = 10.0
 #: Requests one connection may have running at once.
 MAX_REQUESTS = 8
+#: Connections one address may hold before their hello (a slow-hello flood
+#: from one peer must not fill the server).
+PENDING_PER_ADDRESS = 4
 #: Wrong tokens one address may give at once; after them, one more per 6 s.
 AUTH_FAILURES_BURST = 5
 AUTH_FAILURES_PER_MINUTE = 10
@@ -208,6 +212,8 @@ class EngineServer:
         self._refusals = _Refusals()
         self._clock = clock
         self._connections: set[web.WebSocketResponse] = set()
+        #: Connections per address that have not said hello yet.
+        self._pending: collections.Counter[str] = collections.Counter()
         self._clients: set[_Client] = set()
         self._names: list[str] = []
         self._names_at = -VOICES_TTL_S
@@ -275,12 +281,28 @@ class EngineServer:
         )
         if not ws.can_prepare(request).ok:
             return web.Response(status=426, text=ABOUT + "\n", content_type="text/plain")
+        peer = request.remote or "unknown"
+        if hdrs.ORIGIN in request.headers:
+            # Browsers send an Origin with every WebSocket handshake and apply no
+            # CORS to it: any page the streamer opens could otherwise speak (and
+            # upload voices) through a server on this machine. Bots send none.
+            self._refusals.log(peer, wire.Error(wire.AUTH, "browser page"))
+            return web.Response(status=403, text="web pages may not use the engine server\n")
+        if self._pending[peer] >= PENDING_PER_ADDRESS:
+            self._refusals.log(peer, wire.Error(wire.BUSY, "too many connections before hello"))
+            return web.Response(status=429, text="too many connections from this address\n")
         await ws.prepare(request)
-        client = _Client(ws, request.remote or "unknown")
+        client = _Client(ws, peer)
         self._connections.add(ws)
         greeted = False
+        self._pending[peer] += 1
         try:
-            greeted = await self._greet(client)
+            try:
+                greeted = await self._greet(client)
+            finally:
+                self._pending[peer] -= 1
+                if not self._pending[peer]:
+                    del self._pending[peer]
             if greeted:
                 self._clients.add(client)
                 log.info("serve.client_connected", peer=client.peer, client=client.name)
@@ -309,7 +331,9 @@ class EngineServer:
 
     async def _greet(self, client: _Client) -> bool:
         """The hello: version, token, limits; True once `ready` is sent."""
-        busy = len(self._connections) > self.config.max_clients
+        # Only greeted clients count: connections that never say hello time out,
+        # and each address may hold only a few of those (PENDING_PER_ADDRESS).
+        busy = len(self._clients) >= self.config.max_clients
         if busy:
             message = f"this server takes {self.config.max_clients} connections at once"
             await self._refuse(client, wire.Error(wire.BUSY, message), WSCloseCode.TRY_AGAIN_LATER)

@@ -185,3 +185,12 @@ def test_the_streamers_own_line_is_read_out_too() -> None:
     assert router.say("back in 5 min", "default").ok
     (item,) = queue.snapshot()
     assert item.spoken == "back in five minutes" and item.text == "back in 5 min"
+
+
+def test_numbers_written_out_cannot_make_a_line_minutes_long() -> None:
+    # 200 characters of grouped numbers would be ~1,500 characters as words.
+    line = " ".join(f"{n},{n:03d},{n:03d}" for n in range(100, 200))[:200]
+    pol = policy(templates={"en": {"chat": "{text}"}}, max_chars=200)
+    item = said(pol, line)
+    assert len(item.text) <= 200
+    assert len(item.spoken) <= 400

@@ -27,7 +27,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from structlog.testing import capture_logs
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.typing import Origin
 
 from adapters.reconnect import Backoff
 from bot.app import Bot
@@ -43,6 +44,7 @@ from bot.remote_engine import (
     RemoteVoices,
     RequestRefused,
 )
+from engine import serve as engine_serve
 from engine import wire
 from engine.checkpoints import ModelFiles
 from engine.config import EngineConfig, ServeConfig
@@ -312,6 +314,39 @@ async def test_a_client_that_never_says_hello_is_closed(
         answer = json.loads(await asyncio.wait_for(ws.recv(), 5))
         assert (answer["code"], answer["message"]) == (wire.BAD_REQUEST, "no hello within 0.2 s")
         await asyncio.wait_for(ws.wait_closed(), 5)
+
+
+async def test_a_web_page_cannot_use_the_server(served: Engine) -> None:
+    # Browsers send an Origin with every WebSocket handshake (and no CORS applies):
+    # a page the streamer opens must not speak or upload through a local server.
+    async with serving(served) as server:
+        with pytest.raises(InvalidStatus) as refused:
+            await connect(server.url, proxy=None, origin=Origin("https://evil.example"))
+        assert refused.value.response.status_code == 403
+        async with raw(server.url) as (_, first):  # a bot sends no Origin
+            assert first["type"] == "ready"
+
+
+async def test_connections_that_never_say_hello_cannot_fill_the_server(
+    served: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(wire, "HELLO_TIMEOUT_S", 5.0)
+    async with serving(served, max_clients=2) as server:
+        silent = [
+            await connect(server.url, proxy=None) for _ in range(engine_serve.PENDING_PER_ADDRESS)
+        ]
+        try:
+            with pytest.raises(InvalidStatus) as refused:
+                await connect(server.url, proxy=None)
+            assert refused.value.response.status_code == 429
+            for ws in silent:
+                await ws.close()
+            await asyncio.sleep(0.2)
+            async with raw(server.url) as (_, first), raw(server.url) as (_, second):
+                assert first["type"] == second["type"] == "ready"
+        finally:
+            for ws in silent:
+                await ws.close()
 
 
 async def test_connections_beyond_max_clients_are_busy(served: Engine) -> None:

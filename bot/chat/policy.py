@@ -37,6 +37,10 @@ _PRE_CAP_FACTOR = 8
 _NAME_PRE_CAP = 1000
 _NAME_MAX = 64
 
+#: How much longer than `max_chars` a line may get once its numbers and
+#: shorthand are written out ("$5" → "five dollars").
+_SPOKEN_GROWTH = 2
+
 #: Endings `blocked_match: stem` also matches after a blocked word.
 _STEM_ENDINGS = ("s", "es", "ed", "ing")
 
@@ -254,7 +258,7 @@ class SpeechPolicy:
             return Drop("empty")
 
         language = self.language(message, cleaned)
-        said = self._speech.speakable(cleaned, language)
+        said = self.spoken_text(cleaned, language)
         if not said and cleaned and paid is None and message.event is EventKind.CHAT:
             return Drop("empty")  # every word was mapped to "" in the lexicon
         template_key = paid.kind.value if paid is not None else message.event.value
@@ -293,9 +297,11 @@ class SpeechPolicy:
         )
 
     def spoken_text(self, text: str, language: Language) -> str:
-        """Cleaned text as it is said (the lexicon, then numbers), for the
-        streamer's own lines, which have no template."""
-        return self._speech.speakable(text, language)
+        """Cleaned text as it is said (the lexicon, then numbers). Numbers written
+        out are longer than their digits: the result is cut again, so a line of
+        numbers cannot turn into minutes of speech."""
+        said = self._speech.speakable(text, language)
+        return textnorm.cap_length(said, self.config.max_chars * _SPOKEN_GROWTH)
 
     def language(self, message: ChatMessage, text: str) -> Language:
         """The platform's language, unless the line's script says otherwise."""

@@ -51,6 +51,7 @@ from bot.panel.metrics import CONTENT_TYPE, Metrics
 from bot.remote_engine import EngineUnavailable
 from engine.audio import SAMPLE_RATE
 from engine.config import VOICE_NAME
+from engine.worker import SynthesisError
 
 if TYPE_CHECKING:  # the app assembles these; the panel only uses them
     from bot.app import Bot
@@ -803,6 +804,8 @@ async def _synthesize(request: web.Request) -> web.StreamResponse:
         )
     except EngineUnavailable as exc:  # engine.url: the engine server is out of reach
         return _bad(str(exc), status=503)
+    except SynthesisError as exc:  # a refusal by the engine server, a bad voice file
+        return _bad(f"the preview failed: {exc}", status=502)
     buffer = io.BytesIO()
 
     def encode() -> None:
