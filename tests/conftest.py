@@ -5,6 +5,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 from adapters.twitch import emotes
 from engine.checkpoints import ModelFiles
@@ -30,6 +31,15 @@ def _run_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Bots built in a test never reach the real emote services: a closed loopback port.
     closed = {service: "http://127.0.0.1:9" for service in emotes.SERVICES}
     monkeypatch.setattr(emotes, "DEFAULT_APIS", closed)
+
+
+@pytest.fixture(autouse=True)
+def _logging_as_it_was() -> Iterator[None]:
+    """A test that runs a command in process configures logging for the whole
+    process (cached loggers): later tests' `capture_logs` would see nothing."""
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
 
 
 @pytest.fixture(scope="session")
