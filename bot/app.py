@@ -27,6 +27,7 @@ from bot.instance import AlreadyRunning, ChannelLocks, bind_panel
 from bot.lag import LagProbe
 from bot.logs import progress, tell_user
 from bot.signals import StopOnSignal
+from bot.voice_checks import VoiceChecks
 from engine.voices import VoiceLibrary
 
 log = structlog.get_logger()
@@ -61,11 +62,15 @@ class Bot:
         self.queue = SpeechQueue(config.queue)
         self.lag = LagProbe()
         self.voices = VoiceLibrary(config.engine.voices_dir)
-        self.control = Control(config, self.queue, self.voices.names)
+        self.voice_checks = VoiceChecks(self.voices)
+        self.control = Control(
+            config, self.queue, self.voices.names, voice_problem=self.voice_checks.problem
+        )
         own = [config.platforms.twitch.nick] if config.platforms.twitch.nick else []
         self.policy = SpeechPolicy(
             config.policy, own_logins=own, rewards=config.platforms.twitch.reward_rules()
         )
+        self.control.follow_blocked_words(self.policy.set_blocked_words)
         self.router = Router(
             self.policy, self.control, self.queue, config.commands, reply=self.reply
         )
@@ -115,6 +120,33 @@ async def _start_web(
     except OSError as exc:
         log.error("web.cannot_start", error=str(exc), port=config.web.port)
         return None
+
+
+def _panel_progress(panel: Any, text: str) -> None:
+    """The panel's status while starting (from the engine's thread too: one attribute set)."""
+    if panel is not None:
+        from bot.panel.web import set_progress
+
+        set_progress(panel.app, text)
+
+
+def _tell_progress(panel: Any) -> Callable[[str], None]:
+    """Start-up progress for the person at the terminal and for the panel."""
+
+    def tell(text: str) -> None:
+        progress(text)
+        _panel_progress(panel, text)
+
+    return tell
+
+
+async def _close_panel(panel: Any, sock: socket.socket | None, checks: asyncio.Task[None]) -> None:
+    """A start-up that ends early: the panel (served since the checks passed) closed."""
+    checks.cancel()
+    if panel is not None:
+        await panel.cleanup()
+    elif sock is not None:
+        sock.close()
 
 
 async def _restarting(name: str, run: Callable[[], Coroutine[Any, Any, None]]) -> None:
@@ -294,6 +326,10 @@ async def _run(config: Config, stop: asyncio.Event, locks: ChannelLocks) -> int:
         if panel_socket is not None:
             panel_socket.close()
         return _refuse(problems, bot)
+    # The panel serves from here on: "starting", with the latest progress line.
+    panel = await _start_web(config, bot, None, None, panel_socket)
+    checks = asyncio.create_task(bot.voice_checks.run())
+    _panel_progress(panel, "checking the model files (a first run downloads them)…")
     try:
         # The model files last: a first run downloads them.
         finished, files = await _unless_stopped(
@@ -303,11 +339,10 @@ async def _run(config: Config, stop: asyncio.Event, locks: ChannelLocks) -> int:
         finished, files = True, None
         problems.append(str(exc))
     if problems or not finished or files is None:
-        if panel_socket is not None:
-            panel_socket.close()
+        await _close_panel(panel, panel_socket, checks)
         return _refuse(problems, bot) if problems else 0
 
-    engine = Engine(config.engine, bot.voices, files, progress=progress)
+    engine = Engine(config.engine, bot.voices, files, progress=_tell_progress(panel))
     engine.start()
     log.info("bot.warming_up", device=engine.device)
     try:
@@ -316,24 +351,26 @@ async def _run(config: Config, stop: asyncio.Event, locks: ChannelLocks) -> int:
         log.error("bot.cannot_start", error=str(exc))
         tell_user(f"start-up error: {exc}")
         await asyncio.to_thread(engine.close, ENGINE_STOP_WAIT_S)
-        if panel_socket is not None:
-            panel_socket.close()
+        await _close_panel(panel, panel_socket, checks)
         return EXIT_STARTUP
     if not finished:
         await asyncio.to_thread(engine.close, ENGINE_STOP_WAIT_S)
-        if panel_socket is not None:
-            panel_socket.close()
+        await _close_panel(panel, panel_socket, checks)
         return 0
 
+    _panel_progress(panel, "the voice engine is ready; opening the audio output…")
     player = Player(config.audio)
     speaker = Speaker(bot.queue, engine, player, bot.control)
     enabled = list(bot.adapters())
-    panel = await _start_web(config, bot, speaker, engine, panel_socket)
     try:
         async with asyncio.TaskGroup() as tasks:
             player_task = tasks.create_task(player.run())
             # Going live needs a device; a stop meanwhile must still be honoured.
             await _unless_stopped(stop, player.opened.wait())
+            if panel is not None:  # live from here: the panel leaves "starting"
+                from bot.panel.web import attach
+
+                attach(panel.app, speaker, engine)
             running = [
                 tasks.create_task(bot.lag.run()),
                 tasks.create_task(bot.router.run(bot.events)),
@@ -367,6 +404,9 @@ async def _run(config: Config, stop: asyncio.Event, locks: ChannelLocks) -> int:
             await player.close()
             player_task.cancel()
     finally:  # also when a task failed: mod changes of the last second are written
+        checks.cancel()
+        if panel is not None and panel.server is not None:  # a task failed before its stop
+            await panel.cleanup()
         await asyncio.to_thread(engine.close, ENGINE_STOP_WAIT_S)
         await bot.control.close()
     # Whatever was still waiting gets its end logged: nothing vanishes silently.
