@@ -29,6 +29,7 @@ from bot.lag import LagProbe
 from bot.logs import progress, tell_user
 from bot.remote_engine import EngineRefused, RemoteEngine, RemoteVoices
 from bot.signals import StopOnSignal
+from bot.voice_checks import VoiceChecks
 from engine.voices import VoiceError, VoiceLibrary
 
 if TYPE_CHECKING:  # imported where it starts: a bot with engine.url never loads torch
@@ -69,11 +70,15 @@ class Bot:
         self.voices: VoiceLibrary | RemoteVoices = (
             RemoteVoices() if config.engine.url else VoiceLibrary(config.engine.voices_dir)
         )
-        self.control = Control(config, self.queue, self.voices.names)
+        self.voice_checks = VoiceChecks(self.voices)
+        self.control = Control(
+            config, self.queue, self.voices.names, voice_problem=self.voice_checks.problem
+        )
         own = [config.platforms.twitch.nick] if config.platforms.twitch.nick else []
         self.policy = SpeechPolicy(
             config.policy, own_logins=own, rewards=config.platforms.twitch.reward_rules()
         )
+        self.control.follow_blocked_words(self.policy.set_blocked_words)
         self.router = Router(
             self.policy, self.control, self.queue, config.commands, reply=self.reply
         )
@@ -116,7 +121,6 @@ async def _start_web(
     speaker: Any,
     engine: Any,
     sock: socket.socket | None,
-    audio: Any = None,
 ) -> Any:
     """The panel is a convenience: if it cannot start, the bot still speaks."""
     if sock is None:
@@ -124,11 +128,38 @@ async def _start_web(
     from bot.panel.web import create_app, serve
 
     try:
-        app = create_app(config.web, bot, speaker, engine, audio=audio)
+        app = create_app(config.web, bot, speaker, engine)
         return await serve(config.web, app, sock)
     except OSError as exc:
         log.error("web.cannot_start", error=str(exc), port=config.web.port)
         return None
+
+
+def _panel_progress(panel: Any, text: str) -> None:
+    """The panel's status while starting (from the engine's thread too: one attribute set)."""
+    if panel is not None:
+        from bot.panel.web import set_progress
+
+        set_progress(panel.app, text)
+
+
+def _tell_progress(panel: Any) -> Callable[[str], None]:
+    """Start-up progress for the person at the terminal and for the panel."""
+
+    def tell(text: str) -> None:
+        progress(text)
+        _panel_progress(panel, text)
+
+    return tell
+
+
+async def _close_panel(panel: Any, sock: socket.socket | None, checks: asyncio.Task[None]) -> None:
+    """A start-up that ends early: the panel (served since the checks passed) closed."""
+    checks.cancel()
+    if panel is not None:
+        await panel.cleanup()
+    elif sock is not None:
+        sock.close()
 
 
 async def _restarting(name: str, run: Callable[[], Coroutine[Any, Any, None]]) -> None:
@@ -288,12 +319,13 @@ async def run_bot(config: Config) -> int:
 
 
 async def _start_engine(
-    config: Config, bot: Bot, voices: VoiceLibrary, stop: asyncio.Event
+    config: Config, bot: Bot, voices: VoiceLibrary, stop: asyncio.Event, panel: Any
 ) -> Engine | int:
     """The model loaded here and warmed up: the engine, or the exit code."""
     from engine.checkpoints import CheckpointError, resolve_files
     from engine.synth import Engine
 
+    _panel_progress(panel, "checking the model files (a first run downloads them)…")
     try:
         # The model files last: a first run downloads them.
         finished, files = await _unless_stopped(
@@ -304,7 +336,7 @@ async def _start_engine(
     if not finished or files is None:
         return 0
 
-    engine = Engine(config.engine, voices, files, progress=progress)
+    engine = Engine(config.engine, voices, files, progress=_tell_progress(panel))
     engine.start()
     log.info("bot.warming_up", device=engine.device)
     try:
@@ -321,7 +353,7 @@ async def _start_engine(
 
 
 async def _connect_engine(
-    config: Config, bot: Bot, voices: RemoteVoices, stop: asyncio.Event
+    config: Config, bot: Bot, voices: RemoteVoices, stop: asyncio.Event, panel: Any
 ) -> RemoteEngine | int:
     """No model here: an engine server's client, once the server has answered (it
     is waited for while it cannot be reached), with the default voice chosen from
@@ -330,7 +362,7 @@ async def _connect_engine(
     engine = RemoteEngine(config.engine, voices, local_voices=local)
     engine.start()
     log.info("bot.connecting_engine", url=engine.url)
-    progress(f"connecting to the engine server at {engine.url}…")
+    _tell_progress(panel)(f"connecting to the engine server at {engine.url}…")
     try:
         finished, _ = await _unless_stopped(stop, engine.wait_ready())
         if finished:
@@ -373,26 +405,32 @@ async def _run(config: Config, stop: asyncio.Event, locks: ChannelLocks) -> int:
         if panel_socket is not None:
             panel_socket.close()
         return _refuse(problems, bot)
+    # The panel serves from here on: "starting", with the latest progress line.
+    panel = await _start_web(config, bot, None, None, panel_socket)
+    checks = asyncio.create_task(bot.voice_checks.run())
     started_engine = (
-        await _connect_engine(config, bot, bot.voices, stop)
+        await _connect_engine(config, bot, bot.voices, stop, panel)
         if isinstance(bot.voices, RemoteVoices)
-        else await _start_engine(config, bot, bot.voices, stop)
+        else await _start_engine(config, bot, bot.voices, stop, panel)
     )
     if isinstance(started_engine, int):
-        if panel_socket is not None:
-            panel_socket.close()
+        await _close_panel(panel, panel_socket, checks)
         return started_engine
     engine: Engine | RemoteEngine = started_engine
+    _panel_progress(panel, "the voice engine is ready; opening the audio output…")
 
     player = Player(config.audio)
     speaker = Speaker(bot.queue, engine, player, bot.control)
     enabled = list(bot.adapters())
-    panel = await _start_web(config, bot, speaker, engine, panel_socket, player.broadcast)
     try:
         async with asyncio.TaskGroup() as tasks:
             player_task = tasks.create_task(player.run())
             # Going live needs a device; a stop meanwhile must still be honoured.
             await _unless_stopped(stop, player.opened.wait())
+            if panel is not None:  # live from here: the panel leaves "starting"
+                from bot.panel.web import attach
+
+                attach(panel.app, speaker, engine, player.broadcast)
             running = [
                 tasks.create_task(bot.lag.run()),
                 tasks.create_task(bot.router.run(bot.events)),
@@ -426,6 +464,9 @@ async def _run(config: Config, stop: asyncio.Event, locks: ChannelLocks) -> int:
             await player.close()
             player_task.cancel()
     finally:  # also when a task failed: mod changes of the last second are written
+        checks.cancel()
+        if panel is not None and panel.server is not None:  # a task failed before its stop
+            await panel.cleanup()
         await asyncio.to_thread(engine.close, ENGINE_STOP_WAIT_S)
         await bot.control.close()
     # Whatever was still waiting gets its end logged: nothing vanishes silently.

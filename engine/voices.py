@@ -206,7 +206,7 @@ class VoiceLibrary:
 
     def get(self, name: str) -> Voice:
         files = self.files(name)
-        stamp = _stamp(files)
+        stamp = files_stamp(files)
         with self._lock:
             cached = self._cache.get(name)
             if cached is not None and cached[0] == stamp:
@@ -254,7 +254,8 @@ def choose_default_voice(
     return chosen, f"{reason} (set engine.default_voice to choose)"
 
 
-def _stamp(files: VoiceFiles) -> tuple[object, ...]:
+def files_stamp(files: VoiceFiles) -> tuple[object, ...]:
+    """Sizes and modification times of a voice's files: changes when any of them does."""
     parts: list[object] = []
     for path in (files.audio, files.transcript, files.settings):
         if path is not None and path.exists():

@@ -317,3 +317,95 @@ def test_moderator_unmute_of_a_muted_user() -> None:
     reply = run_command(chat("!tts unmute troll", roles=MOD), control, CommandsConfig())
     assert reply == Reply(True, "unmuted that user")
     assert control.policy_state.muted == {}
+
+
+# The panel's ways in: entries by key, blocked words, the queue's order -----------
+def test_entries_are_listed_with_keys_and_changed_by_key() -> None:
+    control, queue = make_control(
+        policy={"muted_users": ["ConfigTroll"], "nicknames": {"cfg": "Config Name"}}
+    )
+    troll = chat("hi", user_name="Troll", user_id="2")
+    fan = chat("hi", user_name="Fan", user_id="3")
+    for message in (troll, fan):
+        control.policy_state.saw(message)
+    control.mute("Troll")
+    control.policy_state.by_name.muted["oldname"] = None
+    control.set_nick("Fan", "The Fan")
+    control.set_user_voice("Fan", "bob")
+    assert [(e.key, e.name, e.editable) for e in control.muted_entries(10).entries] == [
+        ("twitch:2", "Troll", True),
+        ("name:oldname", "oldname", True),
+        ("config:configtroll", "configtroll", False),
+    ]
+    assert [(e.key, e.value) for e in control.nickname_entries(10).entries] == [
+        ("twitch:3", "The Fan"),
+        ("config:cfg", "Config Name"),
+    ]
+    assert [(e.key, e.value) for e in control.user_voice_entries(10).entries] == [
+        ("twitch:3", "bob")
+    ]
+    first = control.muted_entries(1)
+    assert [e.key for e in first.entries] == ["twitch:2"] and first.total == 3
+
+    assert control.unmute_key("twitch:2") == Reply(True, "unmuted Troll")
+    assert control.unmute_key("name:oldname").ok
+    assert control.muted_entries(10).entries[0].key == "config:configtroll"
+    for key, why in (
+        ("twitch:2", "not muted"),
+        ("config:configtroll", "set in the config file"),
+        ("nonsense", "names no account"),
+        ("twitch:", "names no account"),
+    ):
+        refused = control.unmute_key(key)
+        assert not refused.ok and why in refused.text, (key, refused)
+
+    assert control.set_nick_key("twitch:3", "  Big   Fan ").text == "Fan will be read as Big Fan"
+    assert control.policy_state.nicknames[fan.user_key] == "Big Fan"
+    assert control.set_nick_key("twitch:3", "").ok
+    assert fan.user_key not in control.policy_state.nicknames
+    assert not control.set_nick_key("twitch:999", "Who").ok  # an account never seen
+    assert not control.set_nick_key("config:cfg", "").ok
+    assert control.set_user_voice_key("twitch:3", "alice").ok
+    assert control.policy_state.user_voices[fan.user_key] == "alice"
+    assert not control.set_user_voice_key("twitch:3", "nobody").ok
+    assert control.set_user_voice_key("twitch:3", None).ok
+    assert control.user_voice_entries(10).entries == []
+    assert len(queue) == 0
+
+
+def test_a_broken_voice_is_refused_everywhere_and_chat_is_told_without_details() -> None:
+    config = Config.model_validate({})
+    broken = {"bob": "clip bob.wav is silent"}
+    control = Control(config, SpeechQueue(config.queue), lambda: ["alice", "bob"], broken.get)
+    refused = control.set_voice("bob")
+    assert not refused.ok and refused.text == "unusable voice 'bob': clip bob.wav is silent"
+    control.policy_state.saw(chat("hi", user_name="Fan", user_id="3"))
+    assert not control.set_user_voice("Fan", "bob").ok
+    assert not control.set_user_voice_key("twitch:3", "bob").ok
+    assert control.list_voices().text == "voices: alice (current: default)"
+    reply = run_command(chat("!tts voice bob", roles=MOD), control, CommandsConfig())
+    assert reply == Reply(False, "that voice's files are broken; voices: alice (current: default)")
+    assert control.set_voice("alice").ok
+
+
+def test_blocked_words_change_until_restart_and_reach_the_policy() -> None:
+    control, _ = make_control(policy={"blocked_words": ["darn"]})
+    given: list[list[str]] = []
+    control.follow_blocked_words(lambda words: given.append(list(words)))
+    assert control.block_word("  scam  ").text == "blocked 'scam' until the bot stops"
+    assert given[-1] == ["darn", "scam"]
+    assert not control.block_word("SCAM").ok  # the same word
+    assert not control.block_word("!!").ok
+    assert control.unblock_word("DARN").ok  # the config file's too, until restart
+    assert given[-1] == ["scam"] and control.blocked_words == ["scam"]
+    assert not control.unblock_word("darn").ok
+
+
+def test_play_next_moves_a_waiting_line_to_the_front() -> None:
+    control, queue = make_control()
+    first, second = queued(queue, "a"), queued(queue, "b")
+    key = f"twitch:{second.message.message_id}"
+    assert control.play_next(key) == Reply(True, "moved to the front: it plays next")
+    assert queue.snapshot() == [second, first]
+    assert not control.play_next("twitch:gone").ok
+    assert not control.play_next("no key").ok

@@ -8,7 +8,14 @@ from hypothesis import strategies as st
 
 from adapters.events import ChatMessage, EventKind, Paid, PaidKind, Platform, Role
 from adapters.twitch import codec
-from bot.chat.policy import Drop, PolicyState, SpeakableItem, SpeechPolicy
+from bot.chat.policy import (
+    Drop,
+    PolicyState,
+    SpeakableItem,
+    SpeechPolicy,
+    blocked_form,
+    blocked_word_problem,
+)
 from bot.chat.queue import SpeechQueue
 from bot.config import PolicyConfig, QueueConfig, ReadMode
 from tests.factories import chat
@@ -525,3 +532,33 @@ def test_old_config_with_one_subs_currency_still_prices_every_tier() -> None:
     assert isinstance(gift, SpeakableItem)
     assert 3 < t1.priority == t3.priority < gift.priority < 4
     assert gift.spoken == "Fan gifted five subs. hype"
+
+
+def test_blocked_words_changed_live_apply_to_lines_and_names() -> None:
+    pol = policy(blocked_words=["darn"])
+    pol.set_blocked_words(["darn", "scam"])
+    assert reason(pol, "got SCAMMED here") == "blocked_word"  # with its endings, as configured
+    assert pol.clean_name("scam_bot").shown == "someone"
+    pol.set_blocked_words([])
+    assert accept(pol, "well darn it").text == "well darn it"
+
+
+@pytest.mark.parametrize(
+    ("word", "problem"),
+    [
+        ("", "the word is empty"),
+        ("   ", "the word is empty"),
+        ("x" * 101, "at most 100 characters"),
+        ("!!", "no letters or digits"),
+        ("\u200b", "no letters or digits"),
+        ("ＳＣＡＭ", None),
+        ("傻瓜", None),
+        ("two words", None),
+    ],
+)
+def test_a_blocked_word_that_would_match_every_line_is_refused(
+    word: str, problem: str | None
+) -> None:
+    found = blocked_word_problem(word)
+    assert found == problem if problem is None else problem in str(found)
+    assert blocked_form("ＳＣＡＭ") == blocked_form("scam")

@@ -383,3 +383,36 @@ class QueueMachine(RuleBasedStateMachine):
 
 QueueMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
 test_queue_properties = QueueMachine.TestCase
+
+
+def test_move_to_front_plays_it_next_and_keeps_it_in_the_queue_logic() -> None:
+    clock = Clock()
+    q = make(clock, ttl_s=60)
+    urgent, low, lower = item(5), item(1), item(0)
+    for i in (urgent, low, lower):
+        q.push(i)
+    assert q.move_to_front(lower.key)
+    assert ids(q.snapshot()) == ids([lower, urgent, low])
+    assert q.move_to_front(low.key)  # moved later: before the one moved first
+    assert ids(q.snapshot()) == ids([low, lower, urgent])
+    assert q.pop_nowait() is low
+    assert not q.move_to_front(low.key)  # no longer waiting
+    assert not q.move_to_front((Platform.TWITCH, "nobody"))
+    assert q.snapshot()[0] is lower and lower.priority == 0  # its priority is its own
+    clock.now += 61
+    with capture_logs() as logs:  # the TTL still applies
+        assert q.pop_nowait() is None
+    assert sorted(e["msg_id"] for e in logs) == sorted(ids([lower, urgent]))
+
+
+def test_a_line_moved_to_the_front_is_not_dropped_as_stale_when_busy() -> None:
+    clock = Clock()
+    q = make(clock, pacing={"enabled": True, "stale_after_s": 5}, aging_s=0)
+    chosen, other = item(0), item(0)
+    q.push(chosen)
+    q.push(other)
+    assert q.move_to_front(chosen.key)
+    clock.now += 10
+    with capture_logs() as logs:
+        assert q.pop_nowait() is chosen
+    assert [(e["msg_id"], e["reason"]) for e in logs] == [(other.message.message_id, "stale")]

@@ -625,10 +625,13 @@ async def test_the_panel_previews_through_the_server_and_shows_its_state(
         async with TestClient(TestServer(app)) as panel:
             async with serving(served, port=port):
                 await asyncio.wait_for(client.wait_ready(), 10)
+                await bot.voice_checks.refresh()
                 status = await (await panel.get("/api/status", headers=auth)).json()
-                assert status["engine"] == "up"
-                assert status["voices"] == client.voices.names()
-                assert {"alice", "mei", "builtin-en"} <= set(status["voices"])
+                assert status["engine"]["state"] == "up" and status["state"] == "live"
+                # The server checks its own voices: each it lists can be picked.
+                names = [v["name"] for v in status["voices"] if v["ok"]]
+                assert names == client.voices.names()
+                assert {"alice", "mei", "builtin-en"} <= set(names)
                 metrics = await (await panel.get("/metrics", headers=auth)).text()
                 assert "ishowtts_engine_up 1.0" in metrics
                 preview = await panel.post(
@@ -638,7 +641,8 @@ async def test_the_panel_previews_through_the_server_and_shows_its_state(
                 audio, rate = sf.read(io.BytesIO(await preview.read()))
                 assert rate == 24_000 and len(audio) > 0
             status = await (await panel.get("/api/status", headers=auth)).json()
-            assert status["engine"] == "unavailable"
+            assert status["engine"]["state"] == "unavailable"
+            assert status["state"] == "unreachable"
             preview = await panel.post(
                 "/api/synthesize", json={"text": "A preview.", "voice": "mei"}, headers=auth
             )

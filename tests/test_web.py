@@ -19,7 +19,7 @@ from bot.audio.player import Player
 from bot.audio.speaker import Speaker
 from bot.chat import outcomes
 from bot.config import Config, WebConfig
-from bot.panel.web import MAX_BODY, THROTTLE_KEY, create_app
+from bot.panel.web import MAX_BODY, THROTTLE_KEY, attach, create_app, set_progress
 from engine.checkpoints import ModelFiles
 from engine.synth import Engine
 from tests.engine.tiny import TINY_ARCH, write_voice
@@ -51,6 +51,7 @@ def make_bot(tmp_path: Path) -> Bot:
 @pytest.fixture
 async def client(tmp_path: Path) -> AsyncIterator[tuple[TestClient[Any, Any], Bot]]:
     bot = make_bot(tmp_path)
+    await bot.voice_checks.refresh()
     app = create_app(WebConfig(token=TOKEN), bot)
     async with TestClient(TestServer(app)) as c:
         yield c, bot
@@ -63,7 +64,9 @@ async def test_every_route_needs_the_token(client: Any) -> None:
         ("POST", "/api/skip"), ("POST", "/api/pause"), ("POST", "/api/resume"),
         ("POST", "/api/clear"), ("POST", "/api/voice"), ("POST", "/api/mute"),
         ("POST", "/api/volume"), ("POST", "/api/say"), ("POST", "/api/synthesize"),
-        ("GET", "/metrics"), ("GET", "/api/events"),
+        ("GET", "/metrics"), ("GET", "/api/events"), ("POST", "/api/unmute"),
+        ("POST", "/api/nick"), ("POST", "/api/uservoice"), ("POST", "/api/mode"),
+        ("POST", "/api/blocked"), ("POST", "/api/queue/x/next"), ("POST", "/api/replay/1"),
     ]:  # fmt: skip
         r = await c.request(method, path)
         assert r.status == 401, path
@@ -96,10 +99,8 @@ async def test_status_queue_and_remove(client: Any) -> None:
     status = await (await c.get("/api/status", headers=AUTH)).json()
     assert status["queue"] == 2
     assert status["voice"] == "default" and status["voices"] == [
-        "default",
-        "mei",
-        "builtin-en",
-        "builtin-zh",
+        {"name": name, "ok": True, "reason": ""}
+        for name in ("default", "mei", "builtin-en", "builtin-zh")
     ]
     assert status["connections"] == {"twitch": True}
     assert status["now_playing"] is None and status["paused"] is False
@@ -255,6 +256,17 @@ async def test_synthesize_returns_a_wav(tmp_path: Path, tiny_files: ModelFiles) 
             assert r.status == 200 and r.headers["Content-Type"] == "audio/wav"
             audio, rate = sf.read(io.BytesIO(await r.read()))
             assert rate == 24000 and len(audio) > 2400
+            # A broken voice is a clear 4xx with its reason, never a bare 500: one
+            # the last check saw, and one that broke since.
+            voices = tmp_path / "voices"
+            write_voice(voices, "hush", amplitude=0.0)
+            write_voice(voices, "late")
+            await bot.voice_checks.refresh()
+            r = await c.post("/api/synthesize", json={"text": "Hi.", "voice": "hush"}, headers=AUTH)
+            assert r.status == 400 and "is silent" in (await r.json())["error"]
+            (voices / "late.txt").unlink()
+            r = await c.post("/api/synthesize", json={"text": "Hi.", "voice": "late"}, headers=AUTH)
+            assert r.status == 422 and "missing transcript" in (await r.json())["error"]
     finally:
         engine.close()
 
@@ -290,3 +302,245 @@ async def test_the_event_streams_tell_of_a_lines_end_at_once(
     assert (await next_push(overlay))["events"] == [{"id": "twitch:w1", "event": "tts.skipped"}]
     panel.close()
     overlay.close()
+
+
+# The panel's state, its voices, and the streamer's side of moderation ----------------
+async def status_of(c: Any) -> dict[str, Any]:
+    r = await c.get("/api/status", headers=AUTH)
+    assert r.status == 200
+    return dict(await r.json())
+
+
+async def test_the_status_says_starting_then_live_paused_and_stalled(
+    tmp_path: Path, tiny_files: ModelFiles
+) -> None:
+    bot = make_bot(tmp_path)
+    app = create_app(WebConfig(token=TOKEN), bot)
+    async with TestClient(TestServer(app)) as c:
+        set_progress(app, "loading the voice model on cpu…")
+        status = await status_of(c)
+        assert status["state"] == "starting"
+        assert status["detail"] == "loading the voice model on cpu…"
+        assert status["now_playing"] is None and status["voices_checked"] is False
+        r = await c.post("/api/synthesize", json={"text": "hi"}, headers=AUTH)
+        assert r.status == 503 and "still starting" in (await r.json())["error"]
+        # Engine warm: the speaker is attached and the panel is live.
+        engine = Engine(bot.config.engine, bot.voices, tiny_files)
+        attach(app, Speaker(bot.queue, engine, Player(bot.config.audio), bot.control), engine)
+        assert (await status_of(c))["state"] == "live"
+        bot.control.pause()
+        status = await status_of(c)
+        assert status["state"] == "paused" and "resume" in status["detail"]
+        bot.control.resume()
+        outcomes.log_outcome(outcomes.SKIPPED, chat("a line"), reason="engine_stalled")
+        status = await status_of(c)
+        assert status["state"] == "stalled" and "stalled" in status["detail"]
+        assert status["engine"] == {"state": "local", "errors": 0, "stalls": 0}
+        outcomes.log_outcome(outcomes.SPOKEN, chat("next"), voice="default", text="next")
+        assert (await status_of(c))["state"] == "live"
+
+
+async def test_enabled_platforms_show_as_not_connected_until_they_are(tmp_path: Path) -> None:
+    voices = tmp_path / "voices"
+    write_voice(voices, "default")
+    config = Config.model_validate(
+        {
+            "engine": {"voices_dir": str(voices), "arch": TINY_ARCH.model_dump()},
+            "commands": {"state_file": str(tmp_path / "state.json")},
+            "platforms": {"twitch": {"enabled": True, "channels": ["chan"]}},
+        }
+    )
+    bot = Bot(config)
+    async with TestClient(TestServer(create_app(WebConfig(token=TOKEN), bot))) as c:
+        assert (await status_of(c))["connections"] == {"twitch": False}
+        bot.router.handle(Connected(Platform.TWITCH, "chan"))
+        assert (await status_of(c))["connections"] == {"twitch": True}
+
+
+async def test_broken_voices_are_listed_with_why_and_refused(tmp_path: Path) -> None:
+    bot = make_bot(tmp_path)
+    voices = tmp_path / "voices"
+    write_voice(voices, "hush", amplitude=0.0)  # silent
+    write_voice(voices, "notext").with_suffix(".txt").unlink()
+    await bot.voice_checks.refresh()
+    async with TestClient(TestServer(create_app(WebConfig(token=TOKEN), bot))) as c:
+        listed = {v["name"]: v for v in (await status_of(c))["voices"]}
+        assert listed["default"] == {"name": "default", "ok": True, "reason": ""}
+        assert not listed["hush"]["ok"] and "is silent" in listed["hush"]["reason"]
+        assert not listed["notext"]["ok"] and "missing transcript" in listed["notext"]["reason"]
+        for path, body in (
+            ("/api/voice", {"voice": "hush"}),
+            ("/api/say", {"text": "hi", "voice": "notext"}),
+            ("/api/uservoice", {"user": "Fan", "voice": "hush"}),
+        ):
+            r = await c.post(path, json=body, headers=AUTH)
+            assert r.status == 400, path
+            assert "unusable voice" in (await r.json())["error"], path
+        assert bot.control.voice == "default" and len(bot.queue) == 0
+        # Fixed on disk: usable again at the next check.
+        (voices / "notext.txt").write_text("This is the reference clip.", encoding="utf-8")
+        await bot.voice_checks.refresh()
+        r = await c.post("/api/voice", json={"voice": "notext"}, headers=AUTH)
+        assert r.status == 200 and bot.control.voice == "notext"
+        # Broken while in use: the status says so.
+        (voices / "notext.txt").unlink()
+        await bot.voice_checks.refresh()
+        (warning,) = (await status_of(c))["warnings"]
+        assert "'notext' cannot be used" in warning and "pick another" in warning
+
+
+async def test_unmute_nicknames_and_user_voices_by_row(client: Any) -> None:
+    c, bot = client
+    troll = chat("hi", user_name="Troll", user_id="66")
+    fan = chat("hi", user_name="Fan", user_id="77")
+    for message in (troll, fan):
+        bot.router.handle(message)
+    assert (await c.post("/api/mute", json={"user": "Troll"}, headers=AUTH)).status == 200
+    muted = (await status_of(c))["muted"]
+    assert muted == [{"key": "twitch:66", "name": "Troll", "value": "", "editable": True}]
+    r = await c.post("/api/unmute", json={"key": "twitch:66"}, headers=AUTH)
+    assert r.status == 200 and (await r.json())["text"] == "unmuted Troll"
+    assert troll.user_key not in bot.control.policy_state.muted
+    r = await c.post("/api/unmute", json={"key": "twitch:66"}, headers=AUTH)
+    assert r.status == 400 and "not muted" in (await r.json())["error"]
+
+    r = await c.post("/api/nick", json={"user": "Fan", "nick": "The Fan"}, headers=AUTH)
+    assert r.status == 200 and bot.control.policy_state.nicknames[fan.user_key] == "The Fan"
+    (row,) = (await status_of(c))["nicknames"]
+    assert (row["key"], row["name"], row["value"]) == ("twitch:77", "Fan", "The Fan")
+    r = await c.post("/api/nick", json={"key": "twitch:77", "nick": ""}, headers=AUTH)
+    assert r.status == 200 and fan.user_key not in bot.control.policy_state.nicknames
+
+    r = await c.post("/api/uservoice", json={"user": "Fan", "voice": "mei"}, headers=AUTH)
+    assert r.status == 200 and bot.control.policy_state.user_voices[fan.user_key] == "mei"
+    (row,) = (await status_of(c))["user_voices"]
+    assert (row["key"], row["value"]) == ("twitch:77", "mei")
+    r = await c.post("/api/uservoice", json={"key": "twitch:77", "voice": None}, headers=AUTH)
+    assert r.status == 200 and fan.user_key not in bot.control.policy_state.user_voices
+
+    r = await c.post("/api/nick", json={"user": "Nobody", "nick": "x"}, headers=AUTH)
+    assert r.status == 400 and "not seen in chat" in (await r.json())["error"]
+
+    # A long list is pushed 4 times a second: the newest rows only, and the count.
+    for n in range(250):
+        bot.control.policy_state.muted[(Platform.TWITCH, f"id{n}")] = f"user{n}"
+    status = await status_of(c)
+    assert len(status["muted"]) == 100 and status["totals"]["muted"] == 250
+    assert status["muted"][0]["key"] == "twitch:id249"
+    # Names are shown cleaned, and cleaned again when the blocked words change.
+    bot.control.policy_state.muted[(Platform.TWITCH, "id250")] = "scam_king"
+    assert (await status_of(c))["muted"][0]["name"] == "scam_king"
+    assert (await c.post("/api/blocked", json={"word": "scam"}, headers=AUTH)).status == 200
+    assert (await status_of(c))["muted"][0]["name"] == "someone"
+
+
+async def test_read_mode_and_blocked_words_change_live(client: Any) -> None:
+    c, bot = client
+    r = await c.post("/api/mode", json={"mode": "paid"}, headers=AUTH)
+    assert r.status == 200 and bot.control.policy_state.read_mode == "paid"
+    assert (await status_of(c))["mode"] == "paid"
+    await c.post("/api/mode", json={"mode": "all"}, headers=AUTH)
+
+    r = await c.post("/api/blocked", json={"word": "scam"}, headers=AUTH)
+    assert r.status == 200 and "until the bot stops" in (await r.json())["text"]
+    assert (await status_of(c))["blocked_words"] == ["scam"]
+    with capture_logs() as logs:
+        bot.router.handle(chat("free scam here", message_id="b1"))
+    assert [(e["event"], e.get("reason")) for e in logs if e["event"].startswith("tts.")] == [
+        (outcomes.FILTERED, "blocked_word")
+    ]
+    r = await c.post("/api/blocked", json={"word": "scam", "blocked": False}, headers=AUTH)
+    assert r.status == 200
+    bot.router.handle(chat("free scam here", message_id="b2"))
+    assert len(bot.queue) == 1
+
+
+async def test_play_next_and_replay(client: Any) -> None:
+    c, bot = client
+    for n in (1, 2, 3):
+        bot.router.handle(chat(f"line {n}", message_id=f"q{n}", user_id=f"u{n}"))
+    r = await c.post("/api/queue/twitch:q3/next", headers=AUTH)
+    assert r.status == 200
+    queue = await (await c.get("/api/queue", headers=AUTH)).json()
+    assert [q["id"] for q in queue] == ["twitch:q3", "twitch:q1", "twitch:q2"]
+    assert (await c.post("/api/queue/twitch:gone/next", headers=AUTH)).status == 404
+    bot.control.clear()
+
+    heard = chat("hi chat", message_id="s1", user_name="Ann")
+    outcomes.log_outcome(outcomes.SPOKEN, heard, voice="mei", text="Q3 says gg 2 chat")
+    bot.router.handle(chat("!uptime"))
+    events = await c.get("/api/events", headers=AUTH)
+    payload = __import__("json").loads((await events.content.readline()).decode()[6:])
+    events.close()
+    spoken = next(e for e in payload["events"] if e["id"] == "twitch:s1")
+    assert spoken["at"] > 0 and spoken["spoken"] == "Q3 says gg 2 chat"
+    r = await c.post(f"/api/replay/{spoken['seq']}", headers=AUTH)
+    assert r.status == 200
+    (again,) = bot.queue.snapshot()
+    assert again.message.platform is Platform.LOCAL
+    assert (again.speech(None), again.voice) == ("Q3 says gg 2 chat", "mei")
+    filtered = next(e for e in payload["events"] if e["event"] == outcomes.FILTERED)
+    r = await c.post(f"/api/replay/{filtered['seq']}", headers=AUTH)
+    assert r.status == 400 and "no text" in (await r.json())["error"]
+    assert (await c.post("/api/replay/99999", headers=AUTH)).status == 404
+    assert (await c.post("/api/replay/-1", headers=AUTH)).status == 400
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "error"),
+    [
+        ("/api/unmute", {}, "key must be a non-empty string"),
+        ("/api/unmute", {"key": "x" * 201}, "key longer than 200"),
+        ("/api/unmute", {"key": "config:someone"}, "set in the config file"),
+        ("/api/nick", {"nick": "x"}, 'give either "key"'),
+        ("/api/nick", {"key": "twitch:1", "user": "a", "nick": "x"}, 'give either "key"'),
+        ("/api/nick", {"user": "a", "nick": 5}, "nick must be a string"),
+        ("/api/nick", {"user": "a", "nick": "x" * 101}, "nick must be a string"),
+        ("/api/uservoice", {"user": "a", "voice": "../x"}, "voice must be"),
+        ("/api/uservoice", {"user": "a", "voice": "nobody"}, "unknown voice"),
+        ("/api/mode", {"mode": "loud"}, "mode must be one of"),
+        ("/api/mode", {"mode": 1}, "mode must be one of"),
+        ("/api/blocked", {"word": ""}, "the word is empty"),
+        ("/api/blocked", {"word": "x", "blocked": "yes"}, "expected"),
+        ("/api/blocked", {"word": "?!"}, "no letters or digits"),
+        ("/api/blocked", {"word": "gone", "blocked": False}, "not blocked"),
+    ],
+)
+async def test_new_routes_validate_every_field(
+    client: Any, path: str, body: dict[str, Any], error: str
+) -> None:
+    c, bot = client
+    r = await c.post(path, json=body, headers=AUTH)
+    assert r.status == 400
+    assert error in (await r.json())["error"]
+    assert bot.control.policy_state.read_mode == "all" and bot.control.blocked_words == []
+
+
+async def test_a_reward_mapped_to_a_broken_voice_is_warned_about(tmp_path: Path) -> None:
+    voices = tmp_path / "voices"
+    write_voice(voices, "default")
+    write_voice(voices, "hush", amplitude=0.0)
+    reward = "0c4bd3a8-9f7e-4b8a-8d3e-2f1c5a6b7d8e"
+    config = Config.model_validate(
+        {
+            "engine": {"voices_dir": str(voices), "arch": TINY_ARCH.model_dump()},
+            "commands": {"state_file": str(tmp_path / "state.json")},
+            "platforms": {"twitch": {"rewards": {"tts": {"id": reward, "voice": "hush"}}}},
+        }
+    )
+    bot = Bot(config)
+    await bot.voice_checks.refresh()
+    async with TestClient(TestServer(create_app(WebConfig(token=TOKEN), bot))) as c:
+        status = await status_of(c)
+    (warning,) = status["warnings"]
+    assert "Reward 'tts' reads in voice 'hush'" in warning and "is silent" in warning
+    assert status["reward_map"] == [
+        {
+            "id": reward,
+            "name": "tts",
+            "read": True,
+            "voice": "hush",
+            "template": None,
+            "priority": None,
+        }
+    ]

@@ -400,3 +400,41 @@ async def test_another_sites_page_cannot_lock_the_streamer_out(locked_panel: Any
     assert overlay.status == 200
     status = await c.get("/api/status", headers={"Authorization": f"Bearer {TOKEN}"})
     assert status.status == 200
+
+
+NEW_ROUTES = [
+    ("/api/unmute", {"key": "twitch:1"}),
+    ("/api/nick", {"user": "viewer", "nick": "attacker"}),
+    ("/api/uservoice", {"user": "viewer", "voice": "mei"}),
+    ("/api/mode", {"mode": "paid"}),
+    ("/api/blocked", {"word": "attacker"}),
+    ("/api/queue/twitch:s1/next", None),
+    ("/api/replay/1", None),
+]
+
+
+async def test_the_panels_moderation_routes_are_guarded_like_the_rest(
+    locked_panel: Any,
+) -> None:
+    c, bot = locked_panel
+    bot.router.handle(chat("a line", message_id="s1", user_name="viewer"))
+    read_only = overlay_token(TOKEN)
+    cookie = {"Cookie": f"ishowtts_token={TOKEN}"}
+    for path, body in NEW_ROUTES:
+        data = json.dumps(body).encode() if body is not None else None
+        # The session cookie alone, from another page: no Origin.
+        r = await c.post(path, data=data, headers={**cookie, **JSON})
+        assert r.status == 403, path
+        r = await c.post(path, data=data, headers={**cookie, "Origin": "http://evil.example"})
+        assert r.status == 403, path
+        # A form or a no-cors fetch cannot send JSON.
+        plain = {**cookie, **own_origin(c), "Content-Type": "text/plain"}
+        assert (await c.post(path, data=data or b"{}", headers=plain)).status == 415, path
+        # The overlay's token shows captions and nothing else.
+        overlay = {"Authorization": f"Bearer {read_only}", **JSON}
+        assert (await c.post(path, data=data, headers=overlay)).status == 403, path
+    assert bot.control.policy_state.read_mode == "all"
+    assert bot.control.blocked_words == [] and not bot.control.policy_state.nicknames
+    assert [i.message.message_id for i in bot.queue.snapshot()] == ["s1"]
+    r = await c.post("/api/mode", json={"mode": "paid"}, headers={**cookie, **own_origin(c)})
+    assert r.status == 200 and bot.control.policy_state.read_mode == "paid"

@@ -15,7 +15,7 @@ import structlog
 
 from adapters.events import ChatMessage, Role
 from bot.config import COMMAND_NAMES, CommandsConfig
-from bot.control import NOT_SEEN, READ_MODES, Control, Reply
+from bot.control import NOT_SEEN, READ_MODES, UNUSABLE_VOICE, Control, Reply
 from engine.config import VOICE_NAME
 
 log = structlog.get_logger()
@@ -155,6 +155,8 @@ def _for_chat(command: Command, reply: Reply, control: Control, prefix: str) -> 
     match command.name, reply.ok:
         case "voice", True:
             return reply  # names the voice now in use, one of the bot's own
+        case (("voice" | "uservoice"), False) if reply.text.startswith(UNUSABLE_VOICE):
+            return Reply(False, f"that voice's files are broken; {control.list_voices().text}")
         case (("voice" | "uservoice"), False):
             return Reply(False, f"unknown voice; {control.list_voices().text}")
         case "uservoice", True:

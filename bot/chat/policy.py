@@ -40,6 +40,8 @@ _NAME_MAX = 64
 #: How much longer than `max_chars` a line may get once its numbers and
 #: shorthand are written out ("$5" → "five dollars").
 _SPOKEN_GROWTH = 2
+#: Longest blocked word the panel takes (the config file's are not limited).
+MAX_BLOCKED_WORD_CHARS = 100
 
 #: Endings `blocked_match: stem` also matches after a blocked word.
 _STEM_ENDINGS = ("s", "es", "ed", "ing")
@@ -198,6 +200,11 @@ class SpeechPolicy:
         self._replacements = [(r.compiled(), r.replacement) for r in config.replacements]
         self._blocked = _blocked_words_pattern(config.blocked_words, config.blocked_match)
         self._say_prefix = re.compile(re.escape(config.say_prefix) + r"(?:\s+|$)", re.IGNORECASE)
+
+    def set_blocked_words(self, words: Sequence[str]) -> None:
+        """Block these words from now on, in place of the ones before (the panel's
+        live changes: `Control.block_word`); lines and names alike."""
+        self._blocked = _blocked_words_pattern(list(words), self.config.blocked_match)
 
     def evaluate(self, message: ChatMessage, state: PolicyState) -> SpeakableItem | Drop:
         cfg = self.config
@@ -462,6 +469,25 @@ def _stemmed(word: str) -> str:
     elif before and last == "y":
         body += f"|{_stretched(before)}(?:ies|ied)"
     return f"(?:{body})"
+
+
+def blocked_form(word: str) -> str:
+    """What a blocked word matches as (`textnorm.match_form`): two words with the
+    same form are the same entry."""
+    return textnorm.match_form(" ".join(word.split()))[0]
+
+
+def blocked_word_problem(word: str) -> str | None:
+    """Why `word` cannot be added to the blocked words; None when it can. A word
+    with nothing left to match once folded would match every line."""
+    if not word.strip():
+        return "the word is empty"
+    if len(word) > MAX_BLOCKED_WORD_CHARS:
+        return f"a blocked word is at most {MAX_BLOCKED_WORD_CHARS} characters"
+    form = blocked_form(word)
+    if not form.strip() or not any(ch.isalnum() for ch in form):
+        return "the word has no letters or digits to match"
+    return None
 
 
 def _blocked_words_pattern(words: list[str], match: BlockedMatch) -> re.Pattern[str] | None:

@@ -49,6 +49,8 @@ class RetractResult:
 class _Entry:
     item: SpeakableItem
     seq: int
+    #: Set by `move_to_front`: ahead of every entry without one, the latest first.
+    front: int = 0
 
 
 def _by_seq(pair: tuple[SpeakableItem, int]) -> int:
@@ -62,6 +64,7 @@ class SpeechQueue:
         self._entries: dict[Key, _Entry] = {}
         self._in_flight: dict[Key, SpeakableItem] = {}
         self._seq = 0
+        self._front = 0
         self._ready = asyncio.Event()
         self.pacer = Pacer(config.pacing)
 
@@ -160,7 +163,7 @@ class SpeechQueue:
             age = now - item.message.received
             if age > self.config.ttl_s:
                 fields: dict[str, object] = {}
-            elif self.pacer.is_stale(item, age):
+            elif not entry.front and self.pacer.is_stale(item, age):
                 fields = {"reason": "stale"}
             else:
                 continue
@@ -216,6 +219,18 @@ class SpeechQueue:
             outcomes.log_outcome(event, item.message, reason=reason)
         return gone
 
+    def move_to_front(self, key: Key) -> bool:
+        """The streamer's "play next": this item is popped before every other
+        (one moved later goes before it). Its priority and TTL are unchanged; pacing
+        no longer drops it as stale, since the streamer chose it. False when it is
+        not waiting."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return False
+        self._front += 1
+        entry.front = self._front
+        return True
+
     def snapshot(self) -> list[SpeakableItem]:
         """Pending items in the order they would be popped now."""
         order = self._order(self._clock(), self.pace())
@@ -228,7 +243,8 @@ class SpeechQueue:
         return RetractResult(tuple(removed), hit)
 
     def _order(self, now: float, pace: Pace) -> Callable[[_Entry], tuple[float, ...]]:
-        """The sort key of the pop order, highest first: urgency, then arrival.
+        """The sort key of the pop order, highest first: moved to the front, then
+        urgency, then arrival.
 
         When the pace prefers recent lines, within a level (ageing counted in whole
         levels) the lines pacing may not drop go first, in arrival order; then free
@@ -236,7 +252,7 @@ class SpeechQueue:
         keep their order, so one who writes fastest does not always have the
         newest line."""
         if not pace.prefer_recent:
-            return lambda e: (self._urgency(e, now), -e.seq)
+            return lambda e: (e.front, self._urgency(e, now), -e.seq)
         first_waiting: dict[Key, int] = {}
         for e in self._entries.values():
             if is_free_chat(e.item):
@@ -249,8 +265,9 @@ class SpeechQueue:
                 waited = max(0.0, now - entry.item.message.received)
                 level += math.floor(waited / self.config.aging_s)
             if is_free_chat(entry.item):
-                return (level, 0, first_waiting[entry.item.message.user_key], -entry.seq)
-            return (level, 1, -entry.seq, 0)
+                user = entry.item.message.user_key
+                return (entry.front, level, 0, first_waiting[user], -entry.seq)
+            return (entry.front, level, 1, -entry.seq, 0)
 
         return recent_first
 

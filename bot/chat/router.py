@@ -109,10 +109,12 @@ class Router:
                 ended += 1
         return ended
 
-    def say(self, text: str, voice: str) -> Reply:
+    def say(self, text: str, voice: str, *, as_said: bool = False) -> Reply:
         """The streamer's own line (the panel's "say"): read at broadcaster priority,
         as typed, no announcement, through the same clean-up as chat. The reply's
-        text is the queued item's id, or why nothing was queued."""
+        text is the queued item's id, or why nothing was queued. `as_said`: a line
+        said before (the panel's replay), whose numbers and chat words are words
+        already: only cleaned up, not read as chat again."""
         message = ChatMessage(
             platform=Platform.LOCAL,
             channel="panel",
@@ -128,7 +130,7 @@ class Router:
             outcomes.log_outcome(outcomes.FILTERED, message, reason=reason)
             return Reply(False, f"nothing to say after filtering ({reason})")
         language = self._policy.language(message, cleaned)
-        said = self._policy.spoken_text(cleaned, language) or cleaned
+        said = cleaned if as_said else self._policy.spoken_text(cleaned, language) or cleaned
         item = SpeakableItem(
             message=message,
             text=cleaned,

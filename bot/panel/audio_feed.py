@@ -19,11 +19,11 @@ from typing import Any
 import structlog
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from bot.audio.browser import Broadcast, Listener
+from bot.audio.browser import Listener
+from bot.panel.parts import PARTS_KEY
 
 log = structlog.get_logger()
 
-AUDIO_KEY: web.AppKey[Broadcast | None] = web.AppKey("audio")
 WORKLET_PATH = "/static/pcm-worklet.js"
 #: What a page may send in one message (it has nothing to send).
 MAX_CLIENT_MESSAGE = 1024
@@ -32,7 +32,7 @@ HEARTBEAT_S = 20.0
 
 
 async def audio_socket(request: web.Request) -> web.StreamResponse:
-    broadcast = request.app.get(AUDIO_KEY)
+    broadcast = request.app[PARTS_KEY].audio
     if broadcast is None:
         return web.json_response(
             {"error": "no audio: the speech engine is not running"}, status=503

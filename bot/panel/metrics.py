@@ -45,8 +45,13 @@ class Metrics:
             buckets=(0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5),
             registry=self.registry,
         )
-        self.registry.register(_StateCollector(queue, control, engine, lag))
+        self._state = _StateCollector(queue, control, engine, lag)
+        self.registry.register(self._state)
         outcomes.add_listener(self._outcome)
+
+    def attach_engine(self, engine: Any) -> None:
+        """The engine, once warm (the panel serves from the start)."""
+        self._state.engine = engine
 
     def close(self) -> None:
         outcomes.remove_listener(self._outcome)
@@ -72,7 +77,7 @@ class _StateCollector(Collector):
     ) -> None:
         self._queue = queue
         self._control = control
-        self._engine = engine
+        self.engine = engine
         self._lag = lag
 
     def collect(self) -> Iterator[Any]:
@@ -100,19 +105,19 @@ class _StateCollector(Collector):
         yield reconnects
         yield crashes
         errors = CounterMetricFamily("ishowtts_engine_errors", "Synthesis requests that failed")
-        errors.add_metric([], getattr(self._engine, "errors", 0))
+        errors.add_metric([], getattr(self.engine, "errors", 0))
         yield errors
         stalls = CounterMetricFamily(
             "ishowtts_engine_stalls", "Syntheses abandoned for making no progress"
         )
-        stalls.add_metric([], getattr(self._engine, "stalls", 0))
+        stalls.add_metric([], getattr(self.engine, "stalls", 0))
         yield stalls
         engine_up = GaugeMetricFamily(
             "ishowtts_engine_up",
             "1 while the engine can take requests (always, in this process; an engine "
             "server while it is connected)",
         )
-        down = getattr(self._engine, "state", "local") == "unavailable"
+        down = getattr(self.engine, "state", "local") == "unavailable"
         engine_up.add_metric([], 0.0 if down else 1.0)
         yield engine_up
         if self._lag is not None:

@@ -44,19 +44,21 @@ from bot.audio.speaker import PreviewBusy
 from bot.chat import outcomes
 from bot.chat.router import QUEUE_FULL
 from bot.config import WebConfig
-from bot.control import Reply
+from bot.control import READ_MODES, UNUSABLE_VOICE, Listing, Reply
 from bot.panel import audio_feed
-from bot.panel.audio_feed import AUDIO_KEY
 from bot.panel.metrics import CONTENT_TYPE, Metrics
+from bot.panel.parts import PARTS_KEY, Parts
 from bot.remote_engine import EngineUnavailable
 from engine.audio import SAMPLE_RATE
 from engine.config import VOICE_NAME
-from engine.worker import SynthesisError
+from engine.voices import VoiceError
+from engine.worker import SynthesisError, SynthesisStalled
 
 if TYPE_CHECKING:  # the app assembles these; the panel only uses them
     from bot.app import Bot
     from bot.audio.browser import Broadcast
     from bot.audio.speaker import Speaker
+    from bot.remote_engine import RemoteEngine
     from engine.synth import Engine
 
 log = structlog.get_logger()
@@ -69,9 +71,9 @@ COOKIE = "ishowtts_token"
 PUSH_INTERVAL_S = 0.25
 
 BOT_KEY: web.AppKey[Bot] = web.AppKey("bot")
-SPEAKER_KEY: web.AppKey[Speaker | None] = web.AppKey("speaker")
 METRICS_KEY: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
 FEED_KEY: web.AppKey[Feed] = web.AppKey("feed")
+NAMES_KEY: web.AppKey[ShownNames] = web.AppKey("names")
 #: Set when the server shuts down: long-lived responses (the event stream) end then.
 STOPPING_KEY: web.AppKey[asyncio.Event] = web.AppKey("stopping", asyncio.Event)
 #: Seconds other requests get to finish at shutdown before they are cancelled.
@@ -140,6 +142,24 @@ class LoginThrottle:
 THROTTLE_KEY: web.AppKey[LoginThrottle] = web.AppKey("throttle", LoginThrottle)
 
 
+def attach(
+    app: web.Application,
+    speaker: Speaker,
+    engine: Engine | RemoteEngine,
+    audio: Broadcast | None = None,
+) -> None:
+    """The speaker, the engine and the browser audio, once warm: the panel goes
+    from starting to live."""
+    parts = app[PARTS_KEY]
+    parts.speaker, parts.engine, parts.audio = speaker, engine, audio
+    app[METRICS_KEY].attach_engine(engine)
+
+
+def set_progress(app: web.Application, text: str) -> None:
+    """The start-up line the panel shows while starting (one attribute: any thread)."""
+    app[PARTS_KEY].progress = text
+
+
 class Feed:
     """The last terminal events, numbered, for the panel's list and live updates.
 
@@ -151,6 +171,9 @@ class Feed:
         self.events: deque[dict[str, Any]] = deque(maxlen=RECENT_EVENTS)
         self.seq = 0
         self._changed = asyncio.Event()
+        #: Why the last line on air failed in the engine (a stall, an error), until
+        #: one is spoken again; None while speech works.
+        self.engine_trouble: str | None = None
         outcomes.add_listener(self._on_outcome)
 
     async def changed(self) -> None:
@@ -162,6 +185,10 @@ class Feed:
         outcomes.remove_listener(self._on_outcome)
 
     def _on_outcome(self, event: str, message: ChatMessage, fields: dict[str, Any]) -> None:
+        if event == outcomes.SPOKEN:
+            self.engine_trouble = None
+        elif event == outcomes.SKIPPED and fields.get("reason") in ENGINE_TROUBLE:
+            self.engine_trouble = ENGINE_TROUBLE[fields["reason"]]
         self.seq += 1
         self.events.append(
             {
@@ -183,12 +210,27 @@ class Feed:
     def since(self, seq: int) -> list[dict[str, Any]]:
         return [e for e in self.events if e["seq"] > seq]
 
+    def find(self, seq: int) -> dict[str, Any] | None:
+        return next((e for e in self.events if e["seq"] == seq), None)
+
+
+#: What the panel says when the last line on air failed in the engine.
+ENGINE_TROUBLE = {
+    "engine_stalled": (
+        "the voice engine stalled on the last line (it made no progress and was skipped); "
+        "it was restarted: the next line shows whether it recovered"
+    ),
+    "engine_error": (
+        "the voice engine failed on the last line (it was skipped): see engine.error in the log"
+    ),
+}
+
 
 def create_app(
     config: WebConfig,
     bot: Bot,
     speaker: Speaker | None = None,
-    engine: Engine | None = None,
+    engine: Engine | RemoteEngine | None = None,
     audio: Broadcast | None = None,
 ) -> web.Application:
     """The app; `audio`: the player's broadcast, for the overlay's `?audio=1`."""
@@ -198,16 +240,16 @@ def create_app(
         client_max_size=MAX_BODY, middlewares=[_errors, _guard(config, token, throttle)]
     )
     app[BOT_KEY] = bot
-    app[SPEAKER_KEY] = speaker
+    app[PARTS_KEY] = Parts(speaker, engine, audio)
     app[METRICS_KEY] = Metrics(bot.queue, bot.control, engine, bot.lag)
     app[FEED_KEY] = Feed(lambda name: str(bot.policy.clean_name(name).shown))
+    app[NAMES_KEY] = ShownNames(bot)
     app[STOPPING_KEY] = asyncio.Event()
     app[THROTTLE_KEY] = throttle
-    app[AUDIO_KEY] = audio
 
     async def shutdown(app: web.Application) -> None:
         app[STOPPING_KEY].set()
-        if audio is not None:
+        if (audio := app[PARTS_KEY].audio) is not None:
             audio.close()  # open audio sockets end, so none holds up the exit
 
     async def cleanup(app: web.Application) -> None:
@@ -240,6 +282,14 @@ def create_app(
             web.post("/api/volume", _volume),
             web.post("/api/say", _say),
             web.post("/api/synthesize", _synthesize),
+            # The streamer's side of what moderators do from chat, and more.
+            web.post("/api/unmute", _unmute),
+            web.post("/api/nick", _nick),
+            web.post("/api/uservoice", _user_voice),
+            web.post("/api/mode", _mode),
+            web.post("/api/blocked", _blocked),
+            web.post("/api/queue/{id}/next", _play_next),
+            web.post("/api/replay/{seq}", _replay),
         ]
     )
     return app
@@ -625,25 +675,143 @@ def _reply(reply: Reply) -> web.Response:
 
 def _snapshot(request: web.Request) -> dict[str, Any]:
     bot = request.app[BOT_KEY]
-    speaker = request.app[SPEAKER_KEY]
+    parts = request.app[PARTS_KEY]
     control = bot.control
+    state, detail = _state(request)
+    checks = bot.voice_checks
+    shown = request.app[NAMES_KEY]
+    muted = control.muted_entries(MAX_LISTED)
+    nicknames = control.nickname_entries(MAX_LISTED)
+    user_voices = control.user_voice_entries(MAX_LISTED)
     return {
-        "now_playing": speaker.now_playing if speaker is not None else None,
+        "state": state,
+        "detail": detail,
+        "warnings": _voice_warnings(bot),
+        "now_playing": _now_playing(request),
         "paused": control.paused,
         "volume": control.volume,
         "voice": control.voice,
-        "voices": bot.voices.names(),
+        "voices": [{"name": c.name, "ok": c.ok, "reason": c.reason} for c in checks.checks],
+        "voices_checked": checks.ready.is_set(),
         "mode": control.policy_state.read_mode,
+        "modes": list(READ_MODES),
         "queue": len(bot.queue),
-        "muted": [bot.policy.clean_name(name).shown for name in control.muted_list()],
-        "connections": {p.value: up for p, up in control.connections.items()},
-        # "local", or an engine server's "up" / "unavailable" (engine.url).
-        "engine": speaker.engine_state if speaker is not None else None,
+        "muted": shown.rows(muted),
+        "nicknames": shown.rows(nicknames),
+        "user_voices": shown.rows(user_voices),
+        # How many there are: the lists above stop at MAX_LISTED.
+        "totals": {
+            "muted": muted.total,
+            "nicknames": nicknames.total,
+            "user_voices": user_voices.total,
+        },
+        "blocked_words": control.blocked_words[-MAX_LISTED:],
+        "blocked_action": bot.config.policy.blocked_action,
+        # Every platform the bot reads, connected or not (yet).
+        "connections": {
+            **{name: False for name in bot.adapters()},
+            **{p.value: up for p, up in control.connections.items()},
+        },
+        "engine": {
+            # "local", or an engine server's "up" / "unavailable" (engine.url).
+            "state": parts.speaker.engine_state if parts.speaker is not None else None,
+            "errors": getattr(parts.engine, "errors", 0),
+            "stalls": getattr(parts.engine, "stalls", 0),
+        },
         "rewards": [
             {"id": r.reward_id, "name": r.name, "example": r.example, "count": r.count}
             for r in control.policy_state.rewards.listed()
         ],
+        "reward_map": [
+            {
+                "id": reward_id,
+                "name": name,
+                "read": rule.read,
+                "voice": rule.voice,
+                "template": rule.template,
+                "priority": rule.priority,
+            }
+            for reward_id, (name, rule) in bot.policy.rewards.items()
+        ],
     }
+
+
+#: Rows of a per-user list the status carries (the newest first); the rest are counted.
+MAX_LISTED = 100
+#: Names kept cleaned for the lists, at most.
+MAX_SHOWN_NAMES = 4096
+
+
+class ShownNames:
+    """Names from chat as the panel shows them (`clean_name`: the same rules as
+    text), kept: the lists go out 4 times a second. Cleaned again once the
+    blocked words change (a name with one is not shown)."""
+
+    def __init__(self, bot: Bot) -> None:
+        self._bot = bot
+        self._words: list[str] | None = None
+        self._shown: dict[str, str] = {}
+
+    def rows(self, listing: Listing) -> list[dict[str, Any]]:
+        """Per-user settings as rows: the key to act on, the name as shown, the
+        value, and whether the panel may change it."""
+        words = self._bot.control.blocked_words
+        if words is not self._words or len(self._shown) > MAX_SHOWN_NAMES:
+            self._words, self._shown = words, {}
+        rows = []
+        for e in listing.entries:
+            name = self._shown.get(e.name)
+            if name is None:
+                name = self._shown[e.name] = self._bot.policy.clean_name(e.name).shown
+            rows.append({"key": e.key, "name": name, "value": e.value, "editable": e.editable})
+        return rows
+
+
+def _voice_warnings(bot: Bot) -> list[str]:
+    """Voices in use whose files are broken: the lines they would read are skipped."""
+    problem = bot.voice_checks.problem
+    warnings = []
+    if (why := problem(bot.control.voice)) is not None:
+        warnings.append(
+            f"The current voice {bot.control.voice!r} cannot be used ({why}): pick another."
+        )
+    for name, rule in bot.policy.rewards.values():
+        if rule.voice is not None and (why := problem(rule.voice)) is not None:
+            warnings.append(
+                f"Reward {name!r} reads in voice {rule.voice!r}, which cannot be used ({why}): "
+                "its lines will be skipped until the voice is fixed."
+            )
+    return warnings
+
+
+def _now_playing(request: web.Request) -> dict[str, object] | None:
+    speaker = request.app[PARTS_KEY].speaker
+    return speaker.now_playing if speaker is not None else None
+
+
+def _state(request: web.Request) -> tuple[str, str]:
+    """starting, unreachable (an engine server), stalled, paused or live; and the
+    line that says more."""
+    parts = request.app[PARTS_KEY]
+    if parts.speaker is None:
+        return "starting", parts.progress or "starting…"
+    if parts.speaker.engine_state == "unavailable":
+        return "unreachable", (
+            "the engine server cannot be reached; it is tried again, and queued lines "
+            "wait for it (within their time to live)"
+        )
+    trouble = request.app[FEED_KEY].engine_trouble
+    if trouble is not None:
+        return "stalled", trouble
+    if request.app[BOT_KEY].control.paused:
+        return "paused", "paused: nothing is read until you resume (chat still queues)"
+    return "live", ""
+
+
+def _voice_names(bot: Bot) -> list[str]:
+    """The voices there are (checked or not), from the last check once there is one."""
+    checks = bot.voice_checks
+    return [c.name for c in checks.checks] if checks.ready.is_set() else bot.voices.names()
 
 
 async def _status(request: web.Request) -> web.Response:
@@ -676,9 +844,11 @@ async def _remove(request: web.Request) -> web.Response:
 def _overlay_snapshot(request: web.Request, new: list[dict[str, Any]]) -> dict[str, Any]:
     """What the overlay is told: what is on air, whether paused, and which lines
     ended how (ids only)."""
-    snapshot = _snapshot(request)
     return {
-        "status": {"now_playing": snapshot["now_playing"], "paused": snapshot["paused"]},
+        "status": {
+            "now_playing": _now_playing(request),
+            "paused": request.app[BOT_KEY].control.paused,
+        },
         "events": [
             {"id": e["id"], "event": e["event"]} for e in new if e["event"] in OVERLAY_EVENTS
         ],
@@ -734,9 +904,13 @@ async def _voice(request: web.Request) -> web.Response:
     if not isinstance(voice, str):
         return _bad("voice must be a string")
     bot = request.app[BOT_KEY]
-    if voice not in bot.voices.names():
-        return _bad(f"unknown voice {voice!r}", status=404, voices=bot.voices.names())
-    return _reply(bot.control.set_voice(voice))
+    names = _voice_names(bot)
+    if voice not in names:
+        return _bad(f"unknown voice {voice!r}", status=404, voices=names)
+    reply = bot.control.set_voice(voice)
+    if not reply.ok:  # its files are broken
+        return _bad(reply.text)
+    return _reply(reply)
 
 
 async def _mute(request: web.Request) -> web.Response:
@@ -765,12 +939,12 @@ def _say_args(request: web.Request, body: dict[str, Any]) -> tuple[str, str] | w
     bot = request.app[BOT_KEY]
     if voice is None:
         voice = bot.control.voice
-    if (
-        not isinstance(voice, str)
-        or not VOICE_NAME.fullmatch(voice)
-        or voice not in bot.voices.names()
-    ):
-        return _bad(f"unknown voice {voice!r}", status=404, voices=bot.voices.names())
+    names = _voice_names(bot)
+    if not isinstance(voice, str) or not VOICE_NAME.fullmatch(voice) or voice not in names:
+        return _bad(f"unknown voice {voice!r}", status=404, voices=names)
+    problem = bot.voice_checks.problem(voice)
+    if problem is not None:
+        return _bad(f"{UNUSABLE_VOICE} {voice!r}: {problem}")
     return text, voice
 
 
@@ -787,9 +961,9 @@ async def _say(request: web.Request) -> web.Response:
 
 async def _synthesize(request: web.Request) -> web.StreamResponse:
     """A preview as WAV, made by the speaker like speech (after what is on air)."""
-    speaker = request.app[SPEAKER_KEY]
+    speaker = request.app[PARTS_KEY].speaker
     if speaker is None:
-        return _bad("the speech engine is not running", status=503)
+        return _bad("the speech engine is not running yet (still starting)", status=503)
     args = _say_args(request, await _json_body(request))
     if isinstance(args, web.Response):
         return args
@@ -804,8 +978,12 @@ async def _synthesize(request: web.Request) -> web.StreamResponse:
         )
     except EngineUnavailable as exc:  # engine.url: the engine server is out of reach
         return _bad(str(exc), status=503)
-    except SynthesisError as exc:  # a refusal by the engine server, a bad voice file
-        return _bad(f"the preview failed: {exc}", status=502)
+    except SynthesisStalled as exc:
+        return _bad(f"the voice engine stalled making the preview: {exc}", status=503)
+    except SynthesisError as exc:  # a bad voice file, a refusal by the engine server
+        if isinstance(exc.__cause__, VoiceError):  # broken since the last check
+            return _bad(str(exc.__cause__), status=422)
+        return _bad(f"the voice engine failed making the preview: {exc}", status=502)
     buffer = io.BytesIO()
 
     def encode() -> None:
@@ -820,3 +998,111 @@ async def _synthesize(request: web.Request) -> web.StreamResponse:
 async def _metrics(request: web.Request) -> web.Response:
     body = request.app[METRICS_KEY].render()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
+# The streamer's side of what moderators do from chat ------------------------------
+MAX_KEY_CHARS = 200
+MAX_NAME_CHARS = 100
+MAX_NICK_CHARS = 100
+
+
+def _done(reply: Reply, status: int = 400) -> web.Response:
+    """Control's answer: 200 when it was done, else `status` with why not."""
+    return _reply(reply) if reply.ok else _bad(reply.text, status=status)
+
+
+def _text_field(body: dict[str, Any], name: str, limit: int) -> str | web.Response:
+    value = body.get(name)
+    if not isinstance(value, str) or not value.strip():
+        return _bad(f"{name} must be a non-empty string")
+    if len(value) > limit:
+        return _bad(f"{name} longer than {limit} characters")
+    return value
+
+
+def _whom(body: dict[str, Any]) -> tuple[str, str] | web.Response:
+    """("key", an entry's key) or ("user", a name as typed in chat), from the body."""
+    if ("key" in body) == ("user" in body):
+        return _bad('give either "key" (a row of the list) or "user" (a name seen in chat)')
+    field, limit = ("key", MAX_KEY_CHARS) if "key" in body else ("user", MAX_NAME_CHARS)
+    value = _text_field(body, field, limit)
+    return value if isinstance(value, web.Response) else (field, value)
+
+
+async def _unmute(request: web.Request) -> web.Response:
+    key = _text_field(await _json_body(request), "key", MAX_KEY_CHARS)
+    if isinstance(key, web.Response):
+        return key
+    return _done(request.app[BOT_KEY].control.unmute_key(key))
+
+
+async def _nick(request: web.Request) -> web.Response:
+    """A nickname for a user ("nick": "" removes it)."""
+    body = await _json_body(request)
+    whom, nick = _whom(body), body.get("nick")
+    if isinstance(whom, web.Response):
+        return whom
+    if not isinstance(nick, str) or len(nick) > MAX_NICK_CHARS:
+        return _bad(f"nick must be a string of at most {MAX_NICK_CHARS} characters")
+    control = request.app[BOT_KEY].control
+    field, value = whom
+    if field == "key":
+        return _done(control.set_nick_key(value, nick))
+    return _done(control.set_nick(value, nick))
+
+
+async def _user_voice(request: web.Request) -> web.Response:
+    """A voice for a user ("voice": null: back to the current voice)."""
+    body = await _json_body(request)
+    whom, voice = _whom(body), body.get("voice")
+    if isinstance(whom, web.Response):
+        return whom
+    if voice is not None and (not isinstance(voice, str) or not VOICE_NAME.fullmatch(voice)):
+        return _bad("voice must be a voice's name, or null")
+    control = request.app[BOT_KEY].control
+    field, value = whom
+    if field == "key":
+        return _done(control.set_user_voice_key(value, voice))
+    return _done(control.set_user_voice(value, voice))
+
+
+async def _mode(request: web.Request) -> web.Response:
+    mode = (await _json_body(request)).get("mode")
+    if not isinstance(mode, str):
+        return _bad(f"mode must be one of {', '.join(READ_MODES)}")
+    return _done(request.app[BOT_KEY].control.set_mode(mode))
+
+
+async def _blocked(request: web.Request) -> web.Response:
+    """Add ("blocked": true, the default) or remove a blocked word, until the bot stops."""
+    body = await _json_body(request)
+    word, blocked = body.get("word"), body.get("blocked", True)
+    if not isinstance(word, str) or not isinstance(blocked, bool):
+        return _bad('expected {"word": WORD, "blocked": true|false}')
+    control = request.app[BOT_KEY].control
+    return _done(control.block_word(word) if blocked else control.unblock_word(word))
+
+
+async def _play_next(request: web.Request) -> web.Response:
+    return _done(request.app[BOT_KEY].control.play_next(request.match_info["id"]), status=404)
+
+
+async def _replay(request: web.Request) -> web.Response:
+    """A line from the history read again, as the streamer's own, in the voice it had."""
+    raw = request.match_info["seq"]
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 12):
+        return _bad("the history line is a number")
+    event = request.app[FEED_KEY].find(int(raw))
+    if event is None:
+        return _bad(f"no line {raw} in the history (it keeps the last {RECENT_EVENTS})", 404)
+    text = event["spoken"] or event["text"]
+    if not text:
+        return _bad("that line has no text to read again (filtered lines keep none)")
+    bot = request.app[BOT_KEY]
+    voice = event["voice"]
+    if voice not in _voice_names(bot) or bot.voice_checks.problem(voice) is not None:
+        voice = bot.control.voice
+    said = bot.router.say(text[:MAX_SAY_CHARS], voice, as_said=bool(event["spoken"]))
+    if not said.ok:
+        return _bad(said.text, status=503 if said.text == QUEUE_FULL else 400)
+    return web.json_response({"ok": True, "id": said.text})
