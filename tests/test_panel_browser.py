@@ -152,6 +152,11 @@ async def test_a_streamer_runs_the_show_from_the_panel(
             await expect(chip).to_have_class(re.compile(r"\bup\b"))
             await expect(page.locator("#rewardmap")).to_contain_text(REWARD)
             await expect(page.locator("#rewardmap")).to_contain_text("voice mei")
+            # The two browser-source URLs, each with the overlay's read-only token.
+            overlay = page.locator("#overlayurl")
+            await expect(overlay).to_have_value(re.compile(r"/overlay\?token=[0-9a-f]+$"))
+            with_audio = await overlay.input_value() + "&audio=1"
+            await expect(page.locator("#overlayaudiourl")).to_have_value(with_audio)
 
             # Broken voices: greyed with the reason, not offered, refused if sent anyway.
             await expect(page.locator('#voice option[value="hush"]')).to_be_disabled()
