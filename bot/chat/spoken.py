@@ -41,6 +41,7 @@ from decimal import Decimal, InvalidOperation
 import cn2an
 from num2words import num2words
 
+from bot.chat.textnorm import HAN, HAS_HAN
 from bot.config import LANGUAGES, Language, lexicon_key
 
 #: A longer run of digits is an id or a phone number (or a flood of nines), read
@@ -48,11 +49,8 @@ from bot.config import LANGUAGES, Language, lexicon_key
 MAX_NUMBER_DIGITS = 9
 MAX_GROUPED_DIGITS = 15
 
-#: Han ideographs: a number touching one is read in Chinese.
-_HAN = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 #: Han plus CJK and full-width punctuation: Chinese context for a number.
-_CJK_CONTEXT = re.compile(f"[{_HAN}\u3000-\u303f\uff00-\uffef]")
-_HAS_HAN = re.compile(f"[{_HAN}]")
+_CJK_CONTEXT = re.compile(f"[{HAN}\u3000-\u303f\uff00-\uffef]")
 _HAS_DIGIT = re.compile("[0-9]")
 #: Letters a Latin key must not touch (a whole word): ASCII and Latin-1/Extended-A/B.
 _WORD_CHAR = "0-9A-Za-z\u00c0-\u024f"
@@ -407,7 +405,7 @@ def _lexicon_pattern(keys: list[str]) -> re.Pattern[str] | None:
     """One regex for a language's keys, longest first, each kind with its boundaries."""
     latin, digits, han = [], [], []
     for key in sorted(keys, key=lambda k: (-len(k), k)):
-        if _HAS_HAN.search(key):
+        if HAS_HAN.search(key):
             han.append(_key_pattern(key))
         elif key.isascii() and key.isdigit():
             digits.append(_key_pattern(key))
@@ -418,7 +416,7 @@ def _lexicon_pattern(keys: list[str]) -> re.Pattern[str] | None:
         parts.append(rf"(?<![{_WORD_CHAR}])(?:{'|'.join(latin)})(?![{_WORD_CHAR}])")
     if digits:
         parts.append(
-            rf"(?<![{_WORD_CHAR}.,:$€£¥￥#+/\-])(?:{'|'.join(digits)})(?![{_WORD_CHAR}.,:%％/°{_HAN}])"
+            rf"(?<![{_WORD_CHAR}.,:$€£¥￥#+/\-])(?:{'|'.join(digits)})(?![{_WORD_CHAR}.,:%％/°{HAN}])"
         )
     if han:
         parts.append("|".join(han))

@@ -48,6 +48,10 @@ _EMOJI = re.compile(
 )
 
 _WHITESPACE = re.compile(r"\s+")
+#: Han ideographs (a character class's body): unified, extension A,
+#: compatibility, extensions B on. A line or a number with one is Chinese.
+HAN = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f"
+HAS_HAN = re.compile(f"[{HAN}]")
 
 #: Sentence ends, ASCII and full-width/CJK.
 SENTENCE_END = frozenset(".!?。！？…")
