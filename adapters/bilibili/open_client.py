@@ -33,6 +33,7 @@ from adapters.bilibili.codec import AuthReply, DecodeFailed
 from adapters.bilibili.config import BilibiliConfig
 from adapters.bilibili.open_codec import Game, OpenApiError, OpenLiveCodec, OpenReplyError
 from adapters.events import ChatEvent, ChatMessage, Connected, Disconnected, Platform, Retraction
+from adapters.http import ReplyTooLarge, read_capped
 from adapters.reconnect import Attempt, Backoff, Ended, describe, reconnecting
 
 log = structlog.get_logger()
@@ -298,7 +299,10 @@ class BilibiliOpenClient:
         async with http.post(self._base + path, data=body, headers=headers) as resp:
             if resp.status != 200:
                 raise OpenReplyError(f"{path}: HTTP {resp.status}")
-            reply = await _read_capped(resp, MAX_REPLY_BYTES)
+            try:
+                reply = await read_capped(resp, MAX_REPLY_BYTES)
+            except ReplyTooLarge as exc:
+                raise OpenReplyError(f"{path}: {exc}") from None
         return open_codec.reply_data(reply)
 
     async def _end(self, http: aiohttp.ClientSession, game_id: str) -> None:
@@ -352,15 +356,6 @@ def _reason(exc: BaseException, timeout_s: float) -> str:
     if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
         return f"no reply within {timeout_s:g} s"
     return describe(exc)
-
-
-async def _read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes:
-    body = bytearray()
-    async for chunk in resp.content.iter_chunked(64 * 1024):
-        body += chunk
-        if len(body) > limit:
-            raise OpenReplyError(f"reply over {limit} bytes")
-    return bytes(body)
 
 
 def _read_record(path: Path) -> str | None:

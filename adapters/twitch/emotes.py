@@ -29,6 +29,7 @@ import platformdirs
 import structlog
 
 from adapters.events import ChatEvent, EmoteNames, Platform
+from adapters.http import read_capped
 from adapters.reconnect import describe
 
 log = structlog.get_logger()
@@ -299,7 +300,7 @@ class EmoteFetcher:
                     return frozenset()
                 if resp.status != 200:
                     raise EmoteReplyError(f"HTTP {resp.status}")
-                body = await _read_capped(resp, self._max_reply_bytes)
+                body = await read_capped(resp, self._max_reply_bytes)
             return await asyncio.to_thread(decode, service, scope, body)
         except Exception as exc:
             # The boundary: nothing a service answers (or fails to) reaches the chat.
@@ -345,17 +346,6 @@ class EmoteFetcher:
 
 def _timed_out(exc: BaseException) -> bool:
     return isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError)
-
-
-async def _read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes:
-    if resp.content_length is not None and resp.content_length > limit:
-        raise EmoteReplyError(f"reply of {resp.content_length} bytes (over {limit})")
-    body = bytearray()
-    async for chunk in resp.content.iter_chunked(64 * 1024):
-        body += chunk
-        if len(body) > limit:
-            raise EmoteReplyError(f"reply over {limit} bytes")
-    return bytes(body)
 
 
 def _read_cache_file(path: Path) -> frozenset[str]:

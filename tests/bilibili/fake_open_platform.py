@@ -57,6 +57,8 @@ class FakeOpenPlatform:
         self.session_timeout_s = 60.0
         #: Force this code on every start (None: answer as the platform would).
         self.start_code: int | None = None
+        #: Answer this many starts with a reply larger than any real one, streamed.
+        self.oversize_starts = 0
         #: Answer app heartbeats at all (False: they hang until the client gives up).
         self.answer_heartbeats = True
         #: Force this code on every end (None: end the session).
@@ -178,6 +180,13 @@ class FakeOpenPlatform:
             return doc
         if self.start_code is not None:
             return _reply(self.start_code)
+        if self.oversize_starts:
+            self.oversize_starts -= 1
+            stream = web.StreamResponse()  # chunked: no length announced
+            await stream.prepare(request)
+            for _ in range(64):
+                await stream.write(b" " * 16384)
+            return stream  # type: ignore[return-value]
         if doc.get("code") != CODE:
             return _reply(7007)
         if doc.get("app_id") != APP_ID:

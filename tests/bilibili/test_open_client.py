@@ -157,6 +157,20 @@ async def test_an_unanswered_app_heartbeat_is_a_lost_session(
     assert first not in server.games
 
 
+async def test_an_oversized_reply_is_not_read_past_the_cap_and_the_start_retried(
+    server: FakeOpenPlatform, start: Any
+) -> None:
+    server.oversize_starts = 1
+    with capture_logs() as logs:
+        run = start()
+        await run.next(Connected)
+    (failed, *_) = [e for e in logs if e["event"] == "bilibili.disconnected"]
+    assert (
+        failed["reason"] == "start failed: OpenReplyError: /v2/app/start: reply over 262144 bytes"
+    )
+    assert server.paths().count("start") == 2
+
+
 async def test_the_platform_ending_the_session_starts_a_new_one(
     server: FakeOpenPlatform, start: Any
 ) -> None:

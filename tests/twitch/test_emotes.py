@@ -281,8 +281,8 @@ async def test_a_channel_unknown_to_a_service_is_no_set_not_a_failure(
         ("html", "EmoteReplyError: not JSON"),
         ("shape", "EmoteReplyError: emotes: expected list, got int"),
         ("truncated", "EmoteReplyError: not JSON"),
-        ("huge", "EmoteReplyError: reply of 3145728 bytes (over 2097152)"),
-        ("huge_chunked", "EmoteReplyError: reply over 2097152 bytes"),
+        ("huge", "ReplyTooLarge: reply of 3145728 bytes (over 2097152)"),
+        ("huge_chunked", "ReplyTooLarge: reply over 2097152 bytes"),
     ],
 )
 async def test_a_failing_set_is_logged_and_the_others_still_load(
