@@ -190,3 +190,21 @@ def test_calm_queue_keeps_arrival_order_and_logs_busy_and_calm() -> None:
             q.pop_nowait()
     events = [(e["event"], e.get("waiting")) for e in logs if e["event"].startswith("queue.")]
     assert events == [("queue.busy", 4), ("queue.calm", 1)]
+
+
+def test_the_panels_look_at_the_queue_does_not_move_the_pace() -> None:
+    # The panel reads the order several times a second: only the speaker's next
+    # line decides when busy starts (logged once, then).
+    clock = Clock()
+    q = queue(clock, busy_backlog_s=1)
+    lines = [said(f"line number {n}", user_name=f"v{n}") for n in range(3)]
+    for item in lines:
+        q.push(item)
+    with capture_logs() as logs:
+        assert q.snapshot() == list(reversed(lines))  # the order a busy queue pops in
+        assert q.snapshot() == list(reversed(lines))
+        assert not q.pacer.busy
+        assert [e for e in logs if e["event"].startswith("queue.")] == []
+        assert q.pop_nowait() is lines[-1]
+    assert q.pacer.busy
+    assert [e["event"] for e in logs if e["event"].startswith("queue.")] == ["queue.busy"]

@@ -100,17 +100,22 @@ class Pacer:
             count += 1
         return Backlog(seconds, count)
 
-    def decide(self, backlog: Backlog) -> Pace:
-        """The pace for the next line, given what waits behind it."""
+    def decide(self, backlog: Backlog, *, settle: bool = True) -> Pace:
+        """The pace for the next line, given what waits behind it. With `settle`
+        false it is only a look (the panel's queue order): whether chat is busy
+        stays as it was."""
         cfg = self.config
         if not cfg.enabled:
             return CALM
+        busy = self.busy
         if backlog.seconds >= cfg.busy_backlog_s:
-            self.busy = True
+            busy = True
         elif backlog.seconds < cfg.busy_backlog_s / 2:
-            self.busy = False
+            busy = False
+        if settle:
+            self.busy = busy
         speed = round(min(cfg.max_speed, max(1.0, backlog.seconds / cfg.target_delay_s)), 2)
-        if not self.busy:
+        if not busy:
             return Pace(speed=speed)
         return Pace(
             speed=speed,

@@ -232,8 +232,10 @@ class SpeechQueue:
         return True
 
     def snapshot(self) -> list[SpeakableItem]:
-        """Pending items in the order they would be popped now."""
-        order = self._order(self._clock(), self.pace())
+        """Pending items in the order they would be popped now (a look: the
+        pacer's state is not moved by it)."""
+        backlog = self.pacer.backlog(e.item for e in self._entries.values())
+        order = self._order(self._clock(), self.pacer.decide(backlog, settle=False))
         ordered = sorted(self._entries.values(), key=order, reverse=True)
         return [e.item for e in ordered]
 
