@@ -98,7 +98,12 @@ def test_third_party_emotes_are_stripped_like_twitch_s_own() -> None:
     assert accept(policy(), "KEKW that was close :tf: catJAM", state).text == "that was close"
     # Both kinds in one line; whole words only, and case counts.
     mixed = accept(policy(), "Kappa KEKW gg kekw KEKWait KEKW!", state, emotes=((0, 4),))
-    assert mixed.text == "gg kekw KEKWait KEKW!"
+    assert mixed.text == "gg kekw KEKWait!"
+    # With punctuation after it: gone, and a sentence end it carried stays.
+    assert accept(policy(), "nice play KEKW, next one", state).text == "nice play next one"
+    assert accept(policy(), "so close OMEGALUL!! again", state).text == "so close!! again"
+    assert reason(policy(), "KEKW! catJAM...", state) == "empty"
+    assert accept(policy(), "KEKW?! what", state).text == "what"
     kept = accept(policy(emotes="keep"), "KEKW that was close", state)
     assert kept.text == "KEKW that was close"
 

@@ -230,14 +230,29 @@ def remove_spans(text: str, spans: tuple[tuple[int, int], ...]) -> str:
     return "".join(chars)
 
 
+#: Punctuation a word in chat may carry after it ("KEKW!", "Pog,").
+_TRAILING_PUNCTUATION = ".,!?;…。！？，、；"
+
+
 def remove_words(text: str, words: Set[str]) -> str:
     """Drop the whitespace-separated tokens that are exactly (case and all) one of
-    `words` (emote names that arrive as plain words); `text` is returned as it is
-    when none is there."""
+    `words` (emote names that arrive as plain words), also with punctuation after
+    them; a sentence end they carried goes to the word before ("nice KEKW!" →
+    "nice!"). `text` is returned as it is when none is there."""
     if not words:
         return text
     tokens = text.split()
-    kept = [token for token in tokens if token not in words]
+    kept: list[str] = []
+    for token in tokens:
+        if token in words:
+            continue
+        core = token.rstrip(_TRAILING_PUNCTUATION)
+        if core == token or core not in words:
+            kept.append(token)
+            continue
+        ends = "".join(ch for ch in token[len(core) :] if ch in SENTENCE_END)
+        if kept and ends and kept[-1][-1] not in SENTENCE_END:
+            kept[-1] += ends
     return text if len(kept) == len(tokens) else " ".join(kept)
 
 
