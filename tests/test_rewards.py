@@ -223,6 +223,14 @@ def test_an_unmapped_reward_is_logged_once_and_listed() -> None:
     assert listed[TTS].name == "tts"
 
 
+def test_an_emote_only_redemption_is_listed_though_not_read() -> None:
+    # Its id is what the streamer needs, whatever the viewer typed.
+    pol, state = policy(), PolicyState()
+    message = chat("Kappa", reward_id=UNMAPPED, emote_only=True, emotes=((0, 4),))
+    assert pol.evaluate(message, state) == Drop("emote_only")
+    assert [r.reward_id for r in state.rewards.listed()] == [UNMAPPED]
+
+
 def test_the_seen_list_is_bounded() -> None:
     from bot.chat.rewards import RewardsSeen
 

@@ -215,16 +215,16 @@ class SpeechPolicy:
             return Drop("muted")
         if handle in self._ignored:
             return Drop("ignored_user")
+        reward: RewardRule | None = None
+        if message.reward_id:  # listed even when not read: the streamer finds its id
+            label, reward = self.rewards.get(message.reward_id, ("", None))
+            state.rewards.saw(message, label)
         if message.emote_only and cfg.emotes == "strip":
             return Drop("emote_only")
         if message.event is not EventKind.CHAT and message.event not in cfg.speak_events:
             return Drop("event_disabled")
-        reward: RewardRule | None = None
-        if message.reward_id:
-            label, reward = self.rewards.get(message.reward_id, ("", None))
-            state.rewards.saw(message, label)
-            if reward is not None and not reward.read:
-                return Drop("reward_not_read")
+        if reward is not None and not reward.read:
+            return Drop("reward_not_read")
 
         paid = message.paid
         if paid is not None and paid.amount < cfg.min_paid.get(paid.kind, 0.0):
