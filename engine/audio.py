@@ -17,3 +17,10 @@ def resample(audio: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     tensor = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))
     out: np.ndarray = AF.resample(tensor, from_rate, to_rate).numpy()
     return out
+
+
+def to_pcm16(samples: np.ndarray) -> bytes:
+    """Float samples (±1 full scale) as 16-bit little-endian PCM, a peak beyond
+    full scale clipped: the wire's int16 audio and the browser pages' alike."""
+    scaled = np.clip(samples, -1.0, 1.0) * 32767.0
+    return bytes(np.rint(scaled).astype("<i2").tobytes())

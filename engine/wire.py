@@ -39,8 +39,8 @@ Ids are the client's, 1 to 2**32-1, one per request. Binary frames start with a
 within a request). An AUDIO frame's payload is mono samples at `sample_rate`
 (24 kHz) in the format the client asked for in its hello: float32 by default,
 exactly the engine's output (96 KB per second of speech; the engine makes it
-many times faster than real time, so a 3 s sentence is a 288 KB burst: 2 ms on
-a gigabit LAN); int16 halves that for a thin link (a rented GPU across the
+many times faster than real time, so a 3 s sentence arrives as one 288 KB
+burst, nothing for a LAN); int16 halves that for a thin link (a rented GPU across the
 internet), at 16-bit precision, with any peak beyond full scale clipped. A
 CLIP frame's payload is the uploaded file's bytes: binary rather than base64,
 which would add a third and a 13 MB JSON string to parse.
@@ -63,7 +63,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import ValidationError
 
-from engine.audio import SAMPLE_RATE
+from engine.audio import SAMPLE_RATE, to_pcm16
 from engine.config import VOICE_NAME
 from engine.voices import VoiceSettings
 from engine.worker import MAX_SPEED, MIN_SPEED
@@ -250,12 +250,8 @@ class Clip:
 
 def encode_audio(id: int, seq: int, samples: np.ndarray, audio: AudioFormat) -> bytes:
     """One AUDIO frame: `samples` (float32) in the connection's format."""
-    payload: bytes
-    if audio == "int16":
-        scaled = np.clip(samples, -1.0, 1.0) * 32767.0
-        payload = np.rint(scaled).astype("<i2").tobytes()
-    else:
-        payload = np.asarray(samples, dtype="<f4").tobytes()
+    float32 = audio == "float32"
+    payload = np.asarray(samples, dtype="<f4").tobytes() if float32 else to_pcm16(samples)
     return HEADER.pack(KIND_AUDIO, _FORMAT_CODES[audio], 0, id, seq) + payload
 
 

@@ -26,11 +26,11 @@ from bot.audio.browser import (
     Listener,
     decode_audio,
     encode_audio,
-    to_pcm16,
 )
 from bot.audio.player import Player
 from bot.config import AudioConfig, WebConfig
 from bot.panel.web import create_app, overlay_token
+from engine.audio import to_pcm16
 from tests.sink import tone
 from tests.test_web import make_bot
 

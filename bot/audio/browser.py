@@ -40,6 +40,8 @@ from typing import Any
 import numpy as np
 import structlog
 
+from engine.audio import to_pcm16
+
 log = structlog.get_logger()
 
 PROTOCOL_VERSION = 1
@@ -69,12 +71,6 @@ def decode_audio(frame: bytes) -> tuple[int, int, np.ndarray]:
     utt, seq = HEADER.unpack_from(frame)
     pcm = np.frombuffer(frame, dtype="<i2", offset=HEADER.size)
     return utt, seq, pcm.astype(np.float32) / 32768.0
-
-
-def to_pcm16(samples: np.ndarray) -> bytes:
-    """Float samples (±1 full scale) as 16-bit little-endian PCM."""
-    scaled = np.clip(samples, -1.0, 1.0) * 32767.0
-    return bytes(np.round(scaled).astype("<i2").tobytes())
 
 
 def control(kind: str, **fields: Any) -> str:
