@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from bench.step_profile import category
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -99,8 +101,12 @@ def test_pacing_quick_run_prints_both_rows(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-def test_serve_load_tiny_run_prints_each_load_and_the_ceiling(tmp_path: Path) -> None:
-    result = run_bench(tmp_path, "--tiny", module="bench.serve_load")
+@pytest.mark.parametrize("over_server", [False, True], ids=["in_process", "over_server"])
+def test_serve_load_tiny_run_prints_each_load_and_the_ceiling(
+    tmp_path: Path, over_server: bool
+) -> None:
+    flags = ["--tiny", "--over-server"] if over_server else ["--tiny"]
+    result = run_bench(tmp_path, *flags, module="bench.serve_load")
     assert result.returncode == 0, result.stderr[-3000:]
     records = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     loads = [r for r in records if r["event"] == "load"]
@@ -109,9 +115,11 @@ def test_serve_load_tiny_run_prints_each_load_and_the_ceiling(tmp_path: Path) ->
         assert r["lines"] > 0 and r["errors"] == 0 and r["lines_per_s"] > 0
         assert 0 < r["first_ms_p50"] <= r["first_ms_p99"]
         assert 1 <= r["batch_mean"] <= r["batch_max"] <= 2
+        assert r["over_server"] is over_server
     ceilings = [r for r in records if r["event"] == "ceiling"]
     assert [r["lines"] for r in ceilings] == ["flood", "chat"]
-    assert "B=2   flood N=2 " in result.stdout.split("summary:")[1]
+    via = "server " if over_server else "in-proc"
+    assert f"{via} B=2   flood N=2 " in result.stdout.split("summary:")[1]
 
 
 def test_serve_latency_tiny_run_prints_its_figures(tmp_path: Path) -> None:
