@@ -243,7 +243,10 @@ def _shut_down(local: bool) -> None:
 
 def build(args: dict[str, str]) -> Any:
     """The application for Ray's `serve run bot.ray_serve:build config=ishowtts.yaml`
-    (Ray's HTTP options, not serve.host/port, say where it listens then)."""
+    (Ray's HTTP options, not serve.host/port, say where it listens then). Built
+    before Ray is reached: num_gpus_per_replica auto goes by this machine's GPU."""
+    import torch
+
     from engine.ray_deployment import gpus_per_replica
 
     path = args.get("config")
@@ -254,4 +257,5 @@ def build(args: dict[str, str]) -> Any:
     problem = bots_config_problem(config)
     if problem is not None:
         raise ValueError(problem)
-    return _application(config, gpus_per_replica(config.engine, config.serve.ray, None))
+    here = float(torch.cuda.device_count())
+    return _application(config, gpus_per_replica(config.engine, config.serve.ray, here))
