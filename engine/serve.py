@@ -20,6 +20,10 @@ A voice upload is checked exactly as the voices in the folder are (the voice
 library prepares it, from a staging folder inside the voices folder), then
 moved into place under its own name: a short portable name, never an existing
 voice's unless the server allows replacing and the client asks to.
+
+All of this is written against `Connection`, not aiohttp: this module's route
+wraps aiohttp's socket in one, and a Ray Serve replica (engine/ray_deployment.py)
+wraps Starlette's, so both serve with this same code (`admit`, then `handle`).
 """
 
 from __future__ import annotations
