@@ -68,6 +68,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--config", type=Path, default=None, help=CONFIG_HELP)
     serve.add_argument("--host", help="address to listen on (default: serve.host)")
     serve.add_argument("--port", type=int, help="port to listen on (default: serve.port)")
+    serve.add_argument(
+        "--ray",
+        action="store_true",
+        help="serve through Ray Serve, one replica per GPU (serve.ray; pip install .[serve])",
+    )
     sub.add_parser("devices", help="list audio output devices")
     rewards = sub.add_parser(
         "rewards", help="how to map Twitch channel-point rewards, and the rewards mapped"
@@ -85,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         case "say":
             return _say(args.config, args.text, args.voice, args.out, args.seed)
         case "serve":
-            return _serve(args.config, args.host, args.port)
+            return _serve(args.config, args.host, args.port, args.ray)
         case "devices":
             return _devices()
         case "rewards":
@@ -115,7 +120,7 @@ def _run(path: Path | None, command_line: CommandLine) -> int:
     return asyncio.run(run_bot(config))
 
 
-def _serve(path: Path | None, host: str | None, port: int | None) -> int:
+def _serve(path: Path | None, host: str | None, port: int | None, ray: bool = False) -> int:
     config = _load(path)
     if config is None:
         return EXIT_CONFIG
@@ -127,6 +132,10 @@ def _serve(path: Path | None, host: str | None, port: int | None) -> int:
             tell_user(str(exc))
             return EXIT_CONFIG
     configure_logging(config.logging.level, config.logging.format)
+    if ray:
+        from bot.ray_serve import serve_on_ray
+
+        return asyncio.run(serve_on_ray(config))
     from bot.serve import serve_engine
 
     return asyncio.run(serve_engine(config))

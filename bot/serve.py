@@ -30,10 +30,20 @@ async def serve_engine(config: Config) -> int:
         signals.uninstall()
 
 
-def _cannot_start(problem: str) -> int:
+def cannot_start(problem: str) -> int:
     log.error("serve.cannot_start", error=problem)
     tell_user(f"start-up error: {problem}")
     return EXIT_STARTUP
+
+
+def bots_config_problem(config: Config) -> str | None:
+    """Why `config` cannot be a server's: it speaks through one itself."""
+    if config.engine.url is None:
+        return None
+    return (
+        f"engine.url is set ({config.engine.url}): that config is a bot's, which "
+        "speaks through a server; the server loads the model itself (leave engine.url unset)"
+    )
 
 
 async def _serve(config: Config, stop: asyncio.Event) -> int:
@@ -42,17 +52,15 @@ async def _serve(config: Config, stop: asyncio.Event) -> int:
     from engine.synth import Engine
 
     started = time.perf_counter()
-    if config.engine.url is not None:
-        return _cannot_start(
-            f"engine.url is set ({config.engine.url}): that config is a bot's, which "
-            "speaks through a server; the server loads the model itself (leave engine.url unset)"
-        )
+    problem = bots_config_problem(config)
+    if problem is not None:
+        return cannot_start(problem)
     voices = VoiceLibrary(config.engine.voices_dir)
     try:
         # For clients that set no voice of their own: the server's, as the bot picks it.
         default, why = choose_default_voice(voices, config.engine.default_voice, "en")
     except (VoiceError, OSError) as exc:
-        return _cannot_start(str(exc))
+        return cannot_start(str(exc))
     if why is not None:
         log.info("serve.default_voice", voice=default, reason=why)
     serve = config.serve
@@ -65,14 +73,14 @@ async def _serve(config: Config, stop: asyncio.Event) -> int:
             "running? Stop it, or set serve.port (or --port) to a free port",
         )
     except (AlreadyRunning, OSError) as exc:
-        return _cannot_start(str(exc))
+        return cannot_start(str(exc))
     try:
         try:
             finished, files = await _unless_stopped(
                 stop, _in_daemon_thread(lambda: resolve_files(config.engine))
             )
         except (CheckpointError, OSError) as exc:
-            return _cannot_start(str(exc))
+            return cannot_start(str(exc))
         if not finished or files is None:
             return 0
         engine = Engine(config.engine, voices, files, progress=progress)
@@ -81,7 +89,7 @@ async def _serve(config: Config, stop: asyncio.Event) -> int:
             try:
                 finished, _ = await _unless_stopped(stop, engine.wait_ready())
             except Exception as exc:  # a bad checkpoint, or the GPU failing at warm-up
-                return _cannot_start(str(exc))
+                return cannot_start(str(exc))
             if not finished:
                 return 0
             server = EngineServer(engine, voices, serve, default_voice=default)

@@ -131,6 +131,65 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+class AutoscalingConfig(_Section):
+    """Ray Serve's replicas by ongoing requests: each connected bot holds one (its
+    WebSocket), so `target_ongoing_requests` is the bots a replica serves before
+    another is started."""
+
+    min_replicas: int = Field(1, ge=0, le=1000)
+    max_replicas: int = Field(2, ge=1, le=1000)
+    target_ongoing_requests: float = Field(4.0, gt=0, le=10_000)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AutoscalingConfig:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"min_replicas: {self.min_replicas} is more than max_replicas ({self.max_replicas})"
+            )
+        return self
+
+
+class RayConfig(_Section):
+    """`ishowtts serve --ray`: the engine as a Ray Serve deployment
+    (engine/ray_deployment.py), one replica per GPU."""
+
+    #: The Ray cluster to join: null starts one on this machine; "auto" joins the
+    #: one this machine belongs to (`ray start`); ray://head:10001 a remote one.
+    address: str | None = None
+    #: Replicas, each loading the engine once (unless `autoscaling` is set).
+    replicas: int = Field(1, ge=1, le=1000)
+    autoscaling: AutoscalingConfig | None = None
+    #: GPUs each replica holds: auto is 1 where the engine runs on CUDA (engine.device
+    #: cuda, or auto on a cluster with GPUs), else 0.
+    num_gpus_per_replica: Literal["auto"] | float = "auto"
+    #: Logical CPUs each replica holds (Ray's scheduling, not a thread limit).
+    num_cpus_per_replica: float = Field(1.0, ge=0, le=1024)
+
+    @model_validator(mode="after")
+    def _one_way_to_scale(self) -> RayConfig:
+        if self.autoscaling is not None and "replicas" in self.model_fields_set:
+            raise ValueError("replicas: set replicas or autoscaling, not both")
+        return self
+
+    @field_validator("num_gpus_per_replica", mode="before")
+    @classmethod
+    def _gpus(cls, value: object) -> object:
+        if value == "auto":
+            return value
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 64:
+            raise ValueError(f"must be auto or a number of GPUs from 0 to 64, got {value!r}")
+        return value
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"auto|(ray://)?[\w.\-\[\]:]+", value):
+            raise ValueError(
+                f"must be auto, a head node's host:port or ray://host:port, got {value!r}"
+            )
+        return value
+
+
 class ServeConfig(_Section):
     """`ishowtts serve`: the engine as a network service (engine/serve.py)."""
 
@@ -150,6 +209,8 @@ class ServeConfig(_Section):
     max_upload_bytes: int = Field(10_000_000, ge=1024, le=1_000_000_000)
     #: Whether an upload may replace a voice the server has (the client must ask too).
     allow_replace: bool = False
+    #: `ishowtts serve --ray` only: the Ray cluster and the replicas.
+    ray: RayConfig = RayConfig()
 
     @model_validator(mode="after")
     def _token_off_loopback(self) -> ServeConfig:

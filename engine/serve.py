@@ -20,6 +20,10 @@ A voice upload is checked exactly as the voices in the folder are (the voice
 library prepares it, from a staging folder inside the voices folder), then
 moved into place under its own name: a short portable name, never an existing
 voice's unless the server allows replacing and the client asks to.
+
+All of this is written against `Connection`, not aiohttp: this module's route
+wraps aiohttp's socket in one, and a Ray Serve replica (engine/ray_deployment.py)
+wraps Starlette's, so both serve with this same code (`admit`, then `handle`).
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
 import yaml
@@ -77,6 +81,74 @@ ABOUT = (
     f"iShowTTS engine server (wire version {wire.VERSION}). It speaks WebSocket only: "
     "point a bot's engine.url at ws://THIS-MACHINE:PORT"
 )
+
+
+@dataclass(frozen=True, slots=True)
+class Ended:
+    """A connection's end, as `Connection.receive` reports it: `error` says why
+    where it was not a close (a frame over the size limit)."""
+
+    error: str = ""
+
+
+class Connection(Protocol):
+    """One accepted WebSocket, whichever server holds it: aiohttp's (`EngineServer`'s
+    own route) or Starlette's (the Ray Serve replica, engine/ray_deployment.py).
+    The protocol, the limits and the uploads are `EngineServer`'s, over this."""
+
+    @property
+    def closed(self) -> bool: ...
+
+    async def send_text(self, text: str) -> None:
+        """ConnectionError or RuntimeError when the client has gone."""
+
+    async def send_bytes(self, data: bytes) -> None:
+        """ConnectionError or RuntimeError when the client has gone."""
+
+    async def receive(self) -> str | bytes | Ended:
+        """The next data frame (cancellable: a deadline is the caller's)."""
+
+    async def close(self, code: int, reason: str = "") -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A handshake refused before the WebSocket opens: the HTTP status and why."""
+
+    status: int
+    text: str
+
+
+class AiohttpConnection:
+    """`Connection` over aiohttp's WebSocketResponse."""
+
+    def __init__(self, ws: web.WebSocketResponse) -> None:
+        self.ws = ws
+
+    @property
+    def closed(self) -> bool:
+        return self.ws.closed
+
+    async def send_text(self, text: str) -> None:
+        await self.ws.send_str(text)
+
+    async def send_bytes(self, data: bytes) -> None:
+        await self.ws.send_bytes(data)
+
+    async def receive(self) -> str | bytes | Ended:
+        while True:
+            frame = await self.ws.receive()
+            if frame.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+                data: str | bytes = frame.data
+                return data
+            if frame.type == WSMsgType.ERROR:
+                # aiohttp has closed the connection (a frame over the size limit, say).
+                return Ended(str(frame.data))
+            if frame.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+                return Ended()
+
+    async def close(self, code: int, reason: str = "") -> None:
+        await self.ws.close(code=code, message=reason.encode())
 
 
 class RateLimiter:
@@ -139,7 +211,7 @@ class _Refusals:
 
 @dataclass(eq=False)
 class _Client:
-    ws: web.WebSocketResponse
+    conn: Connection
     peer: str
     audio: wire.AudioFormat = "float32"
     name: str = ""
@@ -169,9 +241,9 @@ class _Client:
         try:
             async with self.lock:
                 if isinstance(message, bytes):
-                    await self.ws.send_bytes(message)
+                    await self.conn.send_bytes(message)
                 else:
-                    await self.ws.send_str(wire.encode(message))
+                    await self.conn.send_text(wire.encode(message))
         except (ConnectionError, RuntimeError):
             return False
         return True
@@ -211,7 +283,7 @@ class EngineServer:
         self._wrong_tokens = RateLimiter(AUTH_FAILURES_PER_MINUTE, AUTH_FAILURES_BURST, clock)
         self._refusals = _Refusals()
         self._clock = clock
-        self._connections: set[web.WebSocketResponse] = set()
+        self._connections: set[Connection] = set()
         #: Connections per address that have not said hello yet.
         self._pending: collections.Counter[str] = collections.Counter()
         self._clients: set[_Client] = set()
@@ -259,10 +331,8 @@ class EngineServer:
 
     async def close(self) -> None:
         """Stop listening and close every connection (their requests are cancelled)."""
-        closing = [
-            ws.close(code=WSCloseCode.GOING_AWAY, message=b"server stopping")
-            for ws in list(self._connections)
-        ]
+        going = WSCloseCode.GOING_AWAY
+        closing = [conn.close(going, "server stopping") for conn in list(self._connections)]
         await asyncio.gather(*closing, return_exceptions=True)
         if self._runner is not None:
             await self._runner.cleanup()
@@ -276,24 +346,42 @@ class EngineServer:
         ws = web.WebSocketResponse(
             timeout=CLOSE_TIMEOUT_S,
             heartbeat=HEARTBEAT_S,
-            max_msg_size=self.config.max_upload_bytes + wire.HEADER.size,
+            max_msg_size=self.max_frame_bytes,
             compress=False,
         )
         if not ws.can_prepare(request).ok:
             return web.Response(status=426, text=ABOUT + "\n", content_type="text/plain")
         peer = request.remote or "unknown"
-        if hdrs.ORIGIN in request.headers:
+        refusal = self.admit(peer, request.headers.get(hdrs.ORIGIN))
+        if refusal is not None:
+            return web.Response(status=refusal.status, text=refusal.text + "\n")
+        await ws.prepare(request)
+        await self.handle(AiohttpConnection(ws), peer)
+        return ws
+
+    @property
+    def max_frame_bytes(self) -> int:
+        """The largest frame a client may send (a voice upload's clip)."""
+        return self.config.max_upload_bytes + wire.HEADER.size
+
+    def admit(self, peer: str, origin: str | None) -> Refusal | None:
+        """Whether a WebSocket handshake from `peer` (with this Origin header, if any)
+        may open; refused ones never reach `handle`."""
+        if origin is not None:
             # Browsers send an Origin with every WebSocket handshake and apply no
             # CORS to it: any page the streamer opens could otherwise speak (and
             # upload voices) through a server on this machine. Bots send none.
             self._refusals.log(peer, wire.Error(wire.AUTH, "browser page"))
-            return web.Response(status=403, text="web pages may not use the engine server\n")
+            return Refusal(403, "web pages may not use the engine server")
         if self._pending[peer] >= PENDING_PER_ADDRESS:
             self._refusals.log(peer, wire.Error(wire.BUSY, "too many connections before hello"))
-            return web.Response(status=429, text="too many connections from this address\n")
-        await ws.prepare(request)
-        client = _Client(ws, peer)
-        self._connections.add(ws)
+            return Refusal(429, "too many connections from this address")
+        return None
+
+    async def handle(self, conn: Connection, peer: str) -> None:
+        """Serve one admitted connection, from its hello until it ends."""
+        client = _Client(conn, peer)
+        self._connections.add(conn)
         greeted = False
         self._pending[peer] += 1
         try:
@@ -308,7 +396,7 @@ class EngineServer:
                 log.info("serve.client_connected", peer=client.peer, client=client.name)
                 await self._serve(client)
         finally:
-            self._connections.discard(ws)
+            self._connections.discard(conn)
             self._clients.discard(client)
             tasks = list(client.tasks.values())
             for task in tasks:
@@ -316,9 +404,8 @@ class EngineServer:
             await asyncio.gather(*tasks, return_exceptions=True)
             if greeted:
                 log.info("serve.client_left", peer=client.peer, requests=client.requests)
-            if not ws.closed:
-                await ws.close()
-        return ws
+            if not conn.closed:
+                await conn.close(WSCloseCode.OK)
 
     async def _refuse(
         self, client: _Client, error: wire.Error, close: WSCloseCode | None = None
@@ -327,7 +414,7 @@ class EngineServer:
         self._refusals.log(client.peer, error)
         await client.send(error)
         if close is not None:
-            await client.ws.close(code=close, message=error.code.encode())
+            await client.conn.close(close, error.code)
 
     async def _greet(self, client: _Client) -> bool:
         """The hello: version, token, limits; True once `ready` is sent."""
@@ -343,19 +430,20 @@ class EngineServer:
             await self._refuse(client, _rate_limited(wait), WSCloseCode.TRY_AGAIN_LATER)
             return False
         try:
-            first = await client.ws.receive(timeout=wire.HELLO_TIMEOUT_S)
+            async with asyncio.timeout(wire.HELLO_TIMEOUT_S):
+                first = await client.conn.receive()
         except TimeoutError:
             error = wire.Error(wire.BAD_REQUEST, f"no hello within {wire.HELLO_TIMEOUT_S:g} s")
             await self._refuse(client, error, WSCloseCode.POLICY_VIOLATION)
             return False
-        if first.type != WSMsgType.TEXT:
-            if first.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
-                return False
+        if isinstance(first, Ended):
+            return False
+        if isinstance(first, bytes):
             error = wire.Error(wire.BAD_REQUEST, "the first frame must be a hello (text)")
             await self._refuse(client, error, WSCloseCode.PROTOCOL_ERROR)
             return False
         try:
-            hello = wire.decode_client(first.data)
+            hello = wire.decode_client(first)
         except wire.WireError as exc:
             too_big = exc.code == wire.TOO_LARGE
             code = WSCloseCode.MESSAGE_TOO_BIG if too_big else WSCloseCode.PROTOCOL_ERROR
@@ -383,7 +471,7 @@ class EngineServer:
                 return False
         client.audio, client.name = hello.audio, hello.client
         ready = wire.Ready(
-            voices=tuple(self._names),
+            voices=tuple(await self._voice_names()),
             default_voice=self.default_voice,
             limits=wire.Limits(
                 max_text_chars=self.config.max_text_chars,
@@ -398,15 +486,16 @@ class EngineServer:
         return await client.send(ready)
 
     async def _serve(self, client: _Client) -> None:
-        async for frame in client.ws:
-            if frame.type == WSMsgType.TEXT:
-                await self._on_text(client, frame.data)
-            elif frame.type == WSMsgType.BINARY:
-                await self._on_binary(client, frame.data)
-            elif frame.type == WSMsgType.ERROR:
-                # aiohttp has closed the connection (a frame over the size limit, say).
-                error = wire.Error(wire.TOO_LARGE, f"connection ended: {frame.data}")
-                self._refusals.log(client.peer, error)
+        while True:
+            frame = await client.conn.receive()
+            if isinstance(frame, str):
+                await self._on_text(client, frame)
+            elif isinstance(frame, bytes):
+                await self._on_binary(client, frame)
+            else:
+                if frame.error:
+                    error = wire.Error(wire.TOO_LARGE, f"connection ended: {frame.error}")
+                    self._refusals.log(client.peer, error)
                 return
 
     async def _on_text(self, client: _Client, text: str) -> None:
