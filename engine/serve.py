@@ -45,6 +45,7 @@ import yaml
 from aiohttp import WSCloseCode, WSMsgType, hdrs, web
 
 from engine import wire
+from engine.access import RateLimiter, ThrottledWarnings, WrongTokens
 from engine.audio import SAMPLE_RATE
 from engine.config import ServeConfig
 from engine.voices import AUDIO_SUFFIXES, Voice, VoiceError, VoiceLibrary
@@ -62,11 +63,6 @@ MAX_REQUESTS = 8
 #: Connections one address may hold before their hello (a slow-hello flood
 #: from one peer must not fill the server).
 PENDING_PER_ADDRESS = 4
-#: Wrong tokens one address may give at once; after them, one more per 6 s.
-AUTH_FAILURES_BURST = 5
-AUTH_FAILURES_PER_MINUTE = 10
-#: Client addresses whose buckets are remembered (the oldest are forgotten first).
-MAX_TRACKED = 4096
 #: A repeated refusal is logged at most this often per code.
 REFUSAL_LOG_EVERY_S = 10.0
 #: How long the voice list is taken as it was (a request for a voice not on it
@@ -151,64 +147,6 @@ class AiohttpConnection:
         await self.ws.close(code=code, message=reason.encode())
 
 
-class RateLimiter:
-    """A token bucket per key (a client address): `per_minute` tokens a minute, at
-    most `burst` saved up."""
-
-    def __init__(
-        self, per_minute: float, burst: int, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self.rate = per_minute / 60.0
-        self.burst = float(burst)
-        self.clock = clock
-        self._buckets: dict[str, tuple[float, float]] = {}  # key → (tokens, at)
-
-    def _tokens(self, key: str) -> float:
-        tokens, at = self._buckets.get(key, (self.burst, self.clock()))
-        return min(self.burst, tokens + (self.clock() - at) * self.rate)
-
-    def retry_after(self, key: str, cost: float = 1.0) -> float:
-        """Seconds until `key` has `cost` tokens (0: now); spends nothing."""
-        missing = cost - self._tokens(key)
-        return 0.0 if missing <= 0 else missing / self.rate
-
-    def take(self, key: str, cost: float = 1.0) -> float:
-        """Spend `cost` tokens: 0.0 when there were enough, else the seconds to wait
-        (nothing is spent then)."""
-        tokens = self._tokens(key)
-        if tokens < cost:
-            return (cost - tokens) / self.rate
-        self._buckets.pop(key, None)
-        self._buckets[key] = (tokens - cost, self.clock())
-        while len(self._buckets) > MAX_TRACKED:
-            del self._buckets[next(iter(self._buckets))]
-        return 0.0
-
-
-class _Refusals:
-    """`serve.refused`, at most every REFUSAL_LOG_EVERY_S per code, with how many
-    went unlogged since (a hostile client can cause many)."""
-
-    def __init__(self) -> None:
-        self._last: dict[str, float] = {}
-        self._unlogged: dict[str, int] = {}
-
-    def log(self, peer: str, error: wire.Error) -> None:
-        now = time.monotonic()
-        if now - self._last.get(error.code, -REFUSAL_LOG_EVERY_S) < REFUSAL_LOG_EVERY_S:
-            self._unlogged[error.code] = self._unlogged.get(error.code, 0) + 1
-            return
-        self._last[error.code] = now
-        log.warning(
-            "serve.refused",
-            peer=peer,
-            code=error.code,
-            id=error.id,
-            message=error.message[:200],
-            unlogged=self._unlogged.pop(error.code, 0),
-        )
-
-
 @dataclass(eq=False)
 class _Client:
     conn: Connection
@@ -280,8 +218,8 @@ class EngineServer:
         self.info = info if info is not None else engine_info(engine)
         self._token = config.token.get_secret_value()
         self._limits = RateLimiter(config.requests_per_minute, config.burst, clock)
-        self._wrong_tokens = RateLimiter(AUTH_FAILURES_PER_MINUTE, AUTH_FAILURES_BURST, clock)
-        self._refusals = _Refusals()
+        self._wrong_tokens = WrongTokens(clock)
+        self._refusals = ThrottledWarnings(REFUSAL_LOG_EVERY_S, clock)
         self._clock = clock
         self._connections: set[Connection] = set()
         #: Connections per address that have not said hello yet.
@@ -371,10 +309,10 @@ class EngineServer:
             # Browsers send an Origin with every WebSocket handshake and apply no
             # CORS to it: any page the streamer opens could otherwise speak (and
             # upload voices) through a server on this machine. Bots send none.
-            self._refusals.log(peer, wire.Error(wire.AUTH, "browser page"))
+            self._refused(peer, wire.Error(wire.AUTH, "browser page"))
             return Refusal(403, "web pages may not use the engine server")
         if self._pending[peer] >= PENDING_PER_ADDRESS:
-            self._refusals.log(peer, wire.Error(wire.BUSY, "too many connections before hello"))
+            self._refused(peer, wire.Error(wire.BUSY, "too many connections before hello"))
             return Refusal(429, "too many connections from this address")
         return None
 
@@ -407,11 +345,22 @@ class EngineServer:
             if not conn.closed:
                 await conn.close(WSCloseCode.OK)
 
+    def _refused(self, peer: str, error: wire.Error) -> None:
+        """`serve.refused`, at most every REFUSAL_LOG_EVERY_S per code."""
+        self._refusals.warn(
+            error.code,
+            "serve.refused",
+            peer=peer,
+            code=error.code,
+            id=error.id,
+            message=error.message[:200],
+        )
+
     async def _refuse(
         self, client: _Client, error: wire.Error, close: WSCloseCode | None = None
     ) -> None:
         """Answer a refusal (and close the connection, for one refused as a whole)."""
-        self._refusals.log(client.peer, error)
+        self._refused(client.peer, error)
         await client.send(error)
         if close is not None:
             await client.conn.close(close, error.code)
@@ -463,12 +412,13 @@ class EngineServer:
                 await self._refuse(client, error, WSCloseCode.TRY_AGAIN_LATER)
                 return False
             if not hmac.compare_digest(hello.token.encode(), self._token.encode()):
-                self._wrong_tokens.take(client.peer)
+                self._wrong_tokens.failed(client.peer)
                 message = "wrong token" if hello.token else "this server needs a token"
                 await self._refuse(
                     client, wire.Error(wire.AUTH, message), WSCloseCode.POLICY_VIOLATION
                 )
                 return False
+            self._wrong_tokens.succeeded(client.peer)
         client.audio, client.name = hello.audio, hello.client
         ready = wire.Ready(
             voices=tuple(await self._voice_names()),
@@ -495,7 +445,7 @@ class EngineServer:
             else:
                 if frame.error:
                     error = wire.Error(wire.TOO_LARGE, f"connection ended: {frame.error}")
-                    self._refusals.log(client.peer, error)
+                    self._refused(client.peer, error)
                 return
 
     async def _on_text(self, client: _Client, text: str) -> None:

@@ -49,6 +49,7 @@ from bot.panel import audio_feed
 from bot.panel.metrics import CONTENT_TYPE, Metrics
 from bot.panel.parts import PARTS_KEY, Parts
 from bot.remote_engine import EngineUnavailable
+from engine.access import ThrottledWarnings, WrongTokens
 from engine.audio import SAMPLE_RATE
 from engine.config import VOICE_NAME
 from engine.voices import VoiceError
@@ -80,11 +81,6 @@ STOPPING_KEY: web.AppKey[asyncio.Event] = web.AppKey("stopping", asyncio.Event)
 SHUTDOWN_TIMEOUT_S = 2.0
 #: Only one preview is made at a time; a second one meanwhile is refused (429).
 
-#: Wrong tokens an address may give before it must wait; each one after doubles the wait.
-FREE_FAILURES = 5
-MAX_LOCKOUT_S = 300.0
-#: Client addresses whose failures are remembered (the oldest is forgotten first).
-MAX_TRACKED = 4096
 #: A repeated refusal is logged at most this often (a hostile page can send many).
 REFUSAL_LOG_EVERY_S = 10.0
 
@@ -110,36 +106,7 @@ def overlay_token(token: str) -> str:
     return hmac.new(token.encode(), b"ishowtts overlay", hashlib.sha256).hexdigest()[:32]
 
 
-class LoginThrottle:
-    """Wrong tokens per client address: the first `FREE_FAILURES` cost nothing, then
-    the address is locked out for 1 s, 2 s, 4 s… (at most `MAX_LOCKOUT_S`); a right
-    token clears its count. A guess made while locked out is not even checked."""
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self.clock = clock
-        self._failed: dict[str, tuple[int, float]] = {}  # address → (failures, locked until)
-
-    def retry_after(self, address: str) -> float:
-        """Seconds until `address` may try again (0: now)."""
-        _, until = self._failed.get(address, (0, 0.0))
-        return max(0.0, until - self.clock())
-
-    def failed(self, address: str) -> tuple[int, float]:
-        """Count a wrong token; returns the failures so far and the lockout it earned."""
-        failures = self._failed.pop(address, (0, 0.0))[0] + 1
-        lockout = 0.0
-        if failures >= FREE_FAILURES:
-            lockout = min(2.0 ** (failures - FREE_FAILURES), MAX_LOCKOUT_S)
-        self._failed[address] = (failures, self.clock() + lockout)
-        while len(self._failed) > MAX_TRACKED:
-            del self._failed[next(iter(self._failed))]
-        return failures, lockout
-
-    def succeeded(self, address: str) -> None:
-        self._failed.pop(address, None)
-
-
-THROTTLE_KEY: web.AppKey[LoginThrottle] = web.AppKey("throttle", LoginThrottle)
+THROTTLE_KEY: web.AppKey[WrongTokens] = web.AppKey("throttle", WrongTokens)
 
 
 def attach(
@@ -235,7 +202,7 @@ def create_app(
 ) -> web.Application:
     """The app; `audio`: the player's broadcast, for the overlay's `?audio=1`."""
     token = config.token.get_secret_value()
-    throttle = LoginThrottle()
+    throttle = WrongTokens()
     app = web.Application(
         client_max_size=MAX_BODY, middlewares=[_errors, _guard(config, token, throttle)]
     )
@@ -327,7 +294,7 @@ async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
         raise
 
 
-def _guard(config: WebConfig, token: str, throttle: LoginThrottle) -> Any:
+def _guard(config: WebConfig, token: str, throttle: WrongTokens) -> Any:
     """Host, site, token, origin and content type, checked before any handler runs."""
     read_only = overlay_token(token)
     refusals = _Refusals()
@@ -391,7 +358,7 @@ async def _check_token(
     request: web.Request,
     token: str,
     read_only: str,
-    throttle: LoginThrottle,
+    throttle: WrongTokens,
     refusals: _Refusals,
 ) -> tuple[str, bool] | web.StreamResponse:
     """("full" or "overlay", whether the token came in the Authorization header),
@@ -507,8 +474,7 @@ class _Refusals:
     reason, with how many went unlogged since."""
 
     def __init__(self) -> None:
-        self._last: dict[str, float] = {}
-        self._unlogged: dict[str, int] = {}
+        self._warnings = ThrottledWarnings(REFUSAL_LOG_EVERY_S)
 
     def refuse(self, request: web.Request, status: int, reason: str, message: str) -> web.Response:
         self._log("web.refused", request, reason)
@@ -531,22 +497,16 @@ class _Refusals:
         )
 
     def _log(self, event: str, request: web.Request, reason: str) -> None:
-        key = f"{event}:{reason}"
-        now = time.monotonic()
-        if now - self._last.get(key, -REFUSAL_LOG_EVERY_S) >= REFUSAL_LOG_EVERY_S:
-            self._last[key] = now
-            log.warning(
-                event,
-                reason=reason,
-                method=request.method,
-                path=request.path[:100],
-                client=request.remote,
-                host=request.headers.get(hdrs.HOST, "")[:100],
-                origin=request.headers.get(hdrs.ORIGIN, "")[:100],
-                unlogged=self._unlogged.pop(key, 0),
-            )
-        else:
-            self._unlogged[key] = self._unlogged.get(key, 0) + 1
+        self._warnings.warn(
+            f"{event}:{reason}",
+            event,
+            reason=reason,
+            method=request.method,
+            path=request.path[:100],
+            client=request.remote,
+            host=request.headers.get(hdrs.HOST, "")[:100],
+            origin=request.headers.get(hdrs.ORIGIN, "")[:100],
+        )
 
 
 async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
@@ -603,7 +563,7 @@ async def _login_form(_: web.Request) -> web.Response:
     )
 
 
-def _login(token: str, throttle: LoginThrottle) -> Any:
+def _login(token: str, throttle: WrongTokens) -> Any:
     async def login(request: web.Request) -> web.Response:
         address = request.remote or "unknown"
         wait = throttle.retry_after(address)
