@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import socket
-import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -29,6 +27,7 @@ from bot.lag import LagProbe
 from bot.logs import progress, tell_user
 from bot.remote_engine import EngineRefused, RemoteEngine, RemoteVoices
 from bot.signals import StopOnSignal
+from bot.threads import in_daemon_thread
 from bot.voice_checks import VoiceChecks
 from engine.voices import VoiceError, VoiceLibrary
 
@@ -219,34 +218,6 @@ async def _guarded(
         log.info("adapter.restarted", platform=platform.value, attempt=attempt)
 
 
-def _in_daemon_thread(work: Callable[[], T]) -> asyncio.Future[T]:
-    """`work` on a daemon thread: a stop meanwhile is not held up by it (a model
-    download can take minutes, and the process may exit before it ends)."""
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[T] = loop.create_future()
-
-    def deliver(result: T | None, error: BaseException | None) -> None:
-        if done.cancelled():
-            return
-        if error is not None:
-            done.set_exception(error)
-        else:
-            done.set_result(result)  # type: ignore[arg-type]
-
-    def run() -> None:
-        try:
-            result = work()
-        except BaseException as exc:
-            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits
-                loop.call_soon_threadsafe(deliver, None, exc)
-            return
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(deliver, result, None)
-
-    threading.Thread(target=run, name="ishowtts-start-up", daemon=True).start()
-    return done
-
-
 async def _unless_stopped(stop: asyncio.Event, work: Awaitable[T]) -> tuple[bool, T | None]:
     """(True, result) when `work` ends first, (False, None) when `stop` is set first."""
     task = asyncio.ensure_future(work)
@@ -329,7 +300,7 @@ async def _start_engine(
     try:
         # The model files last: a first run downloads them.
         finished, files = await _unless_stopped(
-            stop, _in_daemon_thread(lambda: resolve_files(config.engine))
+            stop, in_daemon_thread(lambda: resolve_files(config.engine), "ishowtts-start-up")
         )
     except (CheckpointError, OSError) as exc:
         return _refuse([str(exc)], bot)

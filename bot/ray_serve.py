@@ -16,7 +16,6 @@ engine's settings as they are.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import importlib.util
 import math
@@ -36,6 +35,7 @@ from bot.instance import AlreadyRunning, bind_port
 from bot.logs import configure_logging, progress
 from bot.serve import bots_config_problem, cannot_start
 from bot.signals import StopOnSignal
+from bot.threads import settling
 
 log = structlog.get_logger()
 T = TypeVar("T")
@@ -145,27 +145,7 @@ class RayThread:
 
     def call(self, work: Callable[[], T]) -> asyncio.Future[T]:
         """`work` on the thread, after what is before it; its result, awaitable."""
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[T] = loop.create_future()
-
-        def deliver(result: T | None, error: BaseException | None) -> None:
-            if done.cancelled():
-                return
-            if error is not None:
-                done.set_exception(error)
-            else:
-                done.set_result(result)  # type: ignore[arg-type]
-
-        def job() -> None:
-            try:
-                result = work()
-            except BaseException as exc:
-                with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits
-                    loop.call_soon_threadsafe(deliver, None, exc)
-                return
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(deliver, result, None)
-
+        done, job = settling(work)
         self._jobs.put(job)
         return done
 

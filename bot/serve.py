@@ -9,11 +9,12 @@ import time
 
 import structlog
 
-from bot.app import ENGINE_STOP_WAIT_S, EXIT_STARTUP, _in_daemon_thread, _unless_stopped
+from bot.app import ENGINE_STOP_WAIT_S, EXIT_STARTUP, _unless_stopped
 from bot.config import Config
 from bot.instance import AlreadyRunning, bind_port
 from bot.logs import progress, tell_user
 from bot.signals import StopOnSignal
+from bot.threads import in_daemon_thread
 from engine.voices import VoiceError, VoiceLibrary, choose_default_voice
 
 log = structlog.get_logger()
@@ -77,7 +78,7 @@ async def _serve(config: Config, stop: asyncio.Event) -> int:
     try:
         try:
             finished, files = await _unless_stopped(
-                stop, _in_daemon_thread(lambda: resolve_files(config.engine))
+                stop, in_daemon_thread(lambda: resolve_files(config.engine), "ishowtts-start-up")
             )
         except (CheckpointError, OSError) as exc:
             return cannot_start(str(exc))
