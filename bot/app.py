@@ -152,15 +152,6 @@ def _tell_progress(panel: Any) -> Callable[[str], None]:
     return tell
 
 
-async def _close_panel(panel: Any, sock: socket.socket | None, checks: asyncio.Task[None]) -> None:
-    """A start-up that ends early: the panel (served since the checks passed) closed."""
-    checks.cancel()
-    if panel is not None:
-        await panel.cleanup()
-    elif sock is not None:
-        sock.close()
-
-
 async def _restarting(name: str, run: Callable[[], Coroutine[Any, Any, None]]) -> None:
     """A bug in the speaker loop is logged and the loop restarted, not fatal on air."""
     while True:
@@ -350,9 +341,6 @@ async def _connect_engine(
 
 
 async def _run(config: Config, stop: asyncio.Event, locks: ChannelLocks) -> int:
-    from bot.audio.player import Player
-    from bot.audio.speaker import Speaker
-
     started = time.perf_counter()
     bot = Bot(config)
     # Every problem that can be seen before the model is fetched is told at once,
@@ -379,69 +367,88 @@ async def _run(config: Config, stop: asyncio.Event, locks: ChannelLocks) -> int:
     # The panel serves from here on: "starting", with the latest progress line.
     panel = await _start_web(config, bot, None, None, panel_socket)
     checks = asyncio.create_task(bot.voice_checks.run())
-    started_engine = (
-        await _connect_engine(config, bot, bot.voices, stop, panel)
-        if isinstance(bot.voices, RemoteVoices)
-        else await _start_engine(config, bot, bot.voices, stop, panel)
-    )
-    if isinstance(started_engine, int):
-        await _close_panel(panel, panel_socket, checks)
-        return started_engine
-    engine: Engine | RemoteEngine = started_engine
-    _panel_progress(panel, "the voice engine is ready; opening the audio output…")
+    engine: Engine | RemoteEngine | None = None
+    try:
+        started_engine = (
+            await _connect_engine(config, bot, bot.voices, stop, panel)
+            if isinstance(bot.voices, RemoteVoices)
+            else await _start_engine(config, bot, bot.voices, stop, panel)
+        )
+        if isinstance(started_engine, int):
+            return started_engine
+        engine = started_engine
+        if isinstance(bot.voices, RemoteVoices):  # the server's voices, usable at once
+            await bot.voice_checks.refresh()
+        _panel_progress(panel, "the voice engine is ready; opening the audio output…")
+        await _live(config, bot, engine, panel, stop, started)
+    finally:
+        # Every way out, a refused start-up too: what the panel queued while the
+        # bot was starting gets its end, and mod changes of the last second are written.
+        checks.cancel()
+        if panel is not None and panel.server is not None:
+            await panel.cleanup()
+        elif panel is None and panel_socket is not None:
+            panel_socket.close()
+        if engine is not None:
+            await asyncio.to_thread(engine.close, ENGINE_STOP_WAIT_S)
+        await bot.control.close()
+        unrouted = bot.router.drain(bot.events)
+        dropped = bot.queue.remove_where(lambda _: True, outcomes.SKIPPED, "shutdown")
+        if engine is not None:
+            log.info("bot.stopped", pending=len(dropped) + unrouted)
+    return 0
+
+
+async def _live(
+    config: Config,
+    bot: Bot,
+    engine: Engine | RemoteEngine,
+    panel: Any,
+    stop: asyncio.Event,
+    started: float,
+) -> None:
+    """On air until `stop`: the player, the speaker, the router and the platforms."""
+    from bot.audio.player import Player
+    from bot.audio.speaker import Speaker
 
     player = Player(config.audio)
     speaker = Speaker(bot.queue, engine, player, bot.control)
     enabled = list(bot.adapters())
-    try:
-        async with asyncio.TaskGroup() as tasks:
-            player_task = tasks.create_task(player.run())
-            # Going live needs a device; a stop meanwhile must still be honoured.
-            await _unless_stopped(stop, player.opened.wait())
-            if panel is not None:  # live from here: the panel leaves "starting"
-                from bot.panel.web import attach
+    async with asyncio.TaskGroup() as tasks:
+        player_task = tasks.create_task(player.run())
+        # Going live needs a device; a stop meanwhile must still be honoured.
+        await _unless_stopped(stop, player.opened.wait())
+        if panel is not None:  # live from here: the panel leaves "starting"
+            from bot.panel.web import attach
 
-                attach(panel.app, speaker, engine, player.broadcast)
-            running = [
-                tasks.create_task(bot.lag.run()),
-                tasks.create_task(bot.router.run(bot.events)),
-                tasks.create_task(_restarting("speaker", speaker.run)),
-                *(
-                    tasks.create_task(
-                        _guarded(Platform(n), c, bot.events, on_crash=bot.control.adapter_crashed)
-                    )
-                    for n, c in bot.adapters().items()
-                ),
-            ]
-            log.info(
-                "bot.started",
-                platforms=enabled,
-                voices=bot.voices.names(),
-                voice=bot.control.voice,
-                device=player.device_name,
-            )
-            where = f" — panel at {panel_url(config.web)}" if panel is not None else ""
-            progress(f"ready in {time.perf_counter() - started:.1f} s{where} (Ctrl-C stops)")
-            if not enabled:
-                log.warning(
-                    "bot.no_platforms", hint="enable platforms.twitch or platforms.bilibili"
+            attach(panel.app, speaker, engine, player.broadcast)
+        running = [
+            tasks.create_task(bot.lag.run()),
+            tasks.create_task(bot.router.run(bot.events)),
+            tasks.create_task(_restarting("speaker", speaker.run)),
+            *(
+                tasks.create_task(
+                    _guarded(Platform(n), c, bot.events, on_crash=bot.control.adapter_crashed)
                 )
-            await stop.wait()
-            for task in running:
-                task.cancel()
-            await asyncio.gather(*running, return_exceptions=True)
-            if panel is not None:
-                await panel.cleanup()
-            await player.close()
-            player_task.cancel()
-    finally:  # also when a task failed: mod changes of the last second are written
-        checks.cancel()
-        if panel is not None and panel.server is not None:  # a task failed before its stop
+                for n, c in bot.adapters().items()
+            ),
+        ]
+        log.info(
+            "bot.started",
+            platforms=enabled,
+            voices=bot.voices.names(),
+            voice=bot.control.voice,
+            device=player.device_name,
+        )
+        where = f" — panel at {panel_url(config.web)}" if panel is not None else ""
+        progress(f"ready in {time.perf_counter() - started:.1f} s{where} (Ctrl-C stops)")
+        if not enabled:
+            log.warning("bot.no_platforms", hint="enable platforms.twitch or platforms.bilibili")
+        await stop.wait()
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+        if panel is not None:
             await panel.cleanup()
-        await asyncio.to_thread(engine.close, ENGINE_STOP_WAIT_S)
-        await bot.control.close()
-    # Whatever was still waiting gets its end logged: nothing vanishes silently.
-    unrouted = bot.router.drain(bot.events)
-    dropped = bot.queue.remove_where(lambda _: True, outcomes.SKIPPED, "shutdown")
-    log.info("bot.stopped", pending=len(dropped) + unrouted)
-    return 0
+        await player.close()
+        player_task.cancel()

@@ -193,3 +193,51 @@ async def test_stop_during_warm_up_exits_cleanly(
     asked = time.monotonic()
     assert await bot.stop(signal.SIGINT) == 0
     assert time.monotonic() - asked < 5
+
+
+async def test_a_stop_while_starting_ends_what_the_panel_queued(
+    tiny_files: ModelFiles, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The panel serves while the model loads: a line said then must not vanish
+    # without an end when the start-up is stopped (Ctrl-C in warm-up).
+    from structlog.testing import capture_logs
+
+    from bot import app
+    from bot.config import load_config
+    from bot.instance import ChannelLocks
+
+    async def stopped_while_warming(*args: object) -> int:
+        stop = args[3]
+        assert isinstance(stop, asyncio.Event)
+        await stop.wait()
+        return 0
+
+    monkeypatch.setattr(app, "_start_engine", stopped_while_warming)
+    port = free_port()
+    path = write_run_config(
+        tmp_path,
+        tiny_files,
+        web={"enabled": True, "port": port},
+        audio={"output_device": "none"},
+    )
+    config = load_config(path)
+    stop = asyncio.Event()
+    base = f"http://127.0.0.1:{port}"
+    with capture_logs() as logs:
+        running = asyncio.create_task(app._run(config, stop, ChannelLocks(config.platforms)))
+        async with aiohttp.ClientSession() as http:
+            for _ in range(100):
+                try:
+                    async with http.get(f"{base}/api/status") as r:
+                        assert (await r.json())["state"] == "starting"
+                        break
+                except aiohttp.ClientConnectionError:
+                    await asyncio.sleep(0.05)
+            body = {"text": "said while starting"}
+            async with http.post(f"{base}/api/say", json=body, headers={"Origin": base}) as r:
+                assert r.status == 200
+                said = (await r.json())["id"]
+        stop.set()
+        assert await asyncio.wait_for(running, 10) == 0
+    ended = [e for e in logs if e.get("msg_id") == said.split(":", 1)[1]]
+    assert [(e["event"], e.get("reason")) for e in ended] == [("tts.skipped", "shutdown")]
