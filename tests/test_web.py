@@ -482,6 +482,17 @@ async def test_play_next_and_replay(client: Any) -> None:
     filtered = next(e for e in payload["events"] if e["event"] == outcomes.FILTERED)
     r = await c.post(f"/api/replay/{filtered['seq']}", headers=AUTH)
     assert r.status == 400 and "no text" in (await r.json())["error"]
+    # A line a moderator deleted: its text is not kept, so it cannot be aired again.
+    deleted = chat("something awful", message_id="d1")
+    outcomes.log_outcome(outcomes.RETRACTED, deleted, reason="message_deleted")
+    events = await c.get("/api/events", headers=AUTH)
+    payload = __import__("json").loads((await events.content.readline()).decode()[6:])
+    events.close()
+    retracted = next(e for e in payload["events"] if e["id"] == "twitch:d1")
+    assert retracted["text"] == "" and "awful" not in __import__("json").dumps(payload)
+    bot.control.clear()
+    r = await c.post(f"/api/replay/{retracted['seq']}", headers=AUTH)
+    assert r.status == 400 and bot.queue.snapshot() == []
     assert (await c.post("/api/replay/99999", headers=AUTH)).status == 404
     assert (await c.post("/api/replay/-1", headers=AUTH)).status == 400
 

@@ -127,6 +127,10 @@ def set_progress(app: web.Application, text: str) -> None:
     app[PARTS_KEY].progress = text
 
 
+#: Ends whose text the history does not keep.
+_TEXT_KEPT_FROM = frozenset({outcomes.FILTERED, outcomes.RETRACTED})
+
+
 class Feed:
     """The last terminal events, numbered, for the panel's list and live updates.
 
@@ -163,7 +167,9 @@ class Feed:
                 "event": event,
                 "id": f"{message.platform.value}:{message.message_id}",
                 "user": self._clean_name(message.user_name),
-                "text": "" if event == outcomes.FILTERED else message.text[:200],
+                # Neither what the filters dropped nor what a moderator deleted is
+                # shown (or offered to read again): a panel on stream must not air it.
+                "text": "" if event in _TEXT_KEPT_FROM else message.text[:200],
                 # What was said (template, clean-up, pacing): beside the original.
                 "spoken": str(fields.get("text") or "")[:400] if event == outcomes.SPOKEN else "",
                 "reason": fields.get("reason"),
