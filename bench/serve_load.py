@@ -42,6 +42,7 @@ import asyncio
 import gc
 import json
 import logging
+import os
 import random
 import tempfile
 import time
@@ -131,7 +132,11 @@ async def connect(url: str, token: str, n: int) -> list[RemoteEngine]:
     clients = [RemoteEngine(config) for _ in range(n)]
     for client in clients:
         client.start()
-    await asyncio.wait_for(asyncio.gather(*(c.wait_ready() for c in clients)), 60)
+    try:
+        await asyncio.wait_for(asyncio.gather(*(c.wait_ready() for c in clients)), 60)
+    except BaseException:
+        await asyncio.gather(*(c.aclose() for c in clients))
+        raise
     return clients
 
 
@@ -411,7 +416,11 @@ if __name__ == "__main__":
         "--over-server", action="store_true", help="each bot through its own server connection"
     )
     parser.add_argument("--url", help="a running server's WebSocket URL: bots against it only")
-    parser.add_argument("--token", default="", help="with --url: the server's token")
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("ISHOWTTS_SERVE_TOKEN", ""),
+        help="with --url: the server's token (default: $ISHOWTTS_SERVE_TOKEN)",
+    )
     parser.add_argument(
         "--voices", type=lambda t: t.split(","), help="with --url: one or two voice names"
     )

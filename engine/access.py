@@ -78,7 +78,8 @@ class WrongTokens:
         failures = self._failed.pop(address, (0, 0.0))[0] + 1
         lockout = 0.0
         if failures >= FREE_FAILURES:
-            lockout = min(2.0 ** (failures - FREE_FAILURES), MAX_LOCKOUT_S)
+            # The exponent capped: past the cap the wait is the longest anyway.
+            lockout = min(2.0 ** min(failures - FREE_FAILURES, 30), MAX_LOCKOUT_S)
         self._failed[address] = (failures, self.clock() + lockout)
         while len(self._failed) > MAX_TRACKED:
             del self._failed[next(iter(self._failed))]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from structlog.testing import capture_logs
 
-from engine.access import FREE_FAILURES, ThrottledWarnings, WrongTokens
+from engine.access import FREE_FAILURES, MAX_LOCKOUT_S, ThrottledWarnings, WrongTokens
 
 
 def test_a_refusal_is_logged_once_a_while_per_kind_with_the_count_left_out() -> None:
@@ -30,3 +30,9 @@ def test_wrong_tokens_lock_an_address_out_longer_each_time_until_a_right_one() -
     assert tokens.retry_after("10.0.0.9") == 0.0
     tokens.succeeded("10.0.0.9")
     assert tokens.failed("10.0.0.9") == (1, 0.0)
+
+
+def test_an_address_that_never_stops_guessing_waits_the_longest_and_nothing_breaks() -> None:
+    tokens = WrongTokens(clock=lambda: 0.0)
+    lockouts = [tokens.failed("10.0.0.9")[1] for _ in range(2000)]
+    assert lockouts[-1] == MAX_LOCKOUT_S

@@ -327,3 +327,29 @@ def test_serve_ray_settings_as_documented() -> None:
     assert ray.address == "ray://head:10001" and ray.num_gpus_per_replica == 1.0
     assert ray.autoscaling is not None and ray.autoscaling.target_ongoing_requests == 2
     assert parse_config("").serve.ray.replicas == 1
+
+
+def test_replicas_get_the_files_named_from_where_the_command_ran(tmp_path: Path) -> None:
+    # A replica's working folder is Ray's: relative paths would be looked for there.
+    from bot.ray_serve import replica_engine_config
+
+    config = parse_config("engine:\n  voices_dir: voices\n  model_path: models/m.safetensors\n")
+    engine = replica_engine_config(config)
+    assert engine.voices_dir == tmp_path / "voices"  # the tests run in tmp_path
+    assert engine.model_path == tmp_path / "models" / "m.safetensors"
+    assert engine.vocoder_path is None and engine.fault_file is None
+
+
+@needs_ray
+def test_an_upload_limit_over_what_rays_proxy_passes_is_refused_at_start(tmp_path: Path) -> None:
+    config = tmp_path / "ishowtts.yaml"
+    config.write_text("serve:\n  max_upload_bytes: 20000000\n  port: 1\n")
+    done = subprocess.run(
+        command("serve", "--ray", "--config", str(config)),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "serve.max_upload_bytes is 20000000, more than Ray's proxy passes" in done.stderr
