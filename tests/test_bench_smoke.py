@@ -132,3 +132,23 @@ def test_serve_latency_tiny_run_prints_its_figures(tmp_path: Path) -> None:
     assert last.startswith("first audio, cpu (eager), short line, 2 runs: in-process ")
     assert "the wire's own share: median" in last
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(
+    __import__("importlib").util.find_spec("ray") is None, reason="Ray is not installed"
+)
+def test_serve_deploy_tiny_run_starts_measures_and_stops_each_deployment(tmp_path: Path) -> None:
+    result = run_bench(tmp_path, "--tiny", "--plain", "--out", str(tmp_path / "out"),
+                       module="bench.serve_deploy")  # fmt: skip
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    records = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    loads = [(r["deployment"], r["load"]) for r in records if r["event"] == "load"]
+    assert loads == [
+        ("plain", "paced"),
+        ("plain", "flood"),
+        ("ray x1", "paced"),
+        ("ray x1", "flood"),
+    ]
+    assert all(r["errors"] == 0 and r["lines"] > 0 for r in records if r["event"] == "load")
+    stopped = [(r["label"], r["exit"]) for r in records if r["event"] == "stopped"]
+    assert stopped == [("plain", 0), ("ray x1", 0)]
