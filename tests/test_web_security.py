@@ -403,7 +403,7 @@ async def test_another_sites_page_cannot_lock_the_streamer_out(locked_panel: Any
 
 
 NEW_ROUTES = [
-    ("/api/unmute", {"key": "twitch:1"}),
+    ("/api/unmute", {"key": "twitch:3"}),  # the muted viewer's key
     ("/api/nick", {"user": "viewer", "nick": "attacker"}),
     ("/api/uservoice", {"user": "viewer", "voice": "mei"}),
     ("/api/mode", {"mode": "paid"}),
@@ -417,7 +417,13 @@ async def test_the_panels_moderation_routes_are_guarded_like_the_rest(
     locked_panel: Any,
 ) -> None:
     c, bot = locked_panel
-    bot.router.handle(chat("a line", message_id="s1", user_name="viewer"))
+    # Each route would change something here: a muted viewer, two lines waiting
+    # (the second could move first), a line in the history to read again.
+    bot.router.handle(chat("noisy", message_id="m1", user_name="noisy", user_id="3"))
+    assert bot.control.mute("noisy").ok  # its line leaves the queue: history line 1
+    (muted,) = bot.control.muted_entries(10).entries
+    bot.router.handle(chat("first line", message_id="s0", user_name="other", user_id="2"))
+    bot.router.handle(chat("a line", message_id="s1", user_name="viewer", user_id="1"))
     read_only = overlay_token(TOKEN)
     cookie = {"Cookie": f"ishowtts_token={TOKEN}"}
     for path, body in NEW_ROUTES:
@@ -435,6 +441,7 @@ async def test_the_panels_moderation_routes_are_guarded_like_the_rest(
         assert (await c.post(path, data=data, headers=overlay)).status == 403, path
     assert bot.control.policy_state.read_mode == "all"
     assert bot.control.blocked_words == [] and not bot.control.policy_state.nicknames
-    assert [i.message.message_id for i in bot.queue.snapshot()] == ["s1"]
+    assert [i.message.message_id for i in bot.queue.snapshot()] == ["s0", "s1"]
+    assert muted.key == "twitch:3" and list(bot.control.muted_entries(10).entries) == [muted]
     r = await c.post("/api/mode", json={"mode": "paid"}, headers={**cookie, **own_origin(c)})
     assert r.status == 200 and bot.control.policy_state.read_mode == "paid"
