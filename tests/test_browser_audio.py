@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 import numpy as np
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from structlog.testing import capture_logs
 
@@ -261,6 +262,40 @@ async def audio_panel(tmp_path: Path) -> AsyncIterator[tuple[TestClient[Any, Any
     app = create_app(WebConfig(token=TOKEN), make_bot(tmp_path), audio=b)
     async with TestClient(TestServer(app)) as c:
         yield c, b
+
+
+async def test_one_address_beyond_this_machine_cannot_take_every_listener(
+    tmp_path: Path,
+) -> None:
+    # Whoever has the overlay's token (it is in OBS, and may leak on stream) and
+    # reaches the panel from another machine gets a few listeners, not all.
+    from bot.panel.audio_feed import MAX_LISTENERS_PER_REMOTE_ADDRESS
+
+    b = broadcast()
+    app = create_app(WebConfig(token=TOKEN), make_bot(tmp_path), audio=b)
+    remote = ["192.0.2.7"]
+
+    @web.middleware
+    async def from_remote(request: web.Request, handler: Any) -> web.StreamResponse:
+        response: web.StreamResponse = await handler(request.clone(remote=remote[0]))
+        return response
+
+    app.middlewares.insert(0, from_remote)
+    async with TestClient(TestServer(app)) as c:
+        origin = {"Origin": f"http://{c.host}:{c.port}"}
+        path = f"/api/audio?token={overlay_token(TOKEN)}"
+        pages = [
+            await c.ws_connect(path, headers=origin)
+            for _ in range(MAX_LISTENERS_PER_REMOTE_ADDRESS)
+        ]
+        with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+            await c.ws_connect(path, headers=origin)
+        assert info.value.status == 503
+        remote[0] = "192.0.2.8"  # another machine (the streamer's own OBS) still can
+        pages.append(await c.ws_connect(path, headers=origin))
+        assert len(b.listeners) == MAX_LISTENERS_PER_REMOTE_ADDRESS + 1
+        for page in pages:
+            await page.close()
 
 
 async def test_the_overlay_token_opens_the_audio_socket_from_the_panels_own_pages(

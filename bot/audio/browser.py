@@ -80,8 +80,10 @@ def control(kind: str, **fields: Any) -> str:
 class Listener:
     """One page's queue of frames, bounded by the audio it holds."""
 
-    def __init__(self, limit_bytes: int) -> None:
+    def __init__(self, limit_bytes: int, owner: str = "") -> None:
         self.limit_bytes = limit_bytes
+        #: The page's address.
+        self.owner = owner
         self.dropped = False
         #: Why it was dropped: "too_slow", or "stopping" (the server is).
         self.reason = ""
@@ -171,13 +173,13 @@ class Broadcast:
         self._cut = False
 
     # pages ----------------------------------------------------------------------
-    def listen(self) -> Listener | None:
+    def listen(self, owner: str = "") -> Listener | None:
         """A new page's listener, primed with the state and the line in progress;
         None when `max_listeners` pages listen already."""
         if len(self.listeners) >= self.max_listeners:
             return None
         # 16-bit samples, frame headers and a little room for the control messages.
-        listener = Listener(int(self.max_queued_s * self.rate * 2 * 1.01) + 4096)
+        listener = Listener(int(self.max_queued_s * self.rate * 2 * 1.01) + 4096, owner)
         listener.put(
             control(
                 "hello",

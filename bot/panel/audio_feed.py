@@ -21,6 +21,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from bot.audio.browser import Listener
 from bot.panel.parts import PARTS_KEY
+from engine.config import is_loopback
 
 log = structlog.get_logger()
 
@@ -29,6 +30,9 @@ WORKLET_PATH = "/static/pcm-worklet.js"
 MAX_CLIENT_MESSAGE = 1024
 #: Pings keep a socket through proxies and find a page that went away silently.
 HEARTBEAT_S = 20.0
+#: Pages one address beyond this machine may have listening (OBS on a second PC,
+#: a preview): one holder of the overlay's token cannot take every listener.
+MAX_LISTENERS_PER_REMOTE_ADDRESS = 2
 
 
 async def audio_socket(request: web.Request) -> web.StreamResponse:
@@ -42,7 +46,15 @@ async def audio_socket(request: web.Request) -> web.StreamResponse:
     )
     if not ws.can_prepare(request).ok:
         return web.json_response({"error": "open this as a WebSocket"}, status=400)
-    listener = broadcast.listen()
+    address = request.remote or ""
+    if not is_loopback(address):
+        mine = sum(1 for other in broadcast.listeners if other.owner == address)
+        if mine >= MAX_LISTENERS_PER_REMOTE_ADDRESS:
+            log.warning("web.audio_full", listeners=mine, client=address)
+            return web.json_response(
+                {"error": f"{mine} pages listen from this address already"}, status=503
+            )
+    listener = broadcast.listen(owner=address)
     if listener is None:
         log.warning("web.audio_full", listeners=broadcast.max_listeners)
         return web.json_response(
