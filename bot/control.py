@@ -415,8 +415,12 @@ class Control:
         if isinstance(target, Reply):
             return "", target
         if isinstance(target, str):
+            # Only a name already waiting (a row the panel listed) is changed by key;
+            # a new name comes through `set_nick`/`set_user_voice`, with their checks.
+            if target not in waiting:
+                return "", Reply(False, f"{key} is not in the list (set it by name)")
             if value is None:
-                waiting.pop(target, None)
+                del waiting[target]
             else:
                 waiting[target] = value
             self._save()

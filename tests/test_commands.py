@@ -364,6 +364,14 @@ def test_entries_are_listed_with_keys_and_changed_by_key() -> None:
     assert control.set_nick_key("twitch:3", "").ok
     assert fan.user_key not in control.policy_state.nicknames
     assert not control.set_nick_key("twitch:999", "Who").ok  # an account never seen
+    # By name: only a row the panel listed; a new name goes through set_nick's checks.
+    control.policy_state.by_name.nicknames["waiting"] = "Old"
+    assert control.set_nick_key("name:waiting", "New").ok
+    assert control.policy_state.by_name.nicknames["waiting"] == "New"
+    refused = control.set_nick_key("name:anyone", "Whatever")
+    assert not refused.ok and "not in the list" in refused.text
+    assert "anyone" not in control.policy_state.by_name.nicknames
+    assert control.set_nick_key("name:waiting", "").ok
     assert not control.set_nick_key("config:cfg", "").ok
     assert control.set_user_voice_key("twitch:3", "alice").ok
     assert control.policy_state.user_voices[fan.user_key] == "alice"
