@@ -160,6 +160,8 @@ class _Client:
     upload: wire.UploadVoice | None = None
     #: A refused upload's id: its clip frame, when it comes, is dropped.
     discard: int | None = None
+    #: The upload being checked and stored (one at a time: each holds its clip).
+    storing: int | None = None
     requests: int = 0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -580,6 +582,12 @@ class EngineServer:
             problem = wire.Error(
                 wire.BAD_REQUEST, f"id {upload.id} is in use by a running request", upload.id
             )
+        elif client.storing is not None or client.upload is not None:
+            problem = wire.Error(
+                wire.BUSY,
+                "one voice upload at a time: send the next after the last one's answer",
+                upload.id,
+            )
         else:
             taken = {n.lower(): n for n in await self._voice_names(refresh=True)}
             existing = taken.get(upload.name.lower())
@@ -622,9 +630,16 @@ class EngineServer:
             error = f"clip of {len(frame.data)} bytes; upload_voice said {upload.size}"
             await self._refuse(client, wire.Error(wire.BAD_REQUEST, error, upload.id))
             return
+        client.storing = upload.id
         client.track(upload.id, asyncio.create_task(self._store(client, upload, frame.data)))
 
     async def _store(self, client: _Client, upload: wire.UploadVoice, data: bytes) -> None:
+        try:
+            await self._store_checked(client, upload, data)
+        finally:
+            client.storing = None
+
+    async def _store_checked(self, client: _Client, upload: wire.UploadVoice, data: bytes) -> None:
         replace = self._may_replace(upload)
         try:
             async with self._uploading:

@@ -447,6 +447,27 @@ async def test_an_uploaded_voice_is_checked_stored_listed_and_usable(
     assert staging_left(served) == []
 
 
+async def test_uploads_are_taken_one_at_a_time_per_connection(
+    served: Engine, tmp_path: Path
+) -> None:
+    # Each upload holds its clip until stored: a client cannot stack many of them.
+    data = clip(tmp=tmp_path)
+    async with serving(served) as server, raw(server.url) as (ws, _):
+        for id, name in ((1, "first"), (2, "second")):
+            message = wire.UploadVoice(id, name, "This is the uploaded clip.", "wav", len(data))
+            await ws.send(wire.encode(message))
+            await ws.send(wire.encode_clip(id, data))
+        answers = {}
+        for _ in range(2):
+            answer = await reply(ws)
+            answers[answer["id"]] = answer
+        assert answers[1]["type"] == "uploaded"
+        assert answers[2]["type"] == "error" and answers[2]["code"] == wire.BUSY
+        assert "one voice upload at a time" in answers[2]["message"]
+        # Once answered, the next one is taken.
+        assert (await upload(ws, 3, "second", data))["type"] == "uploaded"
+
+
 @pytest.mark.parametrize(
     "name", ["../x", "..", "con", "NUL", "a b", "x" * 200, "émile", "名字", "a.wav", ""]
 )
