@@ -628,6 +628,35 @@ async def test_a_server_that_stops_answering_ends_the_line_in_flight() -> None:
         await runner.cleanup()
 
 
+async def test_a_preview_the_server_refuses_is_a_502_with_its_reason(
+    served: Engine, tmp_path: Path
+) -> None:
+    port = free_port()
+    config = Config.model_validate(
+        {
+            "engine": {"url": f"ws://127.0.0.1:{port}", "voices_dir": str(tmp_path / "none")},
+            "commands": {"state_file": str(tmp_path / "state.json")},
+        }
+    )
+    bot = Bot(config)
+    assert isinstance(bot.voices, RemoteVoices)
+    async with (
+        serving(served, port=port, max_text_chars=5),  # the line is longer: refused
+        remote(config.engine.url or "", voices=bot.voices) as client,
+    ):
+        await asyncio.wait_for(client.wait_ready(), 10)
+        await bot.voice_checks.refresh()
+        speaker = Speaker(bot.queue, client, Player(config.audio), bot.control)
+        async with TestClient(TestServer(create_app(config.web, bot, speaker, client))) as panel:
+            origin = {"Origin": f"http://{panel.host}:{panel.port}"}
+            body = {"text": "A preview.", "voice": "mei"}
+            preview = await panel.post("/api/synthesize", json=body, headers=origin)
+            assert preview.status == 502
+            error = (await preview.json())["error"]
+            assert error.startswith("the voice engine failed making the preview")
+            assert "5" in error  # the server's own reason: its limit
+
+
 async def test_the_panel_previews_through_the_server_and_shows_its_state(
     served: Engine, tmp_path: Path
 ) -> None:
