@@ -763,8 +763,7 @@ def _state(request: web.Request) -> tuple[str, str]:
         return "starting", parts.progress or "starting…"
     if parts.speaker.engine_state == "unavailable":
         return "unreachable", (
-            "the engine server cannot be reached; it is tried again, and queued lines "
-            "wait for it (within their time to live)"
+            "it is tried again by itself; queued lines wait for it (within their time to live)"
         )
     trouble = request.app[FEED_KEY].engine_trouble
     if trouble is not None:
