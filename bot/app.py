@@ -6,7 +6,7 @@ import asyncio
 import random
 import socket
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import structlog
@@ -27,7 +27,7 @@ from bot.lag import LagProbe
 from bot.logs import progress, tell_user
 from bot.remote_engine import EngineRefused, RemoteEngine, RemoteVoices
 from bot.signals import StopOnSignal
-from bot.threads import in_daemon_thread
+from bot.threads import in_daemon_thread, unless_stopped
 from bot.voice_checks import VoiceChecks
 from engine.voices import VoiceError, VoiceLibrary
 
@@ -209,18 +209,6 @@ async def _guarded(
         log.info("adapter.restarted", platform=platform.value, attempt=attempt)
 
 
-async def _unless_stopped(stop: asyncio.Event, work: Awaitable[T]) -> tuple[bool, T | None]:
-    """(True, result) when `work` ends first, (False, None) when `stop` is set first."""
-    task = asyncio.ensure_future(work)
-    stopped = asyncio.ensure_future(stop.wait())
-    await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
-    stopped.cancel()
-    if not task.done():
-        task.cancel()
-        return False, None
-    return True, task.result()
-
-
 def default_voice(config: Config, voices: VoiceLibrary) -> tuple[str, str | None]:
     """engine.default_voice, or what stands in for an unset one (and why): the
     only voice in voices/, else the built-in voice in the chat's language."""
@@ -290,7 +278,7 @@ async def _start_engine(
     _panel_progress(panel, "checking the model files (a first run downloads them)…")
     try:
         # The model files last: a first run downloads them.
-        finished, files = await _unless_stopped(
+        finished, files = await unless_stopped(
             stop, in_daemon_thread(lambda: resolve_files(config.engine), "ishowtts-start-up")
         )
     except (CheckpointError, OSError) as exc:
@@ -302,7 +290,7 @@ async def _start_engine(
     engine.start()
     log.info("bot.warming_up", device=engine.device)
     try:
-        finished, _ = await _unless_stopped(stop, engine.wait_ready())
+        finished, _ = await unless_stopped(stop, engine.wait_ready())
     except Exception as exc:  # a bad checkpoint, or the GPU failing at warm-up
         log.error("bot.cannot_start", error=str(exc))
         tell_user(f"start-up error: {exc}")
@@ -326,7 +314,7 @@ async def _connect_engine(
     log.info("bot.connecting_engine", url=engine.url)
     _tell_progress(panel)(f"connecting to the engine server at {engine.url}…")
     try:
-        finished, _ = await _unless_stopped(stop, engine.wait_ready())
+        finished, _ = await unless_stopped(stop, engine.wait_ready())
         if finished:
             bot.control.voice, why = voices.choose_default(config.engine.default_voice)
             if why is not None:
@@ -417,7 +405,7 @@ async def _live(
     async with asyncio.TaskGroup() as tasks:
         player_task = tasks.create_task(player.run())
         # Going live needs a device; a stop meanwhile must still be honoured.
-        await _unless_stopped(stop, player.opened.wait())
+        await unless_stopped(stop, player.opened.wait())
         if panel is not None:  # live from here: the panel leaves "starting"
             from bot.panel.web import attach
 

@@ -29,13 +29,12 @@ from typing import Any, TypeVar
 
 import structlog
 
-from bot.app import _unless_stopped
 from bot.config import Config, ConfigError, load_config
 from bot.instance import AlreadyRunning, bind_port
 from bot.logs import configure_logging, progress
 from bot.serve import bots_config_problem, cannot_start
 from bot.signals import StopOnSignal
-from bot.threads import in_daemon_thread, settling
+from bot.threads import in_daemon_thread, settling, unless_stopped
 from engine import wire
 from engine.config import EngineConfig
 
@@ -100,7 +99,7 @@ async def _serve(config: Config, stop: asyncio.Event, signals: StopOnSignal) -> 
             return cannot_start(str(exc))
         try:  # a first run downloads them: a stop meanwhile is not held up
             fetching = in_daemon_thread(lambda: resolve_files(config.engine), "ishowtts-start-up")
-            finished, _ = await _unless_stopped(stop, fetching)
+            finished, _ = await unless_stopped(stop, fetching)
         except (CheckpointError, OSError) as exc:
             return cannot_start(str(exc))
         if not finished:
@@ -109,7 +108,7 @@ async def _serve(config: Config, stop: asyncio.Event, signals: StopOnSignal) -> 
     try:
         try:
             connecting = ray_thread.call(lambda: _connect(config, local))
-            finished, _ = await _unless_stopped(stop, connecting)
+            finished, _ = await unless_stopped(stop, connecting)
             # Ray's start puts its own SIGTERM handler (a stack dump, then death) over
             # ours: ours again, so that SIGTERM stops the server cleanly. Not after a
             # stop: the next signal then ends the process at once, as it should.
@@ -119,7 +118,7 @@ async def _serve(config: Config, stop: asyncio.Event, signals: StopOnSignal) -> 
             url = None
             if finished:
                 deploying = ray_thread.call(lambda: _deploy(config))
-                finished, url = await _unless_stopped(stop, deploying)
+                finished, url = await unless_stopped(stop, deploying)
         except Exception as exc:  # Ray's own errors: a replica that cannot start, no cluster
             return cannot_start(f"Ray Serve: {exc}")
         if not finished or url is None:

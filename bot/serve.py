@@ -9,12 +9,12 @@ import time
 
 import structlog
 
-from bot.app import ENGINE_STOP_WAIT_S, EXIT_STARTUP, _unless_stopped
+from bot.app import ENGINE_STOP_WAIT_S, EXIT_STARTUP
 from bot.config import Config
 from bot.instance import AlreadyRunning, bind_port
 from bot.logs import progress, tell_user
 from bot.signals import StopOnSignal
-from bot.threads import in_daemon_thread
+from bot.threads import in_daemon_thread, unless_stopped
 from engine.voices import VoiceError, VoiceLibrary, choose_default_voice
 
 log = structlog.get_logger()
@@ -77,7 +77,7 @@ async def _serve(config: Config, stop: asyncio.Event) -> int:
         return cannot_start(str(exc))
     try:
         try:
-            finished, files = await _unless_stopped(
+            finished, files = await unless_stopped(
                 stop, in_daemon_thread(lambda: resolve_files(config.engine), "ishowtts-start-up")
             )
         except (CheckpointError, OSError) as exc:
@@ -88,7 +88,7 @@ async def _serve(config: Config, stop: asyncio.Event) -> int:
         engine.start()
         try:
             try:
-                finished, _ = await _unless_stopped(stop, engine.wait_ready())
+                finished, _ = await unless_stopped(stop, engine.wait_ready())
             except Exception as exc:  # a bad checkpoint, or the GPU failing at warm-up
                 return cannot_start(str(exc))
             if not finished:

@@ -1,11 +1,12 @@
-"""Work done in a thread of our own, its result awaited on the loop."""
+"""Work done in a thread of our own, its result awaited on the loop; and waiting
+for work unless the bot is stopped meanwhile."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -45,3 +46,15 @@ def in_daemon_thread(work: Callable[[], T], name: str) -> asyncio.Future[T]:
     done, job = settling(work)
     threading.Thread(target=job, name=name, daemon=True).start()
     return done
+
+
+async def unless_stopped(stop: asyncio.Event, work: Awaitable[T]) -> tuple[bool, T | None]:
+    """(True, result) when `work` ends first, (False, None) when `stop` is set first."""
+    task = asyncio.ensure_future(work)
+    stopped = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    if not task.done():
+        task.cancel()
+        return False, None
+    return True, task.result()
