@@ -30,9 +30,9 @@ from typing import Any, TypeVar
 import structlog
 
 from bot.config import Config, ConfigError, load_config
-from bot.instance import AlreadyRunning, bind_port
+from bot.instance import AlreadyRunning
 from bot.logs import configure_logging, progress
-from bot.serve import bots_config_problem, cannot_start
+from bot.serve import bind_serve_port, bots_config_problem, cannot_start
 from bot.signals import StopOnSignal
 from bot.threads import in_daemon_thread, settling, unless_stopped
 from engine import wire
@@ -89,12 +89,7 @@ async def _serve(config: Config, stop: asyncio.Event, signals: StopOnSignal) -> 
         # What a cluster of this machine alone can tell before Ray starts: the port,
         # and the model files (on a cluster they are each machine's own).
         try:
-            bind_port(
-                serve.host,
-                serve.port,
-                f"port {serve.port} on {serve.host} is already in use: is another ishowtts "
-                "serve running? Stop it, or set serve.port (or --port) to a free port",
-            ).close()
+            bind_serve_port(serve).close()
         except (AlreadyRunning, OSError) as exc:
             return cannot_start(str(exc))
         try:  # a first run downloads them: a stop meanwhile is not held up

@@ -5,6 +5,7 @@ machines (engine/serve.py) until Ctrl-C (or SIGTERM/SIGBREAK)."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 
 import structlog
@@ -15,7 +16,9 @@ from bot.instance import AlreadyRunning, bind_port
 from bot.logs import progress, tell_user
 from bot.signals import StopOnSignal
 from bot.threads import in_daemon_thread, unless_stopped
-from engine.voices import VoiceError, VoiceLibrary, choose_default_voice
+from engine.config import ServeConfig
+from engine.serve import server_default_voice
+from engine.voices import VoiceError, VoiceLibrary
 
 log = structlog.get_logger()
 
@@ -47,6 +50,16 @@ def bots_config_problem(config: Config) -> str | None:
     )
 
 
+def bind_serve_port(serve: ServeConfig) -> socket.socket:
+    """A listening socket on serve.host:serve.port, or AlreadyRunning / OSError."""
+    return bind_port(
+        serve.host,
+        serve.port,
+        f"port {serve.port} on {serve.host} is already in use: is another ishowtts serve "
+        "running? Stop it, or set serve.port (or --port) to a free port",
+    )
+
+
 async def _serve(config: Config, stop: asyncio.Event) -> int:
     from engine.checkpoints import CheckpointError, resolve_files
     from engine.serve import EngineServer
@@ -58,21 +71,13 @@ async def _serve(config: Config, stop: asyncio.Event) -> int:
         return cannot_start(problem)
     voices = VoiceLibrary(config.engine.voices_dir)
     try:
-        # For clients that set no voice of their own: the server's, as the bot picks it.
-        default, why = choose_default_voice(voices, config.engine.default_voice, "en")
+        default = server_default_voice(voices, config.engine.default_voice)
     except (VoiceError, OSError) as exc:
         return cannot_start(str(exc))
-    if why is not None:
-        log.info("serve.default_voice", voice=default, reason=why)
     serve = config.serve
     try:
         # Held from the first second, so a second server is told before it loads a model.
-        sock = bind_port(
-            serve.host,
-            serve.port,
-            f"port {serve.port} on {serve.host} is already in use: is another ishowtts serve "
-            "running? Stop it, or set serve.port (or --port) to a free port",
-        )
+        sock = bind_serve_port(serve)
     except (AlreadyRunning, OSError) as exc:
         return cannot_start(str(exc))
     try:

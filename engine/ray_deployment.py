@@ -31,9 +31,9 @@ from ray import serve
 
 from engine.checkpoints import resolve_files
 from engine.config import EngineConfig, RayConfig, ServeConfig
-from engine.serve import ABOUT, Ended, EngineServer
+from engine.serve import ABOUT, Ended, EngineServer, server_default_voice
 from engine.synth import Engine
-from engine.voices import VoiceLibrary, choose_default_voice
+from engine.voices import VoiceLibrary
 
 log = structlog.get_logger()
 
@@ -146,9 +146,7 @@ class EngineReplica:
         self.replica = _replica_id()
         _tag_log_lines(self.replica)
         voices = VoiceLibrary(engine_config.voices_dir)
-        default, why = choose_default_voice(voices, default_voice, "en")
-        if why is not None:
-            log.info("serve.default_voice", voice=default, reason=why)
+        default = server_default_voice(voices, default_voice)
         self.engine = Engine(engine_config, voices, resolve_files(engine_config))
         self.engine.start()
         self.engine.ready.result()  # a failure here fails the replica's start, with its reason

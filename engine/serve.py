@@ -48,7 +48,7 @@ from engine import wire
 from engine.access import RateLimiter, ThrottledWarnings, WrongTokens
 from engine.audio import SAMPLE_RATE
 from engine.config import ServeConfig
-from engine.voices import AUDIO_SUFFIXES, Voice, VoiceError, VoiceLibrary
+from engine.voices import AUDIO_SUFFIXES, Voice, VoiceError, VoiceLibrary, choose_default_voice
 from engine.worker import SynthesisError, SynthesisStalled
 
 if TYPE_CHECKING:
@@ -679,6 +679,16 @@ def _rate_limited(wait: float, id: int | None = None) -> wire.Error:
         id,
         retry_after_s=round(wait, 2),
     )
+
+
+def server_default_voice(voices: VoiceLibrary, configured: str) -> str:
+    """The voice for clients that set none of their own: engine.default_voice, or
+    what stands in for an unset one, as the bot picks it (`serve.default_voice`
+    says which and why); VoiceError when there is none."""
+    default, why = choose_default_voice(voices, configured, "en")
+    if why is not None:
+        log.info("serve.default_voice", voice=default, reason=why)
+    return default
 
 
 def store_voice(directory: Path, upload: wire.UploadVoice, data: bytes, replace: bool) -> Voice:
